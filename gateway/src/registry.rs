@@ -1,0 +1,149 @@
+//! The [`Registry`] trait: everything the gateway needs from a node, and nothing more.
+//!
+//! The gateway never sees sled, libp2p or an HTTP client. A node implements this trait (its
+//! Fetcher decides where bytes come from); tests implement it in memory
+//! ([`crate::memory::MemoryRegistry`]).
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use open_registry_protocol::{BlobId, PackageName, Status, TarballFile};
+
+/// A packument revision: the full document exactly as the source sent it.
+#[derive(Clone)]
+pub struct Packument {
+    /// The content id of `bytes`; the gateway caches derived forms under it.
+    pub id: BlobId,
+    /// The full document.
+    pub bytes: Bytes,
+}
+
+impl fmt::Debug for Packument {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Packument")
+            .field("id", &self.id)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// The bytes of a verified blob (a tarball).
+pub struct Blob {
+    /// The blob's content id.
+    pub id: BlobId,
+    /// Its exact length, sent as Content-Length.
+    pub len: u64,
+    /// Its bytes.
+    pub body: Body,
+}
+
+impl fmt::Debug for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Blob")
+            .field("id", &self.id)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// Blob bytes: in memory, or streamed (from disk) so large tarballs are never held whole.
+pub enum Body {
+    /// All of it, in memory.
+    Bytes(Bytes),
+    /// Chunks; the stream yields exactly `len` bytes in total.
+    Stream(BoxStream<'static, io::Result<Bytes>>),
+}
+
+/// A request the gateway forwards to the upstream unchanged (search, audits).
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// `GET` or `POST`.
+    pub method: ForwardMethod,
+    /// Path and query, starting with `/-/`.
+    pub path_and_query: String,
+    /// Content-Type of `body`, if any.
+    pub content_type: Option<String>,
+    /// Content-Encoding of `body` (npm gzips audit bodies), if any.
+    pub content_encoding: Option<String>,
+    /// The request body (empty for GET).
+    pub body: Bytes,
+}
+
+/// Methods that may be forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardMethod {
+    Get,
+    Post,
+}
+
+/// The upstream's answer to a [`Forward`].
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// HTTP status.
+    pub status: u16,
+    /// Its Content-Type.
+    pub content_type: Option<String>,
+    /// Its (decoded) body.
+    pub body: Bytes,
+}
+
+/// Why a registry could not answer. The gateway turns each into a status code and a JSON
+/// `{"error": ...}` that npm prints.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// 404: no such package, version or file.
+    #[error("{0}")]
+    NotFound(String),
+    /// 400: the request itself is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 502: the upstream or every peer failed, or sent bytes that did not verify, and there is
+    /// no cached copy. Retriable.
+    #[error("{0}")]
+    BadGateway(String),
+    /// 504: the sources did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// 503: this node cannot do that now (no upstream configured, disk full...).
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a bug or a local I/O failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What a node offers to its gateway.
+///
+/// Methods return `Send` futures so the router can run them on any worker.
+pub trait Registry: Send + Sync + 'static {
+    /// The current packument of `name`. When `refresh` is true the caller looked for a version
+    /// or dist-tag that the cached copy lacks: revalidate with the source once before answering.
+    fn packument(
+        &self,
+        name: &PackageName,
+        refresh: bool,
+    ) -> impl Future<Output = Result<Packument, Error>> + Send;
+
+    /// A tarball of `name`, verified against the integrity its packument promises.
+    fn tarball(
+        &self,
+        name: &PackageName,
+        file: &TarballFile,
+    ) -> impl Future<Output = Result<Blob, Error>> + Send;
+
+    /// The registry signing keys document served at `/-/npm/v1/keys`.
+    fn keys(&self) -> impl Future<Output = Result<Bytes, Error>> + Send;
+
+    /// Forwards a search or audit request to the upstream.
+    fn forward(&self, req: Forward) -> impl Future<Output = Result<Forwarded, Error>> + Send;
+
+    /// The node's self-report.
+    fn status(&self) -> impl Future<Output = Status> + Send;
+
+    /// The node's Prometheus metrics, in the text exposition format (without the gateway's own,
+    /// which the gateway appends).
+    fn metrics(&self) -> impl Future<Output = String> + Send;
+}
