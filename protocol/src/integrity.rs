@@ -178,10 +178,11 @@ enum Hasher {
 }
 
 /// Checks a blob as its bytes stream past: the npm integrity it was promised, and its BLAKE3
-/// content id, in a single pass.
+/// content id, in a single pass. Blobs without npm integrity (packuments) are only addressed
+/// ([`Verifier::id_only`]).
 pub struct Verifier {
-    expected: Integrity,
-    hasher: Hasher,
+    expected: Option<Integrity>,
+    hasher: Option<Hasher>,
     blake3: blake3::Hasher,
     len: u64,
 }
@@ -205,8 +206,18 @@ impl Verifier {
             Algo::Sha512 => Hasher::Sha512(Default::default()),
         };
         Self {
-            expected,
-            hasher,
+            expected: Some(expected),
+            hasher: Some(hasher),
+            blake3: blake3::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    /// Starts computing a content id only: nothing to check but the id itself.
+    pub fn id_only() -> Self {
+        Self {
+            expected: None,
+            hasher: None,
             blake3: blake3::Hasher::new(),
             len: 0,
         }
@@ -216,10 +227,11 @@ impl Verifier {
     pub fn update(&mut self, bytes: &[u8]) {
         self.len += bytes.len() as u64;
         match &mut self.hasher {
-            Hasher::Sha1(h) => h.update(bytes),
-            Hasher::Sha256(h) => h.update(bytes),
-            Hasher::Sha384(h) => h.update(bytes),
-            Hasher::Sha512(h) => h.update(bytes),
+            Some(Hasher::Sha1(h)) => h.update(bytes),
+            Some(Hasher::Sha256(h)) => h.update(bytes),
+            Some(Hasher::Sha384(h)) => h.update(bytes),
+            Some(Hasher::Sha512(h)) => h.update(bytes),
+            None => {}
         }
         self.blake3.update(bytes);
     }
@@ -236,17 +248,19 @@ impl Verifier {
 
     /// Checks the integrity and returns the content id of everything fed.
     pub fn finish(self) -> Result<BlobId, IntegrityError> {
-        let actual: Vec<u8> = match self.hasher {
+        let actual: Option<Vec<u8>> = self.hasher.map(|h| match h {
             Hasher::Sha1(h) => h.finalize().to_vec(),
             Hasher::Sha256(h) => h.finalize().to_vec(),
             Hasher::Sha384(h) => h.finalize().to_vec(),
             Hasher::Sha512(h) => h.finalize().to_vec(),
-        };
-        if !self.expected.digests.iter().any(|d| *d == actual) {
+        });
+        if let (Some(expected), Some(actual)) = (&self.expected, actual)
+            && !expected.digests.contains(&actual)
+        {
             return Err(IntegrityError::Mismatch {
-                algo: self.expected.algo.name(),
-                expected: self.expected.to_string(),
-                actual: format!("{}-{}", self.expected.algo.name(), B64.encode(&actual)),
+                algo: expected.algo.name(),
+                expected: expected.to_string(),
+                actual: format!("{}-{}", expected.algo.name(), B64.encode(&actual)),
             });
         }
         Ok(BlobId::from_digest(*self.blake3.finalize().as_bytes()))
@@ -303,9 +317,13 @@ mod tests {
 
     #[test]
     fn dist_fallback_and_missing() {
-        let i = Integrity::for_dist(None, Some("2aae6c35c94fcfb415dbe95f408b9ce91ee846ed")).unwrap();
+        let i =
+            Integrity::for_dist(None, Some("2aae6c35c94fcfb415dbe95f408b9ce91ee846ed")).unwrap();
         assert_eq!(i.algo(), Algo::Sha1);
-        assert_eq!(Integrity::for_dist(None, None), Err(IntegrityError::Missing));
+        assert_eq!(
+            Integrity::for_dist(None, None),
+            Err(IntegrityError::Missing)
+        );
         assert!(Integrity::parse("md5-abc").is_err());
         assert!(Integrity::parse("sha512-notbase64!!").is_err());
     }
@@ -326,5 +344,8 @@ mod tests {
             v.finish_as(&BlobId::of(b"other")),
             Err(IntegrityError::IdMismatch { .. })
         ));
+        let mut v = Verifier::id_only();
+        v.update(&data);
+        assert_eq!(v.finish().unwrap(), BlobId::of(&data));
     }
 }

@@ -164,8 +164,7 @@ impl TarballFile {
             && s.len() > ".tgz".len()
             && s.ends_with(".tgz")
             && !s.starts_with('.')
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'));
         if ok {
             Ok(Self(s.to_owned()))
@@ -256,7 +255,14 @@ mod tests {
     fn tarball_files() {
         assert!(TarballFile::parse("left-pad-1.3.0.tgz").is_ok());
         assert!(TarballFile::parse("x-1.0.0-RC.1+build.5.tgz").is_ok());
-        for bad in ["../x.tgz", ".tgz", "x.tar", "a/b.tgz", "a%2fb.tgz", "a\\b.tgz"] {
+        for bad in [
+            "../x.tgz",
+            ".tgz",
+            "x.tar",
+            "a/b.tgz",
+            "a%2fb.tgz",
+            "a\\b.tgz",
+        ] {
             assert!(TarballFile::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

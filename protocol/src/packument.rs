@@ -62,7 +62,8 @@ pub enum PackumentError {
 
 /// Parses packument bytes and checks that they describe `name`.
 pub fn parse(name: &PackageName, bytes: &[u8]) -> Result<Value, PackumentError> {
-    let doc: Value = serde_json::from_slice(bytes).map_err(|e| PackumentError::Json(e.to_string()))?;
+    let doc: Value =
+        serde_json::from_slice(bytes).map_err(|e| PackumentError::Json(e.to_string()))?;
     let obj = doc.as_object().ok_or(PackumentError::NotObject)?;
     let found = obj.get("name").and_then(Value::as_str).unwrap_or_default();
     if found != name.as_str() {
@@ -88,7 +89,10 @@ pub fn abbreviate(full: &Value) -> Value {
     if let Some(name) = obj.get("name") {
         out.insert("name".into(), name.clone());
     }
-    if let Some(modified) = obj.get("modified").or_else(|| full.pointer("/time/modified")) {
+    if let Some(modified) = obj
+        .get("modified")
+        .or_else(|| full.pointer("/time/modified"))
+    {
         out.insert("modified".into(), modified.clone());
     }
     out.insert(
@@ -292,7 +296,11 @@ mod tests {
         assert_eq!(v["dist"]["signatures"][0]["sig"], "MEUC");
         assert!(v.get("description").is_none() && v.get("scripts").is_none());
         assert!(a.get("readme").is_none() && a.get("_rev").is_none());
-        assert!(a["versions"]["2.0.0-beta.1"].get("hasInstallScript").is_none());
+        assert!(
+            a["versions"]["2.0.0-beta.1"]
+                .get("hasInstallScript")
+                .is_none()
+        );
     }
 
     #[test]
@@ -304,7 +312,10 @@ mod tests {
         let out = serde_json::to_string(&doc).unwrap();
         assert!(out.contains(r#""unpackedSize":1.50"#), "{out}");
         assert!(out.contains("123456789012345678901234567890"), "{out}");
-        assert_eq!(doc["versions"]["1.0.0"]["dist"]["integrity"], "sha512-/AB==");
+        assert_eq!(
+            doc["versions"]["1.0.0"]["dist"]["integrity"],
+            "sha512-/AB=="
+        );
     }
 
     #[test]
@@ -354,7 +365,10 @@ mod tests {
     fn url_paths_and_files() {
         assert_eq!(url_path("https://h:1/a/-/a-1.tgz?q"), Some("/a/-/a-1.tgz"));
         assert_eq!(url_path("ftp://h/a"), None);
-        assert_eq!(tarball_file_of("http://h/a/-/a-1.0.0.tgz"), Some("a-1.0.0.tgz".into()));
+        assert_eq!(
+            tarball_file_of("http://h/a/-/a-1.0.0.tgz"),
+            Some("a-1.0.0.tgz".into())
+        );
         assert_eq!(tarball_file_of("http://h/a/-/..%2f.tgz"), None);
     }
 }

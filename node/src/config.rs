@@ -1,0 +1,467 @@
+//! Node configuration, in two stages: what was parsed ([`Settings`], from flags, `OPEN_REGISTRY_*`
+//! environment variables and `config.toml`, every field optional) becomes one validated
+//! [`Config`] that is passed by value. No globals.
+//!
+//! Precedence: command-line flag, then environment variable (both handled by clap), then the
+//! data dir's `config.toml`, then the built-in default. The upstream is never built in: without
+//! one configured, the node takes the npm client's own registry (`npm config get registry`), or
+//! runs without an upstream.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::units::{parse_duration, parse_size};
+
+/// The gateway's default address: loopback only, so a fresh node is never exposed by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7373";
+/// The config file's name inside the data dir.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// Every setting, each optional: one source's view (flags and env, or the TOML file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Gateway address (HOST:PORT) [default: 127.0.0.1:7373]
+    #[arg(long, env = "OPEN_REGISTRY_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+
+    /// Upstream npm registry to mirror from [default: the npm client's registry]
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_UPSTREAM",
+        value_name = "URL",
+        conflicts_with = "no_upstream"
+    )]
+    pub upstream: Option<String>,
+
+    /// Run without an upstream (serve only what is stored locally or on peers)
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_NO_UPSTREAM",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_upstream: Option<bool>,
+
+    /// Base URL that tarball links point at [default: http://<Host header>]
+    #[arg(long, env = "OPEN_REGISTRY_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// How long a cached packument is served before it is revalidated [default: 5m]
+    #[arg(long, env = "OPEN_REGISTRY_MAX_AGE", value_name = "DURATION")]
+    pub max_age: Option<String>,
+
+    /// Deadline for one upstream request, including its body [default: 60s]
+    #[arg(long, env = "OPEN_REGISTRY_UPSTREAM_TIMEOUT", value_name = "DURATION")]
+    pub upstream_timeout: Option<String>,
+
+    /// Deadline for connecting to the upstream [default: 5s]
+    #[arg(long, env = "OPEN_REGISTRY_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+
+    /// Retries after a failed upstream request (with backoff) [default: 2]
+    #[arg(long, env = "OPEN_REGISTRY_RETRIES", value_name = "N")]
+    pub retries: Option<u32>,
+
+    /// Largest tarball accepted [default: 1GiB]
+    #[arg(long, env = "OPEN_REGISTRY_MAX_TARBALL_SIZE", value_name = "SIZE")]
+    pub max_tarball_size: Option<String>,
+
+    /// Largest packument accepted [default: 256MiB]
+    #[arg(long, env = "OPEN_REGISTRY_MAX_PACKUMENT_SIZE", value_name = "SIZE")]
+    pub max_packument_size: Option<String>,
+
+    /// Memory for hot packuments in their served, encoded forms [default: 64MiB]
+    #[arg(long, env = "OPEN_REGISTRY_MEMORY_CACHE_SIZE", value_name = "SIZE")]
+    pub memory_cache_size: Option<String>,
+}
+
+impl Settings {
+    /// Fills every unset field of `self` from `other`.
+    pub fn or(self, other: Settings) -> Settings {
+        // `upstream` and `no_upstream` are one choice: whichever source makes it, wins whole.
+        let (upstream, no_upstream) = if self.upstream.is_some() || self.no_upstream.is_some() {
+            (self.upstream, self.no_upstream)
+        } else {
+            (other.upstream, other.no_upstream)
+        };
+        Settings {
+            listen: self.listen.or(other.listen),
+            upstream,
+            no_upstream,
+            public_url: self.public_url.or(other.public_url),
+            max_age: self.max_age.or(other.max_age),
+            upstream_timeout: self.upstream_timeout.or(other.upstream_timeout),
+            connect_timeout: self.connect_timeout.or(other.connect_timeout),
+            retries: self.retries.or(other.retries),
+            max_tarball_size: self.max_tarball_size.or(other.max_tarball_size),
+            max_packument_size: self.max_packument_size.or(other.max_packument_size),
+            memory_cache_size: self.memory_cache_size.or(other.memory_cache_size),
+        }
+    }
+
+    /// Reads `config.toml`; a missing file is an empty one.
+    pub fn load(path: &Path) -> anyhow::Result<Settings> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).with_context(|| format!("in {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+}
+
+/// The validated configuration a node runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store, indexes and keys live.
+    pub data_dir: PathBuf,
+    /// The gateway's listening address.
+    pub listen: SocketAddr,
+    /// Base URL for rewritten tarball links, if fixed.
+    pub public_url: Option<String>,
+    /// The upstream registry, if any (always ends with `/`).
+    pub upstream: Option<Url>,
+    /// Packument freshness.
+    pub max_age: Duration,
+    /// Deadline for one upstream request.
+    pub upstream_timeout: Duration,
+    /// Deadline for connecting to the upstream.
+    pub connect_timeout: Duration,
+    /// Retries after a failed upstream request.
+    pub retries: u32,
+    /// Largest tarball accepted.
+    pub max_tarball_size: u64,
+    /// Largest packument accepted.
+    pub max_packument_size: u64,
+    /// Memory for hot packuments.
+    pub memory_cache_size: u64,
+}
+
+impl Config {
+    /// A configuration with defaults for `data_dir` and an optional upstream; used by tests and
+    /// embedders.
+    pub fn new(data_dir: impl Into<PathBuf>, upstream: Option<Url>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            public_url: None,
+            upstream,
+            max_age: Duration::from_secs(300),
+            upstream_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            retries: 2,
+            max_tarball_size: 1 << 30,
+            max_packument_size: 256 << 20,
+            memory_cache_size: 64 << 20,
+        }
+    }
+
+    /// Validates merged settings. `npm_registry` is asked for the npm client's registry only when
+    /// no upstream was configured either way.
+    pub fn resolve(
+        data_dir: PathBuf,
+        s: Settings,
+        npm_registry: impl FnOnce() -> Option<String>,
+    ) -> anyhow::Result<Config> {
+        let mut c = Config::new(data_dir, None);
+        if let Some(l) = &s.listen {
+            c.listen = parse_listen(l)?;
+        }
+        c.public_url = s.public_url.map(|u| u.trim_end_matches('/').to_owned());
+        if let Some(p) = &c.public_url {
+            let u = Url::parse(p).with_context(|| format!("public_url {p:?} is not a URL"))?;
+            if !matches!(u.scheme(), "http" | "https") {
+                bail!("public_url {p:?} must be http or https");
+            }
+        }
+        let upstream = if s.no_upstream == Some(true) {
+            None
+        } else {
+            s.upstream.or_else(npm_registry)
+        };
+        c.upstream = upstream.map(|u| parse_upstream(&u, c.listen)).transpose()?;
+        let dur = |v: &Option<String>, d: Duration| v.as_deref().map_or(Ok(d), parse_duration);
+        let size = |v: &Option<String>, d: u64| v.as_deref().map_or(Ok(d), parse_size);
+        c.max_age = dur(&s.max_age, c.max_age)?;
+        c.upstream_timeout = dur(&s.upstream_timeout, c.upstream_timeout)?;
+        c.connect_timeout = dur(&s.connect_timeout, c.connect_timeout)?;
+        c.retries = s.retries.unwrap_or(c.retries).min(10);
+        c.max_tarball_size = size(&s.max_tarball_size, c.max_tarball_size)?;
+        c.max_packument_size = size(&s.max_packument_size, c.max_packument_size)?;
+        c.memory_cache_size = size(&s.memory_cache_size, c.memory_cache_size)?;
+        Ok(c)
+    }
+
+    /// The URL this node's gateway answers on, as seen from this machine.
+    pub fn gateway_url(&self) -> String {
+        gateway_url(self.listen)
+    }
+}
+
+/// The URL a client on this machine uses to reach a gateway listening on `addr`.
+pub fn gateway_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// The default data dir: `<user data dir>/open-registry`.
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("open-registry")
+}
+
+fn parse_listen(s: &str) -> anyhow::Result<SocketAddr> {
+    let s = s.trim();
+    let s = s
+        .strip_prefix("localhost:")
+        .map_or_else(|| s.to_owned(), |p| format!("127.0.0.1:{p}"));
+    s.parse()
+        .with_context(|| format!("listen address {s:?} is not HOST:PORT (e.g. 127.0.0.1:7373)"))
+}
+
+/// Validates an upstream URL and refuses one that is this node's own gateway.
+pub fn parse_upstream(s: &str, listen: SocketAddr) -> anyhow::Result<Url> {
+    let mut u = Url::parse(s.trim()).with_context(|| format!("upstream {s:?} is not a URL"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        bail!("upstream {s:?} must be an http:// or https:// URL");
+    }
+    if u.host_str().is_none() {
+        bail!("upstream {s:?} has no host");
+    }
+    if !u.path().ends_with('/') {
+        let p = format!("{}/", u.path());
+        u.set_path(&p);
+    }
+    if points_at(&u, listen) {
+        bail!(
+            "upstream {u} is this node's own gateway ({}); a node cannot mirror itself",
+            gateway_url(listen)
+        );
+    }
+    Ok(u)
+}
+
+/// Whether `u` would reach a gateway listening on `listen` on this machine.
+fn points_at(u: &Url, listen: SocketAddr) -> bool {
+    if u.port_or_known_default() != Some(listen.port()) {
+        return false;
+    }
+    let host_is_local = match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        None => false,
+    };
+    let host_ip = match u.host() {
+        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        _ => None,
+    };
+    let listen_local = listen.ip().is_loopback() || listen.ip().is_unspecified();
+    (host_is_local && listen_local)
+        || host_ip == Some(listen.ip())
+        || listen.ip().is_unspecified() && host_is_local
+}
+
+/// The npm client's configured registry, if npm is installed.
+pub fn npm_registry() -> Option<String> {
+    let out = std::process::Command::new("npm")
+        .args(["config", "get", "registry"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8(out.stdout).ok()?;
+    let line = s.lines().map(str::trim).find(|l| l.starts_with("http"))?;
+    Some(line.to_owned())
+}
+
+/// The commented config.toml that `init` writes.
+pub fn render_toml(c: &Config) -> String {
+    use crate::units::{format_duration, format_size_exact};
+    let upstream = match &c.upstream {
+        Some(u) => format!("upstream = \"{u}\""),
+        None => "no_upstream = true".to_owned(),
+    };
+    let public = match &c.public_url {
+        Some(p) => format!("public_url = \"{p}\""),
+        None => "# public_url = \"https://registry.example.org\"".to_owned(),
+    };
+    format!(
+        r#"# Open-Registry node configuration.
+# Every setting can also be given as a flag (--listen ...) or an environment variable
+# (OPEN_REGISTRY_LISTEN=...); flags win over the environment, which wins over this file.
+
+# Where the gateway listens. Point npm at it: npm config set registry {gateway}/
+listen = "{listen}"
+
+# The registry this node mirrors from. Remove it and set `no_upstream = true` to serve only
+# what is stored here (and, with peers, what the network has).
+{upstream}
+
+# The base URL written into tarball links. Unset: the Host header the client used.
+{public}
+
+# How long a cached packument is served before it is revalidated with the upstream
+# (a conditional request; an unchanged packument costs one round trip).
+max_age = "{max_age}"
+
+# Deadlines and retries for upstream requests. When the upstream fails, cached copies are
+# served (stale-if-error); uncached requests fail with 502/504 within these bounds.
+upstream_timeout = "{timeout}"
+connect_timeout = "{connect}"
+retries = {retries}
+
+# Size caps: bigger documents and tarballs are refused.
+max_tarball_size = "{tarball}"
+max_packument_size = "{packument}"
+
+# Memory for hot packuments, kept in their final encoded and compressed forms.
+memory_cache_size = "{mem}"
+"#,
+        gateway = c.gateway_url(),
+        listen = c.listen,
+        max_age = format_duration(c.max_age),
+        timeout = format_duration(c.upstream_timeout),
+        connect = format_duration(c.connect_timeout),
+        retries = c.retries,
+        tarball = format_size_exact(c.max_tarball_size),
+        packument = format_size_exact(c.max_packument_size),
+        mem = format_size_exact(c.memory_cache_size),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(s: Settings, npm: Option<&str>) -> anyhow::Result<Config> {
+        Config::resolve("/tmp/x".into(), s, || npm.map(str::to_owned))
+    }
+
+    #[test]
+    fn defaults_take_npm_registry() {
+        let c = resolve(Settings::default(), Some("http://10.0.0.1:4873")).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.upstream.unwrap().as_str(), "http://10.0.0.1:4873/");
+        assert_eq!(c.max_age, Duration::from_secs(300));
+        let c = resolve(Settings::default(), None).unwrap();
+        assert!(c.upstream.is_none());
+    }
+
+    #[test]
+    fn no_upstream_wins_and_skips_npm() {
+        let s = Settings {
+            no_upstream: Some(true),
+            ..Default::default()
+        };
+        let c = Config::resolve("/x".into(), s, || panic!("npm must not be asked")).unwrap();
+        assert!(c.upstream.is_none());
+    }
+
+    #[test]
+    fn refuses_itself_as_upstream() {
+        for up in [
+            "http://127.0.0.1:7373",
+            "http://localhost:7373/",
+            "http://0.0.0.0:7373",
+            "http://[::1]:7373",
+        ] {
+            let s = Settings {
+                upstream: Some(up.into()),
+                ..Default::default()
+            };
+            let e = resolve(s, None).unwrap_err().to_string();
+            assert!(e.contains("own gateway"), "{up}: {e}");
+        }
+        let s = Settings {
+            upstream: Some("http://127.0.0.1:4873".into()),
+            ..Default::default()
+        };
+        assert!(resolve(s, None).is_ok());
+        let s = Settings {
+            listen: Some("0.0.0.0:4873".into()),
+            upstream: Some("http://localhost:4873".into()),
+            ..Default::default()
+        };
+        assert!(resolve(s, None).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let s = Settings {
+            listen: Some("nowhere".into()),
+            ..Default::default()
+        };
+        assert!(
+            resolve(s, None)
+                .unwrap_err()
+                .to_string()
+                .contains("HOST:PORT")
+        );
+        let s = Settings {
+            upstream: Some("ftp://x".into()),
+            ..Default::default()
+        };
+        assert!(resolve(s, None).is_err());
+        let s = Settings {
+            max_age: Some("soon".into()),
+            ..Default::default()
+        };
+        assert!(resolve(s, None).is_err());
+    }
+
+    #[test]
+    fn rendered_toml_round_trips() {
+        let mut c = Config::new("/d", Some(Url::parse("http://127.0.0.1:4873/").unwrap()));
+        c.max_age = Duration::from_secs(60);
+        let text = render_toml(&c);
+        let s: Settings = toml::from_str(&text).unwrap();
+        let back = Config::resolve("/d".into(), s, || None).unwrap();
+        assert_eq!(back.upstream, c.upstream);
+        assert_eq!(back.max_age, c.max_age);
+        assert_eq!(back.listen, c.listen);
+        assert_eq!(back.max_tarball_size, c.max_tarball_size);
+        assert_eq!(back.memory_cache_size, c.memory_cache_size);
+        let none = render_toml(&Config::new("/d", None));
+        let s: Settings = toml::from_str(&none).unwrap();
+        assert_eq!(s.no_upstream, Some(true));
+    }
+
+    #[test]
+    fn flags_win_over_the_file_for_the_upstream_choice() {
+        let file = Settings {
+            no_upstream: Some(true),
+            listen: Some("127.0.0.1:9".into()),
+            ..Default::default()
+        };
+        let flags = Settings {
+            upstream: Some("http://10.1.1.1/".into()),
+            ..Default::default()
+        };
+        let c = resolve(flags.or(file.clone()), None).unwrap();
+        assert_eq!(c.upstream.unwrap().as_str(), "http://10.1.1.1/");
+        assert_eq!(c.listen.port(), 9);
+        let c = resolve(Settings::default().or(file), Some("http://10.2.2.2")).unwrap();
+        assert!(c.upstream.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Settings>("lisen = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! The node's counters, public at `/-/metrics` (Prometheus text) and in the JSON status.
+//!
+//! Plain relaxed atomics: counters are monotonic and read for reporting only, so no ordering
+//! between them is promised.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($field:ident: $help:literal,)*) => {
+        /// Monotonic counters since the node started.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $(#[doc = $help] pub $field: AtomicU64,)*
+        }
+
+        impl Metrics {
+            /// Every counter with its name and help text.
+            pub fn all(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($field), $help, self.$field.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    packument_requests: "Packument requests handled by the fetcher.",
+    packument_hits: "Packuments answered from the local store without asking a source.",
+    packument_revalidations: "Packument revalidations with the upstream (conditional requests).",
+    packument_not_modified: "Revalidations the upstream answered with 304 Not Modified.",
+    packument_updates: "New packument revisions stored.",
+    tarball_requests: "Tarball requests handled by the fetcher.",
+    tarball_hits: "Tarballs answered from the local store.",
+    tarball_ingests: "Tarballs fetched, verified and stored.",
+    coalesced: "Requests that joined a fetch already in flight instead of starting one.",
+    upstream_requests: "HTTP requests sent to the upstream, retries included.",
+    upstream_errors: "Upstream requests that failed (connection, timeout, 5xx, bad body).",
+    upstream_bytes: "Body bytes received from the upstream.",
+    stale_served: "Packuments served from the store because the upstream failed (stale-if-error).",
+    integrity_failures: "Blobs refused because their bytes did not match integrity or content id.",
+    store_errors: "Local store failures (disk full, I/O).",
+}
+
+impl Metrics {
+    /// Adds one.
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n`.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counters by name, for the JSON status.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.all()
+            .into_iter()
+            .map(|(n, _, v)| (n.to_owned(), v))
+            .collect()
+    }
+
+    /// Prometheus text exposition, each counter prefixed `open_registry_` and suffixed `_total`.
+    pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
+        let mut out = String::new();
+        for (name, help, v) in self.all() {
+            let _ = writeln!(
+                out,
+                "# HELP open_registry_{name}_total {help}\n# TYPE open_registry_{name}_total counter\nopen_registry_{name}_total {v}"
+            );
+        }
+        for (name, help, v) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP open_registry_{name} {help}\n# TYPE open_registry_{name} gauge\nopen_registry_{name} {v}"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        Metrics::inc(&m.tarball_hits);
+        Metrics::add(&m.upstream_bytes, 10);
+        let text = m.render(&[("store_bytes", "Bytes stored.", 5)]);
+        assert!(text.contains("open_registry_tarball_hits_total 1\n"));
+        assert!(text.contains("open_registry_upstream_bytes_total 10\n"));
+        assert!(
+            text.contains("# TYPE open_registry_store_bytes gauge\nopen_registry_store_bytes 5\n")
+        );
+        assert_eq!(m.snapshot()["tarball_hits"], 1);
+    }
+}

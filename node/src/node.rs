@@ -1,0 +1,248 @@
+//! A running node: the store, the fetcher and the gateway, wired together, with a handle that
+//! shuts them down in order (stop accepting, finish in-flight fetches, flush the store).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use open_registry_gateway::{self as gateway, Blob, Forward, Forwarded, Packument, Registry};
+use open_registry_protocol::{PackageName, Status, TarballFile};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, gateway_url};
+use crate::fetcher::Fetcher;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::upstream::Upstream;
+
+/// The file in the data dir naming the running node's gateway, for `status` and for tests.
+pub const RUN_FILE: &str = "node.json";
+/// The operator's pinned registry signing keys, if any.
+pub const KEYS_FILE: &str = "keys.json";
+/// How long keys fetched from the upstream are reused.
+const KEYS_TTL: Duration = Duration::from_secs(3600);
+
+/// The node as its gateway sees it: the [`Registry`] implementation.
+#[derive(Debug)]
+pub struct Node {
+    fetcher: Arc<Fetcher>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    gateway: String,
+    data_dir: PathBuf,
+    /// Keys fetched from the upstream, with when. tokio Mutex: held across the fetch so that
+    /// concurrent requests share it.
+    keys: Mutex<Option<(Instant, Bytes)>>,
+}
+
+impl Registry for Node {
+    async fn packument(
+        &self,
+        name: &PackageName,
+        refresh: bool,
+    ) -> Result<Packument, gateway::Error> {
+        Ok(self.fetcher.packument(name, refresh).await?)
+    }
+
+    async fn tarball(
+        &self,
+        name: &PackageName,
+        file: &TarballFile,
+    ) -> Result<Blob, gateway::Error> {
+        Ok(self.fetcher.tarball(name, file).await?)
+    }
+
+    async fn keys(&self) -> Result<Bytes, gateway::Error> {
+        let pinned = self.data_dir.join(KEYS_FILE);
+        match tokio::fs::read(&pinned).await {
+            Ok(b) => return Ok(Bytes::from(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(gateway::Error::Internal(format!(
+                    "cannot read {}: {e}",
+                    pinned.display()
+                )));
+            }
+        }
+        let mut cached = self.keys.lock().await;
+        if let Some((at, b)) = &*cached
+            && at.elapsed() < KEYS_TTL
+        {
+            return Ok(b.clone());
+        }
+        let b = self.fetcher.upstream_keys().await?;
+        *cached = Some((Instant::now(), b.clone()));
+        Ok(b)
+    }
+
+    async fn forward(&self, req: Forward) -> Result<Forwarded, gateway::Error> {
+        match self.fetcher.upstream() {
+            Some(u) => Ok(u
+                .forward(req)
+                .await
+                .map_err(crate::fetcher::FetchError::from)?),
+            None => Err(gateway::Error::Unavailable(
+                "this node has no upstream configured for search and audit".into(),
+            )),
+        }
+    }
+
+    async fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            gateway: self.gateway.clone(),
+            upstream: self.fetcher.upstream().map(|u| u.base().to_string()),
+            store: self.fetcher.store().stats(),
+            counters: self.metrics.snapshot(),
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        let s = self.fetcher.store().stats();
+        self.metrics.render(&[
+            ("store_bytes", "Bytes of blobs in the local store.", s.bytes),
+            ("store_blobs", "Blobs in the local store.", s.blobs),
+            (
+                "store_packuments",
+                "Packages whose packument is stored.",
+                s.packuments,
+            ),
+            (
+                "store_tarballs",
+                "Tarballs indexed in the store.",
+                s.tarballs,
+            ),
+            (
+                "uptime_seconds",
+                "Seconds since the node started.",
+                self.started.elapsed().as_secs(),
+            ),
+        ])
+    }
+}
+
+/// A started node. Dropping it without [`NodeHandle::shutdown`] stops the tasks abruptly.
+#[derive(Debug)]
+pub struct NodeHandle {
+    /// Where the gateway listens.
+    pub addr: SocketAddr,
+    /// The gateway's URL (`http://127.0.0.1:PORT`).
+    pub url: String,
+    /// The node, for in-process callers.
+    pub node: Arc<Node>,
+    store: Arc<Store>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    data_dir: PathBuf,
+}
+
+impl NodeHandle {
+    /// Resolves when shutdown was requested (by [`NodeHandle::shutdown`] or a fatal error).
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Stops accepting requests, lets in-flight work finish (bounded), and flushes the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight work did not finish within 10s; flushing anyway");
+        }
+        self.store.flush().await.context("flushing the store")?;
+        let _ = std::fs::remove_file(self.data_dir.join(RUN_FILE));
+        tracing::info!("stopped; store flushed");
+        Ok(())
+    }
+}
+
+/// Opens the store, binds the gateway and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let store = Arc::new(Store::open(&config.data_dir).await?);
+    let metrics = Arc::new(Metrics::default());
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let upstream = Upstream::new(&config, metrics.clone())?;
+    let fetcher = Fetcher::new(
+        &config,
+        store.clone(),
+        upstream,
+        metrics.clone(),
+        tracker.clone(),
+    );
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let url = gateway_url(addr);
+    let node = Arc::new(Node {
+        fetcher,
+        metrics,
+        started: Instant::now(),
+        gateway: config.public_url.clone().unwrap_or_else(|| url.clone()),
+        data_dir: config.data_dir.clone(),
+        keys: Mutex::new(None),
+    });
+    let router = gateway::router(
+        node.clone(),
+        gateway::Config {
+            public_url: config.public_url.clone(),
+            render_cache_bytes: (config.memory_cache_size / 2) as usize,
+        },
+    );
+    let stop = cancel.clone();
+    tracker.spawn(async move {
+        let serve =
+            axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "gateway failed");
+            stop.cancel();
+        }
+    });
+    let (st, stop) = (store.clone(), cancel.clone());
+    tracker.spawn(async move {
+        // Access times are batched: one sled write per interval, not one per request.
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = st.index.persist_access() {
+                        tracing::warn!(error = %e, "could not record access times");
+                    }
+                }
+            }
+        }
+    });
+    let run = serde_json::json!({"gateway": url, "pid": std::process::id()});
+    std::fs::write(config.data_dir.join(RUN_FILE), run.to_string()).context("writing node.json")?;
+    tracing::info!(
+        "open-registry listening on {url}/ (upstream: {}; data: {})",
+        config
+            .upstream
+            .as_ref()
+            .map_or("none".to_owned(), |u| u.to_string()),
+        config.data_dir.display()
+    );
+    Ok(NodeHandle {
+        addr,
+        url,
+        node,
+        store,
+        cancel,
+        tracker,
+        data_dir: config.data_dir,
+    })
+}

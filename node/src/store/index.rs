@@ -1,0 +1,237 @@
+//! The sled indexes: package name → current packument revision, tarball file → blob id, and
+//! blob id → last access.
+//!
+//! Invariant: an index entry is written only after the blob it names is durable, and a write is
+//! acknowledged only after sled has flushed it (sled 0.34 is durable only after `flush`). So
+//! after a crash an entry can be missing (the blob is re-fetched) but never point at nothing;
+//! [`Index::repair`] removes entries whose blob vanished anyway (deleted by hand, or an
+//! eviction cut short).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use open_registry_protocol::{BlobId, PackageName};
+use serde::{Deserialize, Serialize};
+
+/// A packument revision as the index remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackumentEntry {
+    /// The blob holding the full document.
+    pub id: BlobId,
+    /// The upstream's ETag for it, for conditional revalidation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The upstream's Last-Modified, when there was no ETag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+    /// When the source last confirmed this revision (unix ms).
+    pub checked_at: u64,
+}
+
+/// Index failures.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("index entry is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The sled database and its trees.
+#[derive(Debug)]
+pub struct Index {
+    db: sled::Db,
+    packuments: sled::Tree,
+    tarballs: sled::Tree,
+    access: sled::Tree,
+    /// Accesses not yet written: recording every hit in sled would put a write on the hot path.
+    /// std Mutex: never held across an await.
+    pending_access: Mutex<HashMap<BlobId, u64>>,
+}
+
+fn tarball_key(name: &PackageName, file: &str) -> Vec<u8> {
+    format!("{name}/{file}").into_bytes()
+}
+
+impl Index {
+    /// Opens the database at `path`.
+    pub fn open(path: &std::path::Path) -> Result<Index, IndexError> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(Index {
+            packuments: db.open_tree("packuments")?,
+            tarballs: db.open_tree("tarballs")?,
+            access: db.open_tree("access")?,
+            db,
+            pending_access: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), IndexError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The current packument revision of `name`.
+    pub fn packument(&self, name: &PackageName) -> Result<Option<PackumentEntry>, IndexError> {
+        let Some(v) = self.packuments.get(name.as_str())? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| IndexError::Corrupt(format!("packument entry of {name}: {e}")))
+    }
+
+    /// Records a packument revision (durable when this returns).
+    pub async fn set_packument(
+        &self,
+        name: &PackageName,
+        entry: &PackumentEntry,
+    ) -> Result<(), IndexError> {
+        let v = serde_json::to_vec(entry).expect("entries serialize");
+        self.packuments.insert(name.as_str(), v)?;
+        self.flush().await
+    }
+
+    /// The blob holding tarball `file` of `name`.
+    pub fn tarball(&self, name: &PackageName, file: &str) -> Result<Option<BlobId>, IndexError> {
+        let Some(v) = self.tarballs.get(tarball_key(name, file))? else {
+            return Ok(None);
+        };
+        BlobId::from_bytes(&v)
+            .map(Some)
+            .map_err(|e| IndexError::Corrupt(format!("tarball entry {name}/{file}: {e}")))
+    }
+
+    /// Records where tarball `file` of `name` is (durable when this returns).
+    pub async fn set_tarball(
+        &self,
+        name: &PackageName,
+        file: &str,
+        id: &BlobId,
+    ) -> Result<(), IndexError> {
+        self.tarballs
+            .insert(tarball_key(name, file), id.to_bytes())?;
+        self.touch(id, now_ms());
+        self.flush().await
+    }
+
+    /// Forgets a tarball entry.
+    pub fn remove_tarball(&self, name: &PackageName, file: &str) -> Result<(), IndexError> {
+        self.tarballs.remove(tarball_key(name, file))?;
+        Ok(())
+    }
+
+    /// Forgets a packument entry.
+    pub fn remove_packument(&self, name: &PackageName) -> Result<(), IndexError> {
+        self.packuments.remove(name.as_str())?;
+        Ok(())
+    }
+
+    /// Notes that `id` was used at `at_ms`; written by [`Index::persist_access`].
+    pub fn touch(&self, id: &BlobId, at_ms: u64) {
+        self.pending_access
+            .lock()
+            .expect("access map poisoned")
+            .insert(*id, at_ms);
+    }
+
+    /// Writes pending access times.
+    pub fn persist_access(&self) -> Result<(), IndexError> {
+        let pending =
+            std::mem::take(&mut *self.pending_access.lock().expect("access map poisoned"));
+        let mut batch = sled::Batch::default();
+        for (id, at) in pending {
+            batch.insert(id.to_bytes(), &at.to_be_bytes());
+        }
+        self.access.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// When `id` was last used (unix ms), if known.
+    pub fn last_access(&self, id: &BlobId) -> Result<Option<u64>, IndexError> {
+        if let Some(at) = self
+            .pending_access
+            .lock()
+            .expect("access map poisoned")
+            .get(id)
+        {
+            return Ok(Some(*at));
+        }
+        Ok(self.access.get(id.to_bytes())?.and_then(|v| {
+            let b: [u8; 8] = v.as_ref().try_into().ok()?;
+            Some(u64::from_be_bytes(b))
+        }))
+    }
+
+    /// Counts: (packuments, tarballs).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.packuments.len() as u64, self.tarballs.len() as u64)
+    }
+
+    /// Removes entries that point at blobs `exists` says are gone, and entries that do not
+    /// parse. Returns how many were removed.
+    pub async fn repair(&self, exists: impl Fn(&BlobId) -> bool) -> Result<usize, IndexError> {
+        let mut removed = 0;
+        for kv in self.packuments.iter() {
+            let (k, v) = kv?;
+            let ok = serde_json::from_slice::<PackumentEntry>(&v).is_ok_and(|e| exists(&e.id));
+            if !ok {
+                self.packuments.remove(k)?;
+                removed += 1;
+            }
+        }
+        for kv in self.tarballs.iter() {
+            let (k, v) = kv?;
+            if !BlobId::from_bytes(&v).is_ok_and(|id| exists(&id)) {
+                self.tarballs.remove(k)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.flush().await?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn entries_persist_and_repair_drops_dangling() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = PackageName::parse("@s/p").unwrap();
+        let a = BlobId::of(b"a");
+        let b = BlobId::of(b"b");
+        {
+            let idx = Index::open(&dir.path().join("db")).unwrap();
+            let e = PackumentEntry {
+                id: a,
+                etag: Some("\"x\"".into()),
+                last_modified: None,
+                checked_at: 5,
+            };
+            idx.set_packument(&name, &e).await.unwrap();
+            idx.set_tarball(&name, "p-1.0.0.tgz", &b).await.unwrap();
+            idx.persist_access().unwrap();
+            idx.flush().await.unwrap();
+        }
+        let idx = Index::open(&dir.path().join("db")).unwrap();
+        assert_eq!(idx.packument(&name).unwrap().unwrap().id, a);
+        assert_eq!(idx.tarball(&name, "p-1.0.0.tgz").unwrap(), Some(b));
+        assert!(idx.last_access(&b).unwrap().is_some());
+        assert_eq!(idx.counts(), (1, 1));
+        assert_eq!(idx.repair(|id| *id == a).await.unwrap(), 1);
+        assert_eq!(idx.tarball(&name, "p-1.0.0.tgz").unwrap(), None);
+        assert_eq!(idx.counts(), (1, 0));
+    }
+}

@@ -1,0 +1,78 @@
+//! The local store: verified blobs on disk ([`blobs`]) and their sled indexes ([`index`]).
+//!
+//! Invariant: what the store holds was verified when it was written, so reads are trusted
+//! without re-hashing. Blobs are made durable before any index entry names them.
+
+pub mod blobs;
+pub mod index;
+
+use std::path::Path;
+
+pub use blobs::{Blobs, WriteError, Writer};
+pub use index::{Index, IndexError, PackumentEntry, now_ms};
+use open_registry_protocol::status::StoreStats;
+
+/// Blobs plus indexes.
+#[derive(Debug)]
+pub struct Store {
+    /// The blob files.
+    pub blobs: Blobs,
+    /// The sled indexes.
+    pub index: Index,
+}
+
+/// Why the store could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the blob store in {path}: {source}")]
+    Blobs {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the index in {path}: {source}")]
+    Index { path: String, source: IndexError },
+}
+
+impl Store {
+    /// Opens the store in `dir`, removing interrupted writes and index entries whose blob is gone.
+    pub async fn open(dir: &Path) -> Result<Store, OpenError> {
+        let blobs = Blobs::open(dir).map_err(|source| OpenError::Blobs {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let db = dir.join("db");
+        let index = Index::open(&db).map_err(|source| OpenError::Index {
+            path: db.display().to_string(),
+            source,
+        })?;
+        let removed = index
+            .repair(|id| blobs.contains(id))
+            .await
+            .map_err(|source| OpenError::Index {
+                path: db.display().to_string(),
+                source,
+            })?;
+        if removed > 0 {
+            tracing::warn!(removed, "dropped index entries whose blobs are missing");
+        }
+        Ok(Store { blobs, index })
+    }
+
+    /// Sizes for the status report.
+    pub fn stats(&self) -> StoreStats {
+        let (bytes, blobs) = self.blobs.usage();
+        let (packuments, tarballs) = self.index.counts();
+        StoreStats {
+            blobs,
+            bytes,
+            packuments,
+            tarballs,
+        }
+    }
+
+    /// Writes pending access times and flushes the index: what shutdown calls.
+    pub async fn flush(&self) -> Result<(), IndexError> {
+        self.index.persist_access()?;
+        self.index.flush().await
+    }
+}

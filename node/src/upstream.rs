@@ -1,0 +1,387 @@
+//! The upstream registry client: the only code that talks HTTP to another registry.
+//!
+//! Goals: every wait has a deadline (connect, and a total budget per operation that retries
+//! share); failures are retried a bounded number of times with backoff; bodies are size-capped.
+//! Only the configured upstream is ever contacted: a tarball URL found in metadata contributes
+//! its path, never its host (RELIABILITY.md R9).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt as _;
+use open_registry_gateway::{Forward, ForwardMethod, Forwarded};
+use open_registry_protocol::{PackageName, packument};
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use tokio::time::Instant;
+use url::Url;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Why the upstream did not deliver.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream has no {0}")]
+    NotFound(String),
+    #[error("upstream answered {status} for {what}")]
+    Status { status: u16, what: String },
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    #[error("upstream body was cut short or unreadable: {0}")]
+    Body(String),
+    #[error("upstream body exceeds the {0}-byte cap")]
+    TooLarge(u64),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl UpstreamError {
+    /// Whether trying again may help.
+    fn retriable(&self) -> bool {
+        match self {
+            UpstreamError::Status { status, .. } => *status >= 500 || *status == 429,
+            UpstreamError::Unreachable(_) | UpstreamError::Body(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A packument as the upstream answered a (conditional) request.
+#[derive(Debug, Clone)]
+pub enum PackumentAnswer {
+    /// 304: the revision we hold is current.
+    NotModified,
+    /// 200: a document.
+    Document {
+        bytes: Bytes,
+        etag: Option<String>,
+        last_modified: Option<String>,
+    },
+}
+
+/// The upstream client.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    base: Url,
+    http: reqwest::Client,
+    timeout: Duration,
+    retries: u32,
+    max_packument: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Upstream {
+    /// A client for `config.upstream`; `None` when no upstream is configured.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Option<Upstream>> {
+        let Some(base) = config.upstream.clone() else {
+            return Ok(None);
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.upstream_timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("open-registry/", env!("CARGO_PKG_VERSION")))
+            // Redirects could lead to another host; the upstream is the only host we talk to.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Some(Upstream {
+            base,
+            http,
+            timeout: config.upstream_timeout,
+            retries: config.retries,
+            max_packument: config.max_packument_size,
+            metrics,
+        }))
+    }
+
+    /// The upstream's base URL.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// The total budget for one operation (all its attempts).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends a request built by `build` with retries and backoff inside one deadline; returns the
+    /// response once its status is final (2xx, 304 or 404).
+    async fn send(
+        &self,
+        what: &str,
+        deadline: Instant,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut attempt = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(UpstreamError::Timeout(self.timeout));
+            }
+            Metrics::inc(&self.metrics.upstream_requests);
+            let result = match tokio::time::timeout(left, build().timeout(left).send()).await {
+                Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+                Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(self.timeout)),
+                Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
+                Ok(Ok(r)) => match r.status() {
+                    s if s.is_success() || s == StatusCode::NOT_MODIFIED => Ok(r),
+                    StatusCode::NOT_FOUND => return Err(UpstreamError::NotFound(what.to_owned())),
+                    s => Err(UpstreamError::Status {
+                        status: s.as_u16(),
+                        what: what.to_owned(),
+                    }),
+                },
+            };
+            match result {
+                Ok(r) => return Ok(r),
+                Err(e) if e.retriable() && attempt < self.retries => {
+                    Metrics::inc(&self.metrics.upstream_errors);
+                    attempt += 1;
+                    let backoff = Duration::from_millis(100 * 4u64.pow(attempt - 1));
+                    tracing::debug!(%e, attempt, "upstream request failed; retrying");
+                    tokio::time::sleep(
+                        backoff.min(deadline.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.upstream_errors);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Fetches the full packument of `name`, conditionally when `etag` or `last_modified` is
+    /// known. Retries cover cut-short bodies too.
+    pub async fn packument(
+        &self,
+        name: &PackageName,
+        etag: Option<&str>,
+        last_modified: Option<&str>,
+    ) -> Result<PackumentAnswer, UpstreamError> {
+        let url = self
+            .base
+            .join(&name.url_segment())
+            .map_err(|e| UpstreamError::Refused(e.to_string()))?;
+        let deadline = Instant::now() + self.timeout;
+        let what = format!("package {name}");
+        let mut attempt = 0;
+        loop {
+            let r = self
+                .send(&what, deadline, || {
+                    let mut req = self
+                        .http
+                        .get(url.clone())
+                        // The full document: abbreviated forms are derived here, never trusted
+                        // from an upstream that may ignore the header anyway.
+                        .header(header::ACCEPT, "application/json");
+                    if let Some(e) = etag {
+                        req = req.header(header::IF_NONE_MATCH, e);
+                    } else if let Some(lm) = last_modified {
+                        req = req.header(header::IF_MODIFIED_SINCE, lm);
+                    }
+                    req
+                })
+                .await?;
+            if r.status() == StatusCode::NOT_MODIFIED {
+                return Ok(PackumentAnswer::NotModified);
+            }
+            let etag = header_string(r.headers(), header::ETAG);
+            let last_modified = header_string(r.headers(), header::LAST_MODIFIED);
+            match read_capped(r, self.max_packument, deadline, &self.metrics).await {
+                Ok(bytes) => {
+                    return Ok(PackumentAnswer::Document {
+                        bytes,
+                        etag,
+                        last_modified,
+                    });
+                }
+                Err(e) if e.retriable() && attempt < self.retries => {
+                    attempt += 1;
+                    Metrics::inc(&self.metrics.upstream_errors);
+                    tracing::debug!(%e, "packument body failed; retrying");
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.upstream_errors);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The upstream URL of a tarball: the path of `dist_tarball` (as the packument wrote it) on
+    /// the configured upstream, or the registry's conventional path when it is absent or unusable.
+    pub fn tarball_url(
+        &self,
+        name: &PackageName,
+        file: &str,
+        dist_tarball: Option<&str>,
+    ) -> Result<Url, UpstreamError> {
+        let conventional = || format!("{name}/-/{file}");
+        let url = match dist_tarball.and_then(packument::url_path) {
+            Some(path) => self.base.join(path),
+            None => self.base.join(&conventional()),
+        }
+        .map_err(|e| UpstreamError::Refused(format!("bad tarball path: {e}")))?;
+        if url.origin() != self.base.origin() {
+            return Err(UpstreamError::Refused(format!(
+                "tarball URL {url} is not on the upstream"
+            )));
+        }
+        Ok(url)
+    }
+
+    /// Starts a tarball download; the caller streams the body (with `deadline`).
+    pub async fn tarball(
+        &self,
+        url: &Url,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        self.send(what, deadline, || self.http.get(url.clone()))
+            .await
+    }
+
+    /// The registry signing keys document.
+    pub async fn keys(&self) -> Result<Bytes, UpstreamError> {
+        let url = self
+            .base
+            .join("-/npm/v1/keys")
+            .map_err(|e| UpstreamError::Refused(e.to_string()))?;
+        let deadline = Instant::now() + self.timeout;
+        let r = self
+            .send("signing keys", deadline, || self.http.get(url.clone()))
+            .await?;
+        read_capped(r, 1 << 20, deadline, &self.metrics).await
+    }
+
+    /// Forwards a search or audit request.
+    pub async fn forward(&self, req: Forward) -> Result<Forwarded, UpstreamError> {
+        let path = req.path_and_query.trim_start_matches('/');
+        let url = self
+            .base
+            .join(path)
+            .map_err(|e| UpstreamError::Refused(e.to_string()))?;
+        if url.origin() != self.base.origin() {
+            return Err(UpstreamError::Refused(
+                "forward path leaves the upstream".into(),
+            ));
+        }
+        let deadline = Instant::now() + self.timeout;
+        Metrics::inc(&self.metrics.upstream_requests);
+        let mut b = match req.method {
+            ForwardMethod::Get => self.http.get(url),
+            ForwardMethod::Post => self.http.post(url).body(req.body.clone()),
+        };
+        if let Some(ct) = &req.content_type {
+            b = b.header(header::CONTENT_TYPE, ct);
+        }
+        if let Some(ce) = &req.content_encoding {
+            b = b.header(header::CONTENT_ENCODING, ce);
+        }
+        // No retries: audits are POSTs, and a search is cheap for npm to repeat.
+        let r = match tokio::time::timeout(self.timeout, b.timeout(self.timeout).send()).await {
+            Err(_) => return Err(UpstreamError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_timeout() => return Err(UpstreamError::Timeout(self.timeout)),
+            Ok(Err(e)) => return Err(UpstreamError::Unreachable(error_chain(&e))),
+            Ok(Ok(r)) => r,
+        };
+        let status = r.status().as_u16();
+        let content_type = header_string(r.headers(), header::CONTENT_TYPE);
+        let body = read_capped(r, 32 << 20, deadline, &self.metrics).await?;
+        Ok(Forwarded {
+            status,
+            content_type,
+            body,
+        })
+    }
+}
+
+/// Reads a whole body, refusing more than `cap` bytes and anything after `deadline`.
+async fn read_capped(
+    r: reqwest::Response,
+    cap: u64,
+    deadline: Instant,
+    metrics: &Metrics,
+) -> Result<Bytes, UpstreamError> {
+    if r.content_length().is_some_and(|n| n > cap) {
+        return Err(UpstreamError::TooLarge(cap));
+    }
+    let mut buf = BytesMut::new();
+    let mut body = r.bytes_stream();
+    loop {
+        let next = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .map_err(|_| UpstreamError::Timeout(Duration::ZERO))?;
+        match next {
+            None => break,
+            Some(Ok(chunk)) => {
+                Metrics::add(&metrics.upstream_bytes, chunk.len() as u64);
+                if buf.len() as u64 + chunk.len() as u64 > cap {
+                    return Err(UpstreamError::TooLarge(cap));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Some(Err(e)) => return Err(UpstreamError::Body(error_chain(&e))),
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn header_string(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    h.get(name)
+        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// An error and its causes on one line (reqwest's Display hides the cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(base: &str) -> Upstream {
+        let c = Config::new("/x", Some(Url::parse(base).unwrap()));
+        Upstream::new(&c, Arc::default()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn tarball_urls_stay_on_the_upstream() {
+        let u = upstream("http://10.0.0.1:4873/npm/");
+        let name = PackageName::parse("@s/p").unwrap();
+        // The path is kept, the host is replaced (R9: no SSRF through metadata).
+        let url = u
+            .tarball_url(
+                &name,
+                "p-1.0.0.tgz",
+                Some("http://evil.example:1/npm/@s/p/-/p-1.0.0.tgz"),
+            )
+            .unwrap();
+        assert_eq!(url.as_str(), "http://10.0.0.1:4873/npm/@s/p/-/p-1.0.0.tgz");
+        let url = u.tarball_url(&name, "p-1.0.0.tgz", None).unwrap();
+        assert_eq!(url.as_str(), "http://10.0.0.1:4873/npm/@s/p/-/p-1.0.0.tgz");
+        let url = u
+            .tarball_url(&name, "p-1.0.0.tgz", Some("//evil.example/x.tgz"))
+            .unwrap();
+        assert_eq!(url.host_str(), Some("10.0.0.1"));
+        let url = u
+            .tarball_url(&name, "p-1.0.0.tgz", Some("http://h/../../x/-/p-1.0.0.tgz"))
+            .unwrap();
+        assert_eq!(url.host_str(), Some("10.0.0.1"));
+    }
+}
