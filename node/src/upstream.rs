@@ -85,8 +85,7 @@ impl Upstream {
             .read_timeout(config.upstream_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("open-registry/", env!("CARGO_PKG_VERSION")))
-            // Redirects could lead to another host; the upstream is the only host we talk to.
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(same_origin_redirects(&base))
             .build()?;
         Ok(Some(Upstream {
             base,
@@ -300,6 +299,22 @@ impl Upstream {
             body,
         })
     }
+}
+
+/// Follows up to 5 redirects, and only within the upstream's origin: the upstream is the only
+/// host this node ever talks to.
+fn same_origin_redirects(base: &Url) -> reqwest::redirect::Policy {
+    let origin = base.origin();
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            attempt.error("too many redirects")
+        } else if attempt.url().origin() != origin {
+            let to = attempt.url().to_string();
+            attempt.error(format!("refusing a redirect off the upstream, to {to}"))
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// Reads a whole body, refusing more than `cap` bytes and anything after `deadline`.
