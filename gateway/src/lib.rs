@@ -1,11 +1,43 @@
 //! Open-Registry's gateway: the npm registry HTTP API, served from any [`Registry`].
 //!
-//! - [`registry`]: the trait a node implements, and the types it returns.
-//!
 //! The gateway validates names and paths, negotiates full or abbreviated documents, derives and
 //! caches the encoded forms it serves, and maps errors to what npm prints. Where bytes come from
 //! is the node's business, never the gateway's.
+//!
+//! - [`registry`]: the trait a node implements, and the types it returns.
+//! - [`mod@router`]: [`router()`] and its [`Config`]; dispatches every request by method and path.
+//! - `path`: raw request paths → routes, with npm's name rules and traversal checks.
+//! - `negotiate`: Accept, Accept-Encoding, If-None-Match and Host → what to send.
+//! - `documents`: packuments, versions and dist-tags (the hot path), from the render cache.
+//! - `render` and `cache`: deriving a document's final bytes (JSON, gzip, ETag) once per
+//!   revision, and keeping them in a byte-bounded LRU that renders each key once.
+//! - `tarball`: tarballs, streamed and never re-compressed.
+//! - `meta`: ping, keys, status, metrics, and search and audits passed to the upstream.
+//! - [`error`]: [`ApiError`], the one place failures become status codes and JSON.
+//! - `metrics`: the gateway's own Prometheus counters.
+//! - [`memory`]: [`MemoryRegistry`], an in-memory [`Registry`] for tests.
 
+pub mod error;
+pub mod memory;
 pub mod registry;
+pub mod router;
 
+mod cache;
+mod documents;
+mod meta;
+mod metrics;
+mod negotiate;
+mod path;
+mod render;
+mod tarball;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::ApiError;
+pub use memory::MemoryRegistry;
+pub use meta::MAX_FORWARD_BODY;
+pub use negotiate::HostError;
+pub use path::PathError;
 pub use registry::{Blob, Body, Error, Forward, ForwardMethod, Forwarded, Packument, Registry};
+pub use router::{Config, DEFAULT_RENDER_CACHE_BYTES, router};

@@ -57,6 +57,15 @@ pub enum Body {
     Stream(BoxStream<'static, io::Result<Bytes>>),
 }
 
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Bytes(b) => f.debug_tuple("Bytes").field(&b.len()).finish(),
+            Body::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
 /// A request the gateway forwards to the upstream unchanged (search, audits).
 #[derive(Debug, Clone)]
 pub struct Forward {

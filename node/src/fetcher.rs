@@ -137,11 +137,12 @@ impl Fetcher {
         refresh: bool,
     ) -> Result<Packument, FetchError> {
         Metrics::inc(&self.metrics.packument_requests);
-        if !refresh && let Some((e, p)) = self.hot.get(name) {
-            if self.is_fresh(&e) || self.upstream.is_none() {
-                Metrics::inc(&self.metrics.packument_hits);
-                return Ok(p);
-            }
+        if !refresh
+            && let Some((e, p)) = self.hot.get(name)
+            && (self.is_fresh(&e) || self.upstream.is_none())
+        {
+            Metrics::inc(&self.metrics.packument_hits);
+            return Ok(p);
         }
         let entry = self.store.index.packument(name).map_err(store_err)?;
         if let Some(e) = &entry

@@ -37,14 +37,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
 /// Formats a duration the way [`parse_duration`] reads it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = d.as_secs();
     match s {
-        _ if s > 0 && s % 86400 == 0 => format!("{}d", s / 86400),
-        _ if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
-        _ if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        _ if s > 0 && s.is_multiple_of(86400) => format!("{}d", s / 86400),
+        _ if s > 0 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ if s > 0 && s.is_multiple_of(60) => format!("{}m", s / 60),
         _ => format!("{s}s"),
     }
 }
@@ -58,11 +58,11 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
         "" | "b" => 1,
         "k" | "kb" => 1000,
         "kib" => 1 << 10,
-        "m" | "mb" => 1000_000,
+        "m" | "mb" => 1_000_000,
         "mib" => 1 << 20,
-        "g" | "gb" => 1000_000_000,
+        "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        "t" | "tb" => 1000_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
         _ => return Err(err()),
     };
@@ -72,7 +72,7 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
 /// Formats a byte count exactly, the way [`parse_size`] reads it (`1GiB`, `1536KiB`, `1000`).
 pub fn format_size_exact(n: u64) -> String {
     for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if n > 0 && n % (1u64 << shift) == 0 {
+        if n > 0 && n.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }

@@ -5,6 +5,9 @@
 //! - [`integrity`]: npm's integrity strings and the one-pass [`Verifier`] that checks a blob
 //!   against them and computes its id.
 //! - [`packument`]: parsing packuments and deriving the abbreviated and rewritten forms.
+//! - [`peer`]: operator identities ([`PeerId`], the libp2p id of the operator's ed25519 key).
+//! - [`record`]: signed mirror records; [`Verified`] values come only from [`Signed::verify`].
+//! - [`trust`]: the trust policy (trusted signers, threshold) and its distinct rejections.
 //! - [`status`]: the node's JSON self-report.
 //!
 //! No tokio, no sockets, no disk: everything here is a pure function of its input, so it is
@@ -14,9 +17,15 @@ pub mod id;
 pub mod integrity;
 pub mod name;
 pub mod packument;
+pub mod peer;
+pub mod record;
 pub mod status;
+pub mod trust;
 
 pub use id::BlobId;
 pub use integrity::{Integrity, IntegrityError, Verifier};
 pub use name::{NameError, PackageName, TarballFile};
+pub use peer::PeerId;
+pub use record::{Record, Signed, Verified};
 pub use status::Status;
+pub use trust::{Policy, TrustError};

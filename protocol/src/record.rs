@@ -1,0 +1,438 @@
+//! Signed mirror records: what an operator attests about one package.
+//!
+//! A [`Record`] says: "at `fetched_at` I mirrored package `name`; its packument bytes have CID
+//! `packument`; version V has npm integrity I and (once I stored it) tarball CID T; believe this
+//! until `expires_at`; it is my `seq`-th statement about this name." Records are small (a few
+//! dozen bytes per version): packuments and tarballs travel as blobs, named by the CIDs here.
+//!
+//! The encoding is deterministic (one record, one byte string: fixed-width big-endian integers,
+//! length-prefixed strings, versions sorted and unique) and what is signed is a domain-separation
+//! prefix followed by those bytes, so a signature over a record can never be confused with a
+//! signature over anything else. docs/protocol.md specifies the format with test vectors.
+//!
+//! Invariant: a [`Verified<Record>`] can only be obtained from [`Signed::verify`], which checks
+//! the ed25519 signature with `verify_strict` and then parses the record from the verified bytes;
+//! nothing else can be read as trusted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer as _, SigningKey};
+
+use crate::id::BlobId;
+use crate::name::PackageName;
+use crate::peer::PeerId;
+
+/// Prefix of every signed message: the domain, so signatures cannot be replayed elsewhere.
+pub const DOMAIN: &[u8] = b"open-registry/record/v1\n";
+/// The format byte that starts an encoded record.
+pub const FORMAT: u8 = 1;
+/// Most versions one record may list.
+pub const MAX_VERSIONS: u32 = 100_000;
+/// Largest encoded record accepted.
+pub const MAX_RECORD_LEN: usize = 16 << 20;
+/// Length of a CID as encoded here (CIDv1 raw BLAKE3-256).
+const CID_LEN: usize = 36;
+
+/// What one version is attested to be.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VersionEntry {
+    /// npm integrity (SRI), as in `dist.integrity`, or `sha1-<base64>` from `dist.shasum`.
+    pub integrity: String,
+    /// The tarball's CID, once the signer stored and verified it.
+    pub tarball: Option<BlobId>,
+}
+
+/// An operator's statement about a package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The package.
+    pub name: PackageName,
+    /// Strictly increasing per signer and name.
+    pub seq: u64,
+    /// When the signer fetched the packument (unix ms).
+    pub fetched_at: u64,
+    /// When this record stops being valid (unix ms).
+    pub expires_at: u64,
+    /// The CID of the packument bytes.
+    pub packument: BlobId,
+    /// Version → entry.
+    pub versions: BTreeMap<String, VersionEntry>,
+}
+
+/// Why bytes are not a valid record or signed record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record is malformed: {0}")]
+    Malformed(String),
+    #[error("record is signed by a key that is not a valid ed25519 key")]
+    BadKey,
+    #[error("record signature is invalid (forged or altered)")]
+    BadSignature,
+}
+
+fn malformed(s: impl Into<String>) -> RecordError {
+    RecordError::Malformed(s.into())
+}
+
+impl Record {
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.versions.len() * 140);
+        out.push(FORMAT);
+        put_str16(&mut out, self.name.as_str());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.fetched_at.to_be_bytes());
+        out.extend_from_slice(&self.expires_at.to_be_bytes());
+        out.extend_from_slice(&self.packument.to_bytes());
+        out.extend_from_slice(&(self.versions.len() as u32).to_be_bytes());
+        // BTreeMap iterates in byte order of the keys: the canonical order.
+        for (v, e) in &self.versions {
+            put_str16(&mut out, v);
+            put_str16(&mut out, &e.integrity);
+            match &e.tarball {
+                Some(id) => {
+                    out.push(1);
+                    out.extend_from_slice(&id.to_bytes());
+                }
+                None => out.push(0),
+            }
+        }
+        out
+    }
+
+    /// Parses the canonical encoding; anything else (trailing bytes, unsorted or duplicate
+    /// versions, bad names or ids) is refused, so decoding and encoding are inverse.
+    pub fn decode(b: &[u8]) -> Result<Record, RecordError> {
+        if b.len() > MAX_RECORD_LEN {
+            return Err(malformed("record too large"));
+        }
+        let mut r = Reader(b);
+        if r.u8()? != FORMAT {
+            return Err(malformed("unknown record format"));
+        }
+        let name = PackageName::parse(r.str16()?).map_err(|e| malformed(e.to_string()))?;
+        let seq = r.u64()?;
+        let fetched_at = r.u64()?;
+        let expires_at = r.u64()?;
+        let packument = r.cid()?;
+        let n = r.u32()?;
+        if n > MAX_VERSIONS {
+            return Err(malformed("too many versions"));
+        }
+        let mut versions = BTreeMap::new();
+        let mut last: Option<&str> = None;
+        for _ in 0..n {
+            let v = r.str16()?;
+            if v.is_empty() || last.is_some_and(|l| l.as_bytes() >= v.as_bytes()) {
+                return Err(malformed("versions are not sorted and unique"));
+            }
+            last = Some(v);
+            let integrity = r.str16()?.to_owned();
+            let tarball = match r.u8()? {
+                0 => None,
+                1 => Some(r.cid()?),
+                _ => return Err(malformed("bad tarball flag")),
+            };
+            versions.insert(v.to_owned(), VersionEntry { integrity, tarball });
+        }
+        if !r.0.is_empty() {
+            return Err(malformed("trailing bytes"));
+        }
+        Ok(Record {
+            name,
+            seq,
+            fetched_at,
+            expires_at,
+            packument,
+            versions,
+        })
+    }
+
+    /// Signs the record with `key`.
+    pub fn sign(&self, key: &SigningKey) -> Signed {
+        let body = self.encode();
+        let signature = key.sign(&signed_message(&body)).to_bytes();
+        Signed {
+            signer: PeerId::from_public_key(&key.verifying_key()),
+            signature,
+            body,
+        }
+    }
+}
+
+/// The exact bytes an operator signs: [`DOMAIN`] followed by the encoded record.
+pub fn signed_message(body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(DOMAIN.len() + body.len());
+    m.extend_from_slice(DOMAIN);
+    m.extend_from_slice(body);
+    m
+}
+
+fn put_str16(out: &mut Vec<u8>, s: &str) {
+    let len = u16::try_from(s.len()).expect("strings in records are short");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+        if self.0.len() < n {
+            return Err(malformed("record is truncated"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, RecordError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, RecordError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, RecordError> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn str16(&mut self) -> Result<&'a str, RecordError> {
+        let n = u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes"));
+        std::str::from_utf8(self.take(n as usize)?).map_err(|_| malformed("string is not UTF-8"))
+    }
+    fn cid(&mut self) -> Result<BlobId, RecordError> {
+        BlobId::from_bytes(self.take(CID_LEN)?).map_err(|e| malformed(e.to_string()))
+    }
+}
+
+/// A record as it travels: the encoded body, its signer and signature. Not yet trusted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// Who claims to have signed it.
+    pub signer: PeerId,
+    /// The ed25519 signature over [`signed_message`]`(body)`.
+    pub signature: [u8; 64],
+    /// The encoded record.
+    pub body: Vec<u8>,
+}
+
+impl fmt::Debug for Signed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signed")
+            .field("signer", &self.signer)
+            .field("len", &self.body.len())
+            .finish()
+    }
+}
+
+/// A record whose signature checked out. Only [`Signed::verify`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified<T> {
+    signer: PeerId,
+    value: T,
+}
+
+impl<T> Verified<T> {
+    /// Who signed it.
+    pub fn signer(&self) -> &PeerId {
+        &self.signer
+    }
+
+    /// The verified value.
+    pub fn get(&self) -> &T {
+        &self.value
+    }
+}
+
+impl Signed {
+    /// Checks the signature (ed25519 `verify_strict`) and parses the record from the verified
+    /// bytes. Trust decisions (is this signer trusted, is it fresh, is it newer) are the
+    /// [`crate::trust`] policy's.
+    pub fn verify(&self) -> Result<Verified<Record>, RecordError> {
+        let key = self.signer.public_key();
+        let sig = Signature::from_bytes(&self.signature);
+        key.verify_strict(&signed_message(&self.body), &sig)
+            .map_err(|_| RecordError::BadSignature)?;
+        Ok(Verified {
+            signer: self.signer,
+            value: Record::decode(&self.body)?,
+        })
+    }
+
+    /// The binary wire form: format byte 1, the 32-byte public key, the 64-byte signature, the
+    /// body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(97 + self.body.len());
+        v.push(FORMAT);
+        v.extend_from_slice(self.signer.key_bytes());
+        v.extend_from_slice(&self.signature);
+        v.extend_from_slice(&self.body);
+        v
+    }
+
+    /// Parses the binary wire form (the signature is not checked here).
+    pub fn from_bytes(b: &[u8]) -> Result<Signed, RecordError> {
+        if b.len() < 97 || b[0] != FORMAT {
+            return Err(malformed(
+                "signed record is truncated or of an unknown format",
+            ));
+        }
+        if b.len() > MAX_RECORD_LEN + 97 {
+            return Err(malformed("signed record too large"));
+        }
+        let key: [u8; 32] = b[1..33].try_into().expect("32 bytes");
+        Ok(Signed {
+            signer: PeerId::from_key_bytes(&key).map_err(|_| RecordError::BadKey)?,
+            signature: b[33..97].try_into().expect("64 bytes"),
+            body: b[97..].to_vec(),
+        })
+    }
+
+    /// The JSON form served over HTTP.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "signer": self.signer.to_string(),
+            "signature": B64.encode(self.signature),
+            "record": B64.encode(&self.body),
+        })
+    }
+
+    /// Parses the JSON form (the signature is not checked here).
+    pub fn from_json(v: &serde_json::Value) -> Result<Signed, RecordError> {
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .ok_or_else(|| malformed(format!("signed record has no {k:?}")))
+        };
+        let signer = field("signer")?
+            .parse::<PeerId>()
+            .map_err(|_| RecordError::BadKey)?;
+        let signature: [u8; 64] = B64
+            .decode(field("signature")?)
+            .ok()
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| malformed("signature is not 64 base64 bytes"))?;
+        let body = B64
+            .decode(field("record")?)
+            .map_err(|_| malformed("record is not base64"))?;
+        Ok(Signed {
+            signer,
+            signature,
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn sample(seq: u64) -> Record {
+        let mut versions = BTreeMap::new();
+        versions.insert(
+            "1.0.0".to_owned(),
+            VersionEntry {
+                integrity: crate::Integrity::sha512_sri(b"tarball 1"),
+                tarball: Some(BlobId::of(b"tarball 1")),
+            },
+        );
+        versions.insert(
+            "2.0.0-beta.1".to_owned(),
+            VersionEntry {
+                integrity: "sha1-AAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned(),
+                tarball: None,
+            },
+        );
+        Record {
+            name: PackageName::parse("@demo/pkg").unwrap(),
+            seq,
+            fetched_at: 1_700_000_000_000,
+            expires_at: 1_700_604_800_000,
+            packument: BlobId::of(b"packument"),
+            versions,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_verify() {
+        let key = SigningKey::from_bytes(&[1u8; 32]);
+        let r = sample(3);
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        let s = r.sign(&key);
+        let v = s.verify().unwrap();
+        assert_eq!(v.get(), &r);
+        assert_eq!(v.signer(), &PeerId::from_public_key(&key.verifying_key()));
+        assert_eq!(Signed::from_bytes(&s.to_bytes()).unwrap(), s);
+        assert_eq!(Signed::from_json(&s.to_json()).unwrap(), s);
+    }
+
+    #[test]
+    fn any_flipped_bit_breaks_the_signature() {
+        let s = sample(1).sign(&SigningKey::from_bytes(&[2u8; 32]));
+        for i in 0..s.body.len() {
+            let mut t = s.clone();
+            t.body[i] ^= 0x01;
+            assert!(t.verify().is_err(), "flip at {i} accepted");
+        }
+        let mut t = s.clone();
+        t.signature[10] ^= 0x80;
+        assert_eq!(t.verify(), Err(RecordError::BadSignature));
+        // Someone else's key over the same bytes: forged.
+        let mut t = s.clone();
+        t.signer = PeerId::from_public_key(&SigningKey::from_bytes(&[3u8; 32]).verifying_key());
+        assert_eq!(t.verify(), Err(RecordError::BadSignature));
+    }
+
+    #[test]
+    fn non_canonical_encodings_are_refused() {
+        let mut b = sample(1).encode();
+        b.push(0);
+        assert!(Record::decode(&b).is_err());
+        // Swap the two versions' order by re-encoding by hand: decode refuses unsorted input.
+        let r = sample(1);
+        let mut out = Vec::new();
+        out.push(FORMAT);
+        put_str16(&mut out, r.name.as_str());
+        for n in [r.seq, r.fetched_at, r.expires_at] {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        out.extend_from_slice(&r.packument.to_bytes());
+        out.extend_from_slice(&2u32.to_be_bytes());
+        for v in ["2.0.0", "1.0.0"] {
+            put_str16(&mut out, v);
+            put_str16(&mut out, "sha512-x");
+            out.push(0);
+        }
+        assert!(Record::decode(&out).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn encoding_is_deterministic_and_invertible(
+            seq in any::<u64>(),
+            t in any::<u64>(),
+            vs in proptest::collection::btree_map("[0-9a-z.+-]{1,20}", ("[a-zA-Z0-9+/=-]{0,90}", any::<Option<[u8; 4]>>()), 0..20),
+        ) {
+            let versions = vs.into_iter().map(|(k, (i, t))| (k, VersionEntry {
+                integrity: i,
+                tarball: t.map(|b| BlobId::of(&b)),
+            })).collect();
+            let r = Record { name: PackageName::parse("x").unwrap(), seq, fetched_at: t, expires_at: t, packument: BlobId::of(b""), versions };
+            let b = r.encode();
+            prop_assert_eq!(&Record::decode(&b).unwrap(), &r);
+            prop_assert_eq!(Record::decode(&b).unwrap().encode(), b);
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Record::decode(&b);
+            let _ = Signed::from_bytes(&b);
+        }
+    }
+}
