@@ -1,0 +1,1 @@
+//! Peer-to-peer networking (being built).
