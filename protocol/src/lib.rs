@@ -5,6 +5,7 @@
 //! - [`integrity`]: npm's integrity strings and the one-pass [`Verifier`] that checks a blob
 //!   against them and computes its id.
 //! - [`packument`]: parsing packuments and deriving the abbreviated and rewritten forms.
+//! - [`npm_sig`]: npm's own ECDSA registry signatures, checked against pinned keys.
 //! - [`peer`]: operator identities ([`PeerId`], the libp2p id of the operator's ed25519 key).
 //! - [`record`]: signed mirror records; [`Verified`] values come only from [`Signed::verify`].
 //! - [`trust`]: the trust policy (trusted signers, threshold) and its distinct rejections.
@@ -16,6 +17,7 @@
 pub mod id;
 pub mod integrity;
 pub mod name;
+pub mod npm_sig;
 pub mod packument;
 pub mod peer;
 pub mod record;
