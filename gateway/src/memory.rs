@@ -39,6 +39,7 @@ struct State {
     /// Versions published "upstream" but not yet seen: applied on `packument(name, true)`.
     staged: HashMap<PackageName, Vec<(String, Bytes)>>,
     keys: Option<Bytes>,
+    records: HashMap<PackageName, Bytes>,
     forward_answer: Option<Forwarded>,
     forwarded: Vec<Forward>,
     status: Status,
@@ -128,6 +129,11 @@ impl MemoryRegistry {
     /// The current packument of `name`, as the gateway would get it.
     pub fn packument_of(&self, name: &PackageName) -> Option<Packument> {
         self.lock().packages.get(name).map(|p| p.current.clone())
+    }
+
+    /// Sets the `/-/open-registry/records/<name>` document.
+    pub fn set_records(&self, name: &PackageName, doc: impl Into<Bytes>) {
+        self.lock().records.insert(name.clone(), doc.into());
     }
 
     /// Sets the `/-/npm/v1/keys` document (default `{"keys":[]}`).
@@ -327,6 +333,33 @@ impl Registry for MemoryRegistry {
             id: BlobId::of(&bytes),
             len: bytes.len() as u64,
             body,
+        })
+    }
+
+    async fn records(&self, name: &PackageName) -> Result<Bytes, Error> {
+        self.failure()?;
+        self.lock()
+            .records
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no signed records for {name}")))
+    }
+
+    async fn blob(&self, id: &BlobId) -> Result<Blob, Error> {
+        self.failure()?;
+        let state = self.lock();
+        let bytes = state
+            .packages
+            .values()
+            .map(|p| &p.current.bytes)
+            .chain(state.tarballs.values())
+            .find(|b| BlobId::of(b) == *id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no blob {id}")))?;
+        Ok(Blob {
+            id: *id,
+            len: bytes.len() as u64,
+            body: Body::Bytes(bytes),
         })
     }
 

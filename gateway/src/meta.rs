@@ -32,6 +32,15 @@ pub(crate) async fn keys<R: Registry>(shared: &Shared<R>) -> Result<Response, Ap
     Ok(json_response(StatusCode::OK, &keys))
 }
 
+/// `GET /-/open-registry/records/<name>`: the signed records the node holds for a package.
+pub(crate) async fn records<R: Registry>(
+    shared: &Shared<R>,
+    name: &open_registry_protocol::PackageName,
+) -> Result<Response, ApiError> {
+    let doc = shared.registry.records(name).await?;
+    Ok(json_response(StatusCode::OK, &doc))
+}
+
 /// `GET /-/open-registry/status`.
 pub(crate) async fn status<R: Registry>(shared: &Shared<R>) -> Result<Response, ApiError> {
     let status = shared.registry.status().await;

@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use open_registry_protocol::{NameError, PackageName, TarballFile};
+use open_registry_protocol::{BlobId, NameError, PackageName, TarballFile};
 use percent_encoding::percent_decode_str;
 
 /// The longest version or dist-tag accepted in `/<name>/<spec>`.
@@ -45,6 +45,10 @@ pub(crate) enum Route {
     Search,
     /// `/-/open-registry/status`.
     Status,
+    /// `/-/open-registry/records/<name>`.
+    Records(PackageName),
+    /// `/-/open-registry/blobs/<cid>`.
+    Blob(BlobId),
     /// `/-/metrics`.
     Metrics,
 }
@@ -142,6 +146,17 @@ fn parse_special(segs: &[&str], raw: &str) -> Result<Route, PathError> {
         ["npm", "v1", "security", "audits", "quick"] => Route::AuditsQuick,
         ["v1", "search"] => Route::Search,
         ["open-registry", "status"] => Route::Status,
+        ["open-registry", "records", name @ ..] if !name.is_empty() => {
+            let (name, rest) = split_name(name)?;
+            if !rest.is_empty() {
+                return Err(PathError::NoRoute(raw.to_owned()));
+            }
+            Route::Records(name)
+        }
+        ["open-registry", "blobs", cid] => Route::Blob(
+            cid.parse()
+                .map_err(|_| PathError::Malformed("not a blob id"))?,
+        ),
         ["package", name @ .., "dist-tags"] if !name.is_empty() => {
             let (name, rest) = split_name(name)?;
             if !rest.is_empty() {

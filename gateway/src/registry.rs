@@ -143,6 +143,14 @@ pub trait Registry: Send + Sync + 'static {
         file: &TarballFile,
     ) -> impl Future<Output = Result<Blob, Error>> + Send;
 
+    /// The signed mirror records held for `name`: the JSON document served at
+    /// `/-/open-registry/records/<name>` (`{"name": ..., "records": [...]}`, docs/protocol.md).
+    fn records(&self, name: &PackageName) -> impl Future<Output = Result<Bytes, Error>> + Send;
+
+    /// A blob from the local store, by content id (never fetched from elsewhere): how verifiers
+    /// get the exact packument bytes a record names.
+    fn blob(&self, id: &BlobId) -> impl Future<Output = Result<Blob, Error>> + Send;
+
     /// The registry signing keys document served at `/-/npm/v1/keys`.
     fn keys(&self) -> impl Future<Output = Result<Bytes, Error>> + Send;
 

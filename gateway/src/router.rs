@@ -173,6 +173,11 @@ async fn read<R: Registry>(
         Route::Whoami => (RouteClass::Meta, Err(ApiError::Anonymous)),
         Route::Keys => (RouteClass::Meta, meta::keys(shared).await),
         Route::Status => (RouteClass::Meta, meta::status(shared).await),
+        Route::Records(name) => (RouteClass::Meta, meta::records(shared, &name).await),
+        Route::Blob(id) => match shared.registry.blob(&id).await {
+            Ok(blob) => (RouteClass::Tarball, tarball::respond(blob, headers)),
+            Err(e) => (RouteClass::Tarball, Err(e.into())),
+        },
         Route::Metrics => (RouteClass::Meta, Ok(meta::metrics(shared).await)),
     }
 }

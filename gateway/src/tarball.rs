@@ -28,6 +28,15 @@ pub(crate) async fn serve<R: Registry>(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let blob = shared.registry.tarball(name, file).await?;
+    respond(blob, headers)
+}
+
+/// Answers with a verified blob (a tarball, or any blob by id): ETag from its id, 304 when the
+/// client has it, else the bytes with Content-Length.
+pub(crate) fn respond(
+    blob: crate::registry::Blob,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     // A CID's text form is base32: always a valid header value.
     let etag = HeaderValue::from_str(&format!("\"{}\"", blob.id))
         .map_err(|e| Error::Internal(format!("tarball etag: {e}")))?;
@@ -46,7 +55,8 @@ pub(crate) async fn serve<R: Registry>(
                     // client, so refuse it here as the node's bug.
                     if bytes.len() as u64 != blob.len {
                         return Err(Error::Internal(format!(
-                            "tarball {file} has {} bytes but claims {}",
+                            "blob {} has {} bytes but claims {}",
+                            blob.id,
                             bytes.len(),
                             blob.len
                         ))

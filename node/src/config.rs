@@ -15,6 +15,8 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use open_registry_protocol::{PeerId, Policy};
+
 use crate::units::{parse_duration, parse_size};
 
 /// The gateway's default address: loopback only, so a fresh node is never exposed by accident.
@@ -81,6 +83,23 @@ pub struct Settings {
     /// Memory for hot packuments in their served, encoded forms [default: 64MiB]
     #[arg(long, env = "OPEN_REGISTRY_MEMORY_CACHE_SIZE", value_name = "SIZE")]
     pub memory_cache_size: Option<String>,
+
+    /// Trust records signed by this operator (a PeerId; repeatable, or comma-separated)
+    #[arg(
+        long = "trust",
+        env = "OPEN_REGISTRY_TRUST",
+        value_name = "PEER_ID",
+        value_delimiter = ','
+    )]
+    pub trust: Option<Vec<String>>,
+
+    /// How many trusted operators must agree before metadata from peers is accepted [default: 1]
+    #[arg(long, env = "OPEN_REGISTRY_TRUST_THRESHOLD", value_name = "K")]
+    pub trust_threshold: Option<usize>,
+
+    /// How long a record this node signs stays valid [default: 7d]
+    #[arg(long, env = "OPEN_REGISTRY_RECORD_TTL", value_name = "DURATION")]
+    pub record_ttl: Option<String>,
 }
 
 impl Settings {
@@ -104,6 +123,9 @@ impl Settings {
             max_tarball_size: self.max_tarball_size.or(other.max_tarball_size),
             max_packument_size: self.max_packument_size.or(other.max_packument_size),
             memory_cache_size: self.memory_cache_size.or(other.memory_cache_size),
+            trust: self.trust.or(other.trust),
+            trust_threshold: self.trust_threshold.or(other.trust_threshold),
+            record_ttl: self.record_ttl.or(other.record_ttl),
         }
     }
 
@@ -142,6 +164,12 @@ pub struct Config {
     pub max_packument_size: u64,
     /// Memory for hot packuments.
     pub memory_cache_size: u64,
+    /// Operators whose records are trusted.
+    pub trust: Vec<PeerId>,
+    /// How many of them must agree.
+    pub trust_threshold: usize,
+    /// Validity of the records this node signs.
+    pub record_ttl: Duration,
 }
 
 impl Config {
@@ -160,7 +188,15 @@ impl Config {
             max_tarball_size: 1 << 30,
             max_packument_size: 256 << 20,
             memory_cache_size: 64 << 20,
+            trust: Vec::new(),
+            trust_threshold: 1,
+            record_ttl: Duration::from_secs(7 * 86400),
         }
+    }
+
+    /// The trust policy for records from peers.
+    pub fn policy(&self) -> Policy {
+        Policy::new(self.trust.iter().copied(), self.trust_threshold)
     }
 
     /// Validates merged settings. `npm_registry` is asked for the npm client's registry only when
@@ -196,6 +232,26 @@ impl Config {
         c.max_tarball_size = size(&s.max_tarball_size, c.max_tarball_size)?;
         c.max_packument_size = size(&s.max_packument_size, c.max_packument_size)?;
         c.memory_cache_size = size(&s.memory_cache_size, c.memory_cache_size)?;
+        c.record_ttl = dur(&s.record_ttl, c.record_ttl)?;
+        for t in s.trust.unwrap_or_default() {
+            let id: PeerId = t
+                .parse()
+                .with_context(|| format!("--trust {t:?} is not an operator id (a PeerId)"))?;
+            if !c.trust.contains(&id) {
+                c.trust.push(id);
+            }
+        }
+        c.trust_threshold = s.trust_threshold.unwrap_or(1);
+        if c.trust_threshold == 0 {
+            bail!("trust_threshold must be at least 1");
+        }
+        if !c.trust.is_empty() && c.trust_threshold > c.trust.len() {
+            bail!(
+                "trust_threshold {} is more than the {} trusted operators",
+                c.trust_threshold,
+                c.trust.len()
+            );
+        }
         Ok(c)
     }
 
@@ -332,6 +388,14 @@ max_packument_size = "{packument}"
 
 # Memory for hot packuments, kept in their final encoded and compressed forms.
 memory_cache_size = "{mem}"
+
+# Operators (PeerIds, as `open-registry id` prints them) whose signed records this node accepts
+# for metadata that does not come from the upstream, and how many of them must agree.
+trust = [{trust}]
+trust_threshold = {threshold}
+
+# How long the records this node signs stay valid (peers refuse older ones as frozen).
+record_ttl = "{ttl}"
 "#,
         gateway = c.gateway_url(),
         listen = c.listen,
@@ -342,6 +406,14 @@ memory_cache_size = "{mem}"
         tarball = format_size_exact(c.max_tarball_size),
         packument = format_size_exact(c.max_packument_size),
         mem = format_size_exact(c.memory_cache_size),
+        trust = c
+            .trust
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        threshold = c.trust_threshold,
+        ttl = format_duration(c.record_ttl),
     )
 }
 
@@ -458,6 +530,39 @@ mod tests {
         assert_eq!(c.listen.port(), 9);
         let c = resolve(Settings::default().or(file), Some("http://10.2.2.2")).unwrap();
         assert!(c.upstream.is_none());
+    }
+
+    #[test]
+    fn trust_settings() {
+        let a = crate::identity::Identity::from_seed([1; 32]).peer_id();
+        let b = crate::identity::Identity::from_seed([2; 32]).peer_id();
+        let s = Settings {
+            trust: Some(vec![a.to_string(), b.to_string(), a.to_string()]),
+            trust_threshold: Some(2),
+            ..Default::default()
+        };
+        let c = resolve(s.clone(), None).unwrap();
+        assert_eq!(c.trust, vec![a, b]);
+        assert!(c.policy().trusts(&b));
+        assert_eq!(c.policy().threshold(), 2);
+        let text = render_toml(&c);
+        let back = resolve(toml::from_str(&text).unwrap(), None).unwrap();
+        assert_eq!(back.trust, c.trust);
+        let too_many = Settings {
+            trust_threshold: Some(3),
+            ..s.clone()
+        };
+        assert!(resolve(too_many, None).is_err());
+        let bad = Settings {
+            trust: Some(vec!["QmNotAnEd25519Key".into()]),
+            ..Default::default()
+        };
+        assert!(
+            resolve(bad, None)
+                .unwrap_err()
+                .to_string()
+                .contains("PeerId")
+        );
     }
 
     #[test]

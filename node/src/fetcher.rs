@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::flight::{Flights, Role};
 use crate::metrics::Metrics;
+use crate::records::Records;
 use crate::store::{PackumentEntry, Store, WriteError, now_ms};
 use crate::upstream::{PackumentAnswer, Upstream, UpstreamError};
 
@@ -72,6 +73,7 @@ const STALE_GRACE: Duration = Duration::from_secs(3);
 pub struct Fetcher {
     store: Arc<Store>,
     upstream: Option<Upstream>,
+    records: Arc<Records>,
     metrics: Arc<Metrics>,
     max_age: Duration,
     max_tarball: u64,
@@ -99,6 +101,7 @@ impl Fetcher {
         config: &Config,
         store: Arc<Store>,
         upstream: Option<Upstream>,
+        records: Arc<Records>,
         metrics: Arc<Metrics>,
         tracker: TaskTracker,
     ) -> Arc<Fetcher> {
@@ -106,6 +109,7 @@ impl Fetcher {
         Arc::new(Fetcher {
             store,
             upstream,
+            records,
             metrics,
             max_age: config.max_age,
             max_tarball: config.max_tarball_size,
@@ -119,6 +123,11 @@ impl Fetcher {
     /// The store.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The node's record store.
+    pub fn records(&self) -> &Arc<Records> {
+        &self.records
     }
 
     /// The upstream client, if any.
@@ -236,10 +245,12 @@ impl Fetcher {
                     .set_packument(name, &e)
                     .await
                     .map_err(store_err)?;
-                match self.load(name, &e).await? {
-                    Some(p) => Ok(p),
-                    None => Err(FetchError::Store(format!("packument of {name} vanished"))),
-                }
+                let p = self
+                    .load(name, &e)
+                    .await?
+                    .ok_or_else(|| FetchError::Store(format!("packument of {name} vanished")))?;
+                self.sign(name, &p, e.checked_at).await;
+                Ok(p)
             }
             (Ok(PackumentAnswer::NotModified), None) => Err(FetchError::Upstream(
                 UpstreamError::Body("304 to an unconditional request".into()),
@@ -290,12 +301,8 @@ impl Fetcher {
         etag: Option<String>,
         last_modified: Option<String>,
     ) -> Result<Packument, FetchError> {
-        let check = bytes.clone();
-        let check_name = name.clone();
-        // Parsing a multi-megabyte document is CPU work: keep it off the async workers.
-        tokio::task::spawn_blocking(move || doc::parse(&check_name, &check).map(drop))
+        let dists = parse_dists(name, &bytes)
             .await
-            .map_err(|e| FetchError::Store(e.to_string()))?
             .map_err(|e| FetchError::Invalid(format!("upstream packument of {name}: {e}")))?;
         let id = self
             .store
@@ -316,9 +323,43 @@ impl Fetcher {
             .map_err(store_err)?;
         Metrics::inc(&self.metrics.packument_updates);
         let p = Packument { id, bytes };
-        self.hot.insert(name.clone(), (entry, p.clone()));
+        self.dists.insert(id, dists);
+        self.hot.insert(name.clone(), (entry.clone(), p.clone()));
+        self.sign(name, &p, entry.checked_at).await;
         tracing::debug!(%name, id = %id.short(), "stored packument revision");
         Ok(p)
+    }
+
+    /// Tarball file → dist of a packument revision, parsed once per revision.
+    async fn dist_index(
+        &self,
+        name: &PackageName,
+        p: &Packument,
+    ) -> Result<Arc<HashMap<String, DistRef>>, FetchError> {
+        if let Some(i) = self.dists.get(&p.id) {
+            return Ok(i);
+        }
+        let i = parse_dists(name, &p.bytes)
+            .await
+            .map_err(|e| FetchError::Invalid(e.to_string()))?;
+        self.dists.insert(p.id, i.clone());
+        Ok(i)
+    }
+
+    /// Signs a record for a packument revision just confirmed by the upstream. A failure to sign
+    /// (the disk) does not fail the request that triggered it.
+    async fn sign(&self, name: &PackageName, p: &Packument, fetched_at: u64) {
+        let signed = match self.dist_index(name, p).await {
+            Ok(dists) => self
+                .records
+                .sign_packument(&self.store.index, name, p.id, &dists, fetched_at)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = signed {
+            tracing::warn!(%name, error = %e, "could not sign a record");
+        }
     }
 
     /// What the current packument says about tarball `file`, refreshing once if it is missing.
@@ -328,20 +369,7 @@ impl Fetcher {
                 break;
             }
             let p = self.packument(name, refresh).await?;
-            let index = match self.dists.get(&p.id) {
-                Some(i) => i,
-                None => {
-                    let (n, bytes) = (name.clone(), p.bytes.clone());
-                    let i = tokio::task::spawn_blocking(move || {
-                        doc::parse(&n, &bytes).map(|d| Arc::new(doc::tarball_index(&n, &d)))
-                    })
-                    .await
-                    .map_err(|e| FetchError::Store(e.to_string()))?
-                    .map_err(|e| FetchError::Invalid(e.to_string()))?;
-                    self.dists.insert(p.id, i.clone());
-                    i
-                }
-            };
+            let index = self.dist_index(name, &p).await?;
             if let Some(d) = index.get(file) {
                 return Ok(d.clone());
             }
@@ -446,6 +474,13 @@ impl Fetcher {
             .map_err(store_err)?;
         Metrics::inc(&self.metrics.tarball_ingests);
         tracing::debug!(%name, %file, id = %id.short(), "stored tarball");
+        if let Err(e) = self
+            .records
+            .add_tarball(&self.store.index, name, &dist.version, id)
+            .await
+        {
+            tracing::warn!(%name, %file, error = %e, "could not re-sign the record");
+        }
         Ok(id)
     }
 
@@ -515,6 +550,22 @@ impl Fetcher {
             )),
         }
     }
+}
+
+/// Parses packument bytes into their tarball index, off the async workers (a multi-megabyte
+/// document is CPU work).
+async fn parse_dists(
+    name: &PackageName,
+    bytes: &Bytes,
+) -> Result<Arc<HashMap<String, DistRef>>, String> {
+    let (n, b) = (name.clone(), bytes.clone());
+    tokio::task::spawn_blocking(move || {
+        doc::parse(&n, &b)
+            .map(|d| Arc::new(doc::tarball_index(&n, &d)))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 fn store_err(e: crate::store::IndexError) -> FetchError {

@@ -18,6 +18,7 @@ pub mod identity;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod records;
 pub mod store;
 pub mod units;
 pub mod upstream;

@@ -2,21 +2,25 @@
 //! shuts them down in order (stop accepting, finish in-flight fetches, flush the store).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use futures::StreamExt as _;
 use open_registry_gateway::{self as gateway, Blob, Forward, Forwarded, Packument, Registry};
-use open_registry_protocol::{PackageName, Status, TarballFile};
+use open_registry_protocol::{BlobId, PackageName, Status, TarballFile};
 use tokio::sync::Mutex;
+use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, gateway_url};
 use crate::fetcher::Fetcher;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::records::Records;
 use crate::store::Store;
 use crate::upstream::Upstream;
 
@@ -24,20 +28,45 @@ use crate::upstream::Upstream;
 pub const RUN_FILE: &str = "node.json";
 /// The operator's pinned registry signing keys, if any.
 pub const KEYS_FILE: &str = "keys.json";
-/// How long keys fetched from the upstream are reused.
-const KEYS_TTL: Duration = Duration::from_secs(3600);
+/// The operator's pinned registry signing keys: `keys.json` in the data dir. When there is none,
+/// the upstream's keys are fetched once and pinned (written atomically); an upstream without a
+/// keys endpoint leaves nothing pinned (`Ok(None)`).
+pub async fn pin_keys(dir: &Path, upstream: Option<&Upstream>) -> anyhow::Result<Option<Bytes>> {
+    let pinned = dir.join(KEYS_FILE);
+    match tokio::fs::read(&pinned).await {
+        Ok(b) => return Ok(Some(Bytes::from(b))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", pinned.display())),
+    }
+    let Some(upstream) = upstream else {
+        return Ok(None);
+    };
+    let b = match upstream.keys().await {
+        Ok(b) => b,
+        Err(crate::upstream::UpstreamError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    open_registry_protocol::npm_sig::Keys::parse(&b)
+        .with_context(|| format!("the upstream's keys at {}-/npm/v1/keys", upstream.base()))?;
+    let tmp = dir.join(format!("{KEYS_FILE}.tmp"));
+    tokio::fs::write(&tmp, &b).await?;
+    tokio::fs::rename(&tmp, &pinned).await?;
+    tracing::info!(path = %pinned.display(), "pinned the upstream's registry signing keys");
+    Ok(Some(b))
+}
 
 /// The node as its gateway sees it: the [`Registry`] implementation.
 #[derive(Debug)]
 pub struct Node {
     fetcher: Arc<Fetcher>,
+    identity: Identity,
     metrics: Arc<Metrics>,
     started: Instant,
     gateway: String,
     data_dir: PathBuf,
-    /// Keys fetched from the upstream, with when. tokio Mutex: held across the fetch so that
+    /// Serializes pinning the upstream's keys. tokio Mutex: held across the fetch so that
     /// concurrent requests share it.
-    keys: Mutex<Option<(Instant, Bytes)>>,
+    keys: Mutex<()>,
 }
 
 impl Registry for Node {
@@ -57,27 +86,44 @@ impl Registry for Node {
         Ok(self.fetcher.tarball(name, file).await?)
     }
 
+    async fn records(&self, name: &PackageName) -> Result<Bytes, gateway::Error> {
+        match self.fetcher.records().document(name) {
+            Ok(Some(doc)) => Ok(Bytes::from(doc)),
+            Ok(None) => Err(gateway::Error::NotFound(format!(
+                "this node holds no signed records for {name}"
+            ))),
+            Err(e) => Err(gateway::Error::Internal(e.to_string())),
+        }
+    }
+
+    async fn blob(&self, id: &BlobId) -> Result<Blob, gateway::Error> {
+        let opened = self.fetcher.store().blobs.open_read(id).await;
+        match opened {
+            Ok(Some((file, len))) => Ok(Blob {
+                id: *id,
+                len,
+                body: gateway::Body::Stream(ReaderStream::with_capacity(file, 64 << 10).boxed()),
+            }),
+            Ok(None) => Err(gateway::Error::NotFound(format!(
+                "this node has no blob {id}"
+            ))),
+            Err(e) => Err(gateway::Error::Internal(e.to_string())),
+        }
+    }
+
     async fn keys(&self) -> Result<Bytes, gateway::Error> {
-        let pinned = self.data_dir.join(KEYS_FILE);
-        match tokio::fs::read(&pinned).await {
-            Ok(b) => return Ok(Bytes::from(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(gateway::Error::Internal(format!(
-                    "cannot read {}: {e}",
-                    pinned.display()
-                )));
-            }
+        // The mutex makes concurrent first requests share one upstream fetch.
+        let _guard = self.keys.lock().await;
+        match pin_keys(&self.data_dir, self.fetcher.upstream()).await {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => Err(gateway::Error::NotFound(
+                "this node has no registry signing keys pinned, and its upstream publishes none"
+                    .into(),
+            )),
+            Err(e) => Err(gateway::Error::Unavailable(format!(
+                "registry signing keys unavailable: {e}"
+            ))),
         }
-        let mut cached = self.keys.lock().await;
-        if let Some((at, b)) = &*cached
-            && at.elapsed() < KEYS_TTL
-        {
-            return Ok(b.clone());
-        }
-        let b = self.fetcher.upstream_keys().await?;
-        *cached = Some((Instant::now(), b.clone()));
-        Ok(b)
     }
 
     async fn forward(&self, req: Forward) -> Result<Forwarded, gateway::Error> {
@@ -97,6 +143,7 @@ impl Registry for Node {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
             gateway: self.gateway.clone(),
+            peer_id: self.identity.peer_id().to_string(),
             upstream: self.fetcher.upstream().map(|u| u.base().to_string()),
             store: self.fetcher.store().stats(),
             counters: self.metrics.snapshot(),
@@ -174,10 +221,17 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
     let upstream = Upstream::new(&config, metrics.clone())?;
+    let identity = Identity::load_or_create(&config.data_dir)?;
+    let records = Arc::new(Records::open(
+        &store.index,
+        identity.clone(),
+        config.record_ttl,
+    )?);
     let fetcher = Fetcher::new(
         &config,
         store.clone(),
         upstream,
+        records,
         metrics.clone(),
         tracker.clone(),
     );
@@ -189,11 +243,12 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let url = gateway_url(addr);
     let node = Arc::new(Node {
         fetcher,
+        identity: identity.clone(),
         metrics,
         started: Instant::now(),
         gateway: config.public_url.clone().unwrap_or_else(|| url.clone()),
         data_dir: config.data_dir.clone(),
-        keys: Mutex::new(None),
+        keys: Mutex::new(()),
     });
     let router = gateway::router(
         node.clone(),
@@ -229,11 +284,12 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let run = serde_json::json!({"gateway": url, "pid": std::process::id()});
     std::fs::write(config.data_dir.join(RUN_FILE), run.to_string()).context("writing node.json")?;
     tracing::info!(
-        "open-registry listening on {url}/ (upstream: {}; data: {})",
+        "open-registry listening on {url}/ (upstream: {}; operator: {}; data: {})",
         config
             .upstream
             .as_ref()
             .map_or("none".to_owned(), |u| u.to_string()),
+        identity.peer_id(),
         config.data_dir.display()
     );
     Ok(NodeHandle {

@@ -18,6 +18,8 @@ pub struct Status {
     pub uptime_secs: u64,
     /// The gateway's base URL.
     pub gateway: String,
+    /// The operator's id (PeerId), which signs this node's records.
+    pub peer_id: String,
     /// The configured upstream registry, if any.
     pub upstream: Option<String>,
     /// What the store holds.

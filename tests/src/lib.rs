@@ -1,1 +1,55 @@
-//! stub
+//! Open-Registry's end-to-end test harness: real programs and fake ones, on 127.0.0.1 only.
+//!
+//! The tests in `tests/tests/` drive the node the way users do — the real `npm` and `pnpm`
+//! clients, npm's own signature verifier — against registries the harness controls:
+//!
+//! - [`tools`]: where things are (repo root, the pinned `tests/e2e` npm tools, the
+//!   `open-registry` binary) and a free-port helper.
+//! - [`process`]: child processes in their own process group, run with a deadline and always
+//!   stoppable; [`Output`] is what a finished command printed.
+//! - [`http`]: a tiny blocking HTTP client for harness plumbing (pings, setup calls).
+//! - [`fixtures`]: test packages ([`PackageSpec`]) as directories to `npm publish` or as npm
+//!   tarballs built in Rust ([`Tarball`]), and consumer projects.
+//! - [`npm`]: [`Npm`], the real npm/pnpm clients with an isolated home, config and cache.
+//! - [`verdaccio`]: [`Verdaccio`], a real Verdaccio 6 with no uplinks, as a realistic upstream.
+//! - [`upstream`]: [`FakeUpstream`], an in-memory registry with fault injection, request
+//!   counting, npm-style signatures and a changes feed.
+//! - [`npmsig`]: npm registry signing keys and the `/-/npm/v1/keys` document.
+//! - [`pacote`]: npm's bundled pacote verifying registry signatures ([`pacote_verify`]).
+//! - [`node`]: [`NodeProcess`], the `open-registry` binary started on a temporary data dir.
+//!
+//! Everything binds 127.0.0.1 and cleans up on drop: temporary directories are removed and
+//! child process groups are killed, so a failing test leaves nothing running. No registry
+//! address is built in; the only network the tests use is loopback.
+
+pub mod fixtures;
+pub mod http;
+pub mod node;
+pub mod npm;
+pub mod npmsig;
+pub mod pacote;
+pub mod process;
+pub mod tools;
+pub mod upstream;
+pub mod verdaccio;
+
+pub use fixtures::{PackageSpec, Tarball};
+pub use node::NodeProcess;
+pub use npm::Npm;
+pub use npmsig::RegistryKey;
+pub use pacote::{PacoteOutcome, pacote_check, pacote_verify};
+pub use process::Output;
+pub use upstream::{FakeUpstream, Fault, Options as UpstreamOptions, Published, Target};
+pub use verdaccio::Verdaccio;
+
+/// Installs a `tracing` subscriber writing to the test's captured output (once per process;
+/// later calls do nothing). `RUST_LOG` filters it.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}

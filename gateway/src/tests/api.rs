@@ -234,3 +234,34 @@ async fn an_unusable_packument_is_502_and_not_cached() {
         0
     );
 }
+
+#[tokio::test]
+async fn records_and_blobs_by_id() {
+    let (reg, app) = gateway();
+    let name = open_registry_protocol::PackageName::parse("@s/p").unwrap();
+    reg.set_records(&name, &br#"{"name":"@s/p","records":[]}"#[..]);
+    for path in [
+        "/-/open-registry/records/@s/p",
+        "/-/open-registry/records/@s%2fp",
+    ] {
+        let r = get(&app, path, &[]).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.json()["name"], "@s/p");
+    }
+    let r = get(&app, "/-/open-registry/records/left-pad", &[]).await;
+    assert_eq!(r.status, 404);
+    let r = get(&app, "/-/open-registry/records/..%2f..", &[]).await;
+    assert_eq!(r.status, 400);
+
+    // The raw packument, by the id the registry reports: exact bytes, ETag = id.
+    let p = reg.packument_of(&name).unwrap();
+    let r = get(&app, &format!("/-/open-registry/blobs/{}", p.id), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, p.bytes);
+    assert_eq!(r.header("etag"), Some(format!("\"{}\"", p.id).as_str()));
+    let missing = open_registry_protocol::BlobId::of(b"nothing");
+    let r = get(&app, &format!("/-/open-registry/blobs/{missing}"), &[]).await;
+    assert_eq!(r.status, 404);
+    let r = get(&app, "/-/open-registry/blobs/not-a-cid", &[]).await;
+    assert_eq!(r.status, 400);
+}

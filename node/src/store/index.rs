@@ -66,6 +66,11 @@ impl Index {
         })
     }
 
+    /// Another tree in the same database (records, pins...), flushed with [`Index::flush`].
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, IndexError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), IndexError> {
         self.db.flush_async().await?;

@@ -1,0 +1,324 @@
+//! The `open-registry` binary as a child process: start a node on 127.0.0.1:0 with a data dir,
+//! learn where its gateway listens, stop it politely or kill it.
+//!
+//! Contract relied on: `open-registry start --data-dir DIR --listen 127.0.0.1:0 …` logs to
+//! stderr and, once its gateway is bound, writes `DIR/node.json` holding
+//! `{"gateway": "http://127.0.0.1:PORT", "pid": N}`. A stale `node.json` is removed before each
+//! start, so what is read always comes from the process just spawned.
+//!
+//! The node runs in its own process group; its stdout and stderr are appended to
+//! `DIR/node.log`, whose tail is part of every startup error. Dropping a [`NodeProcess`] kills
+//! it.
+
+use std::{
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use tempfile::TempDir;
+
+use crate::{
+    http,
+    process::{self, Output},
+    tools,
+};
+
+/// How long a node may take to bind and answer `/-/ping`.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a node may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What the node writes once its gateway is bound.
+#[derive(Debug, Deserialize)]
+struct NodeJson {
+    gateway: String,
+    #[serde(default)]
+    pid: Option<u32>,
+}
+
+/// A running (or stopped) `open-registry start`.
+#[derive(Debug)]
+pub struct NodeProcess {
+    /// The gateway's base URL, `http://127.0.0.1:PORT` (no trailing slash).
+    pub gateway: String,
+    /// The node's data directory.
+    pub data_dir: PathBuf,
+    /// The process while it runs.
+    pub child: Option<Child>,
+    binary: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    /// Owns the data dir when this helper created it.
+    _tmp: Option<TempDir>,
+}
+
+/// How to start a node: binary, data dir, arguments, environment.
+#[derive(Debug, Default, Clone)]
+pub struct Builder {
+    binary: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+}
+
+impl Builder {
+    /// Uses this executable instead of the workspace's `open-registry`.
+    pub fn binary(mut self, path: &Path) -> Self {
+        self.binary = Some(path.to_path_buf());
+        self
+    }
+
+    /// Uses (and keeps) this data dir instead of a fresh temporary one.
+    pub fn data_dir(mut self, path: &Path) -> Self {
+        self.data_dir = Some(path.to_path_buf());
+        self
+    }
+
+    /// Appends an argument after `start --data-dir DIR`.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable for the node (e.g. `RUST_LOG`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Spawns the node and waits until its gateway answers `/-/ping`.
+    pub fn start(self) -> Result<NodeProcess> {
+        let (data_dir, tmp) = match self.data_dir {
+            Some(d) => {
+                fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+                (d, None)
+            }
+            None => {
+                let tmp = tempfile::Builder::new()
+                    .prefix("open-registry-node-")
+                    .tempdir()
+                    .context("creating a data dir")?;
+                (tmp.path().to_path_buf(), Some(tmp))
+            }
+        };
+        let binary = match self.binary {
+            Some(b) => b,
+            None => tools::node_binary()?,
+        };
+        let mut node = NodeProcess {
+            gateway: String::new(),
+            data_dir,
+            child: None,
+            binary,
+            args: self.args,
+            env: self.env,
+            _tmp: tmp,
+        };
+        node.spawn()?;
+        Ok(node)
+    }
+}
+
+impl NodeProcess {
+    /// Starts a node in a fresh temporary data dir:
+    /// `open-registry start --data-dir TMP --listen 127.0.0.1:0 ARGS…` (`--listen` is only
+    /// added when `args` lacks it). Pass `--upstream URL` or `--no-upstream` in `args`.
+    pub fn start(args: &[&str]) -> Result<NodeProcess> {
+        Self::builder().args(args.iter().copied()).start()
+    }
+
+    /// A builder for other binaries, a kept data dir, or extra environment.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The gateway's base URL.
+    pub fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `DATA_DIR/node.log`: everything the node printed, across restarts.
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.join("node.log")
+    }
+
+    /// The last `lines` lines of the node's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within a bound; returns its exit status.
+    pub fn stop(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.take() {
+            Some(mut child) => process::stop_group(&mut child, STOP_GRACE),
+            None => Ok(None),
+        }
+    }
+
+    /// SIGKILL at once (a crash, as far as the node can tell).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::kill_group(&mut child);
+        }
+    }
+
+    /// Stops the node (politely) and starts it again on the same data dir and arguments. The
+    /// gateway port may change; [`gateway`](Self::gateway) is updated.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.spawn()
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let node_json = self.data_dir.join("node.json");
+        match fs::remove_file(&node_json) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("removing a stale node.json"),
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .context("opening node.log")?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("start").arg("--data-dir").arg(&self.data_dir);
+        if !self
+            .args
+            .iter()
+            .any(|a| a.to_string_lossy().starts_with("--listen"))
+        {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(&self.args);
+        isolate_env(&mut cmd);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let command = process::describe_command(&cmd);
+        let child = process::own_group(&mut cmd)
+            .spawn()
+            .with_context(|| format!("spawning {command}"))?;
+        self.child = Some(child);
+        match self.wait_ready(&node_json) {
+            Ok(gateway) => {
+                eprintln!("[node] {command} → gateway {gateway}");
+                self.gateway = gateway;
+                Ok(())
+            }
+            Err(e) => {
+                self.kill();
+                Err(e.context(format!(
+                    "starting `{command}`\n--- node.log (tail) ---\n{}",
+                    self.log_tail(60)
+                )))
+            }
+        }
+    }
+
+    fn wait_ready(&mut self, node_json: &Path) -> Result<String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let pid = self.pid();
+        let gateway = loop {
+            if !self.is_running() {
+                bail!("the node exited during startup");
+            }
+            // A half-written file fails to parse and is read again on the next round.
+            if let Some(info) = fs::read(node_json)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<NodeJson>(&b).ok())
+            {
+                if info.pid.is_some() && info.pid != pid {
+                    bail!(
+                        "node.json names pid {:?}, but the node is {pid:?}",
+                        info.pid
+                    );
+                }
+                break info.gateway.trim_end_matches('/').to_owned();
+            }
+            if Instant::now() >= deadline {
+                bail!("no node.json within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        let ping = format!("{gateway}/-/ping");
+        loop {
+            match http::get(&ping, Duration::from_secs(2)) {
+                Ok(r) if r.status == 200 => return Ok(gateway),
+                Ok(r) if Instant::now() >= deadline => {
+                    bail!("{ping} answered {} {}", r.status, r.text())
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.context(format!("{ping} did not answer")));
+                }
+                _ => std::thread::sleep(Duration::from_millis(25)),
+            }
+            if !self.is_running() {
+                bail!("the node exited before answering {ping}");
+            }
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Removes inherited `OPEN_REGISTRY_*` settings so the developer's environment cannot change
+/// what a test starts, and sets a log level when none is given.
+fn isolate_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("OPEN_REGISTRY_") {
+            cmd.env_remove(&k);
+        }
+    }
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    // Plain text in node.log: it is read by people and by assertions, not by a terminal.
+    cmd.env("RUST_BACKTRACE", "1").env("NO_COLOR", "1");
+}
+
+/// Runs `open-registry ARGS…` to completion (for `init`, `status`, `verify`, `id`, …); the
+/// result may be a failure.
+pub fn cli(args: &[&str], timeout: Duration) -> Result<Output> {
+    let bin = tools::node_binary()?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    isolate_env(&mut cmd);
+    process::run(&mut cmd, timeout).map_err(|e| anyhow!("{e:#}"))
+}
