@@ -10,9 +10,15 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use open_registry_protocol::Status;
 
+use std::process::ExitCode;
+
+use open_registry_protocol::{PeerId, Policy};
+
 use crate::config::{self, CONFIG_FILE, Config, Settings};
+use crate::identity::Identity;
 use crate::node::{self, RUN_FILE};
 use crate::units::format_size;
+use crate::verify;
 
 /// A community-run, decentralized npm registry node.
 #[derive(Debug, Parser)]
@@ -30,6 +36,46 @@ enum Command {
     Start(StartArgs),
     /// Ask a running node how it is doing
     Status(StatusArgs),
+    /// Print this operator's id (the PeerId that signs its records)
+    Id(IdArgs),
+    /// Verify packages or a lockfile: integrity, npm registry signatures, operator records
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct IdArgs {
+    #[command(flatten)]
+    dir: DataDir,
+    /// Also print the public key, as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    dir: DataDir,
+    /// Packages to check: NAME, NAME@VERSION, NAME@TAG or NAME@RANGE
+    #[arg(value_name = "SPEC", required_unless_present = "lockfile")]
+    specs: Vec<String>,
+    /// Check every registry package of an npm lockfile (v2 or v3)
+    #[arg(long, value_name = "FILE", conflicts_with = "specs")]
+    lockfile: Option<PathBuf>,
+    /// The gateway to check through [default: the node running on the data dir, else 127.0.0.1:7373]
+    #[arg(long, env = "OPEN_REGISTRY_REGISTRY", value_name = "URL")]
+    registry: Option<String>,
+    /// Pinned registry keys [default: <data dir>/keys.json]
+    #[arg(long, value_name = "FILE")]
+    keys: Option<PathBuf>,
+    /// Trust this operator (repeatable) [default: config.toml's trust plus this data dir's operator]
+    #[arg(long = "trust", value_name = "PEER_ID", value_delimiter = ',')]
+    trust: Vec<String>,
+    /// How many trusted operators must agree [default: config.toml's, else 1]
+    #[arg(long, value_name = "K")]
+    trust_threshold: Option<usize>,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -86,16 +132,126 @@ struct StatusArgs {
     json: bool,
 }
 
-/// Runs the parsed command line.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the parsed command line; the exit code is nonzero when a check failed.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Init(a) => init(a),
+        Command::Init(a) => init(a).await,
         Command::Start(a) => start(a).await,
         Command::Status(a) => status(a).await,
+        Command::Id(a) => id(a),
+        Command::Verify(a) => verify(a).await,
     }
+    .map(|()| ExitCode::SUCCESS)
+    .or_else(|e| match e.downcast_ref::<Failed>() {
+        Some(_) => Ok(ExitCode::FAILURE),
+        None => Err(e),
+    })
 }
 
-fn init(a: InitArgs) -> anyhow::Result<()> {
+/// A check failed and its report was printed: exit nonzero without another message.
+#[derive(Debug, thiserror::Error)]
+#[error("verification failed")]
+struct Failed;
+
+fn id(a: IdArgs) -> anyhow::Result<()> {
+    let identity = Identity::load_or_create(&a.dir.path())?;
+    if a.json {
+        use base64::Engine as _;
+        let key = identity.signing_key().verifying_key().to_bytes();
+        let v = serde_json::json!({
+            "peer_id": identity.peer_id().to_string(),
+            "public_key": base64::engine::general_purpose::STANDARD.encode(key),
+            "key_type": "ed25519",
+        });
+        println!("{v}");
+    } else {
+        println!("{}", identity.peer_id());
+    }
+    Ok(())
+}
+
+async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
+    let dir = a.dir.path();
+    let file = Settings::load(&dir.join(CONFIG_FILE))?;
+    let parse_ids = |v: &[String]| -> anyhow::Result<Vec<PeerId>> {
+        v.iter()
+            .map(|t| {
+                t.parse::<PeerId>()
+                    .with_context(|| format!("{t:?} is not an operator id (a PeerId)"))
+            })
+            .collect()
+    };
+    let given = parse_ids(&a.trust)?;
+    let configured = parse_ids(file.trust.as_deref().unwrap_or_default())?;
+    let own = Identity::load(&dir)?.map(|i| i.peer_id());
+    let trusted = verify::trusted(&given, &configured, own);
+    let threshold = a.trust_threshold.or(file.trust_threshold).unwrap_or(1);
+    if trusted.is_empty() {
+        bail!(
+            "no trusted operators: pass --trust PEER_ID, or set trust in {}",
+            dir.join(CONFIG_FILE).display()
+        );
+    }
+    if threshold > trusted.len() {
+        bail!(
+            "--trust-threshold {threshold} is more than the {} trusted operators",
+            trusted.len()
+        );
+    }
+    let keys_path = a.keys.clone().unwrap_or_else(|| dir.join(node::KEYS_FILE));
+    let keys = verify::load_keys(&keys_path)?;
+    if keys.is_none() && a.keys.is_some() {
+        bail!("{} does not exist", keys_path.display());
+    }
+    let registry = registry_url(a.registry.as_deref(), &dir);
+    let v = verify::Verify::new(verify::Options {
+        registry,
+        keys,
+        policy: Policy::new(trusted, threshold),
+        state_dir: Some(dir),
+    })?;
+    let targets = match &a.lockfile {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            verify::lockfile_targets(&text)?
+        }
+        None => {
+            let mut t = Vec::new();
+            for spec in &a.specs {
+                t.extend(verify::targets_for_spec(&v, spec).await?);
+            }
+            t
+        }
+    };
+    let bar = indicatif::ProgressBar::new(targets.len() as u64);
+    if a.lockfile.is_some() {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let reports = v
+        .run(&targets, |r| {
+            bar.set_message(format!("{}@{}", r.name, r.version));
+            bar.inc(1);
+        })
+        .await;
+    bar.finish_and_clear();
+    v.save_seen()?;
+    let ok = reports.iter().all(|r| r.ok);
+    if a.json {
+        let doc = serde_json::json!({"ok": ok, "packages": reports});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", verify::render_table(&reports));
+    }
+    if ok { Ok(()) } else { Err(Failed.into()) }
+}
+
+async fn init(a: InitArgs) -> anyhow::Result<()> {
     let dir = a.dir.path();
     let path = dir.join(CONFIG_FILE);
     if path.exists() && !a.force {
@@ -117,6 +273,26 @@ fn init(a: InitArgs) -> anyhow::Result<()> {
         Some(u) if from_npm => println!("upstream: {u} (from the npm client's registry setting)"),
         Some(u) => println!("upstream: {u}"),
         None => println!("upstream: none (serving only what this node stores)"),
+    }
+    let identity = Identity::load_or_create(&dir)?;
+    println!(
+        "operator: {} (key in {})",
+        identity.peer_id(),
+        dir.join(crate::identity::KEY_FILE).display()
+    );
+    let upstream = crate::upstream::Upstream::new(&c, Default::default())?;
+    match node::pin_keys(&dir, upstream.as_ref()).await {
+        Ok(Some(_)) => println!(
+            "registry keys: pinned in {}",
+            dir.join(node::KEYS_FILE).display()
+        ),
+        Ok(None) if upstream.is_some() => println!(
+            "registry keys: the upstream publishes none (/-/npm/v1/keys); npm registry signatures cannot be verified"
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            println!("registry keys: could not fetch them now ({e:#}); `start` will try again")
+        }
     }
     println!(
         "start it:       open-registry start --data-dir {}",
@@ -170,13 +346,13 @@ async fn shutdown_signal() {
     }
 }
 
-/// The gateway URL `status` asks: the flag, else the node running on the data dir, else the
-/// default address.
-fn registry_url(a: &StatusArgs) -> String {
-    if let Some(r) = &a.registry {
+/// The gateway URL to ask: the flag, else the node running on the data dir, else the default
+/// address.
+fn registry_url(flag: Option<&str>, dir: &Path) -> String {
+    if let Some(r) = flag {
         return r.trim_end_matches('/').to_owned();
     }
-    let run = a.dir.path().join(RUN_FILE);
+    let run = dir.join(RUN_FILE);
     if let Ok(text) = std::fs::read_to_string(run)
         && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
         && let Some(g) = v.get("gateway").and_then(|g| g.as_str())
@@ -187,7 +363,7 @@ fn registry_url(a: &StatusArgs) -> String {
 }
 
 async fn status(a: StatusArgs) -> anyhow::Result<()> {
-    let url = registry_url(&a);
+    let url = registry_url(a.registry.as_deref(), &a.dir.path());
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;

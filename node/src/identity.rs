@@ -55,6 +55,14 @@ impl Identity {
         }
     }
 
+    /// Loads the key from `dir` if there is one (never creates it).
+    pub fn load(dir: &Path) -> anyhow::Result<Option<Identity>> {
+        if !dir.join(KEY_FILE).exists() {
+            return Ok(None);
+        }
+        Self::load_or_create(dir).map(Some)
+    }
+
     /// An identity from a fixed seed (tests, test vectors).
     pub fn from_seed(seed: [u8; 32]) -> Identity {
         Identity {

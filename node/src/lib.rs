@@ -22,6 +22,7 @@ pub mod records;
 pub mod store;
 pub mod units;
 pub mod upstream;
+pub mod verify;
 
 pub use config::Config;
 pub use node::{Node, NodeHandle, start};

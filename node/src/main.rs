@@ -13,7 +13,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = open_registry_node::cli::Cli::parse();
     match open_registry_node::cli::run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

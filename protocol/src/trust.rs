@@ -46,6 +46,8 @@ pub enum TrustError {
         integrity: String,
         signed: String,
     },
+    #[error("cannot check the record: {0}")]
+    Unchecked(String),
     #[error("only {have} of the {need} trusted signatures required ({})", reasons.join("; "))]
     BelowThreshold {
         need: usize,

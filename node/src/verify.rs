@@ -1,0 +1,724 @@
+//! `open-registry verify`: check packages, or a whole lockfile, through a gateway.
+//!
+//! For every package version it checks three independent things:
+//! 1. **integrity**: the tarball's bytes match the integrity in the metadata (and in the
+//!    lockfile, when one is given);
+//! 2. **npm registry signature**: `dist.signatures` verify under the registry keys the operator
+//!    pinned (`keys.json` in the data dir, or `--keys`), never keys the gateway hands out;
+//! 3. **operator records**: at least `threshold` trusted operators signed records that agree on
+//!    the version's integrity and tarball, that are unexpired, not rolled back, and whose
+//!    packument CID matches the packument bytes (fetched by CID and hashed here).
+//!
+//! Nothing the gateway says is trusted: every answer is checked against pinned keys, trusted
+//! operator keys or hashes computed here. Sequence numbers seen are remembered in the data dir
+//! (`verify-seen.json`) so a later rollback is caught.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use open_registry_protocol::npm_sig::Keys;
+use open_registry_protocol::packument::{self as doc, DistRef};
+use open_registry_protocol::record::Signed;
+use open_registry_protocol::{
+    BlobId, Integrity, PackageName, PeerId, Policy, TrustError, Verifier,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::records::record_integrity;
+use crate::store::now_ms;
+
+/// The file remembering the highest record sequence seen per package and signer.
+pub const SEEN_FILE: &str = "verify-seen.json";
+/// How many packages are checked at once.
+const CONCURRENCY: usize = 8;
+
+/// What to check and against what.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The gateway's URL, without a trailing slash.
+    pub registry: String,
+    /// Pinned registry keys, if any.
+    pub keys: Option<Keys>,
+    /// Trusted operators and threshold.
+    pub policy: Policy,
+    /// Where `verify-seen.json` lives (no rollback memory without one).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// One package version to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: PackageName,
+    pub version: String,
+    /// The integrity a lockfile pins, if checking a lockfile.
+    pub locked: Option<String>,
+}
+
+/// The outcome of one of the three checks.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    /// Passed; the detail says how (key ids, signers).
+    Ok(String),
+    /// Could not be checked, and that is not a failure (no keys pinned).
+    Skipped(String),
+    /// Failed, with the reason.
+    Failed(String),
+}
+
+impl Check {
+    fn failed(&self) -> bool {
+        matches!(self, Check::Failed(_))
+    }
+    fn word(&self) -> &'static str {
+        match self {
+            Check::Ok(_) => "ok",
+            Check::Skipped(_) => "-",
+            Check::Failed(_) => "FAIL",
+        }
+    }
+}
+
+/// The result for one package version.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub name: String,
+    pub version: String,
+    pub ok: bool,
+    pub integrity: Check,
+    pub signature: Check,
+    pub operators: Check,
+}
+
+impl Report {
+    /// The first failure, in words.
+    pub fn reason(&self) -> Option<String> {
+        [
+            ("integrity", &self.integrity),
+            ("npm signature", &self.signature),
+            ("operator records", &self.operators),
+        ]
+        .into_iter()
+        .find_map(|(what, c)| match c {
+            Check::Failed(r) => Some(format!("{what}: {r}")),
+            _ => None,
+        })
+    }
+}
+
+/// Expands `name`, `name@version`, `name@tag` or `name@range` into targets, using the packument.
+pub async fn targets_for_spec(v: &Verify, spec: &str) -> anyhow::Result<Vec<Target>> {
+    let (name, want) = split_spec(spec)?;
+    let doc = v.packument(&name).await?;
+    let versions: Vec<String> = doc
+        .get("versions")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let want = want.unwrap_or_else(|| "latest".to_owned());
+    let chosen: Vec<String> = if versions.contains(&want) {
+        vec![want.clone()]
+    } else if let Some(tagged) = doc
+        .pointer(&format!("/dist-tags/{want}"))
+        .and_then(Value::as_str)
+    {
+        vec![tagged.to_owned()]
+    } else {
+        let range = nodejs_semver::Range::parse(&want).map_err(|_| {
+            anyhow::anyhow!("{want:?} is not a version, dist-tag or range of {name}")
+        })?;
+        versions
+            .into_iter()
+            .filter(|s| nodejs_semver::Version::parse(s).is_ok_and(|ver| range.satisfies(&ver)))
+            .collect()
+    };
+    if chosen.is_empty() {
+        bail!("no version of {name} matches {want:?}");
+    }
+    Ok(chosen
+        .into_iter()
+        .map(|version| Target {
+            name: name.clone(),
+            version,
+            locked: None,
+        })
+        .collect())
+}
+
+fn split_spec(spec: &str) -> anyhow::Result<(PackageName, Option<String>)> {
+    // The version separator is the last '@' that is not the scope's leading one.
+    let at = spec[1..].rfind('@').map(|i| i + 1);
+    let (name, want) = match at {
+        Some(i) => (&spec[..i], Some(spec[i + 1..].to_owned())),
+        None => (spec, None),
+    };
+    Ok((PackageName::parse(name)?, want.filter(|w| !w.is_empty())))
+}
+
+/// Every registry package in an npm lockfile (v2 or v3 `packages`).
+pub fn lockfile_targets(text: &str) -> anyhow::Result<Vec<Target>> {
+    let v: Value = serde_json::from_str(text).context("the lockfile is not JSON")?;
+    let version = v
+        .get("lockfileVersion")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let Some(pkgs) = v.get("packages").and_then(Value::as_object) else {
+        bail!(
+            "lockfile version {version} has no \"packages\" section (v2 or v3 needed; run npm install with npm 7 or newer)"
+        );
+    };
+    let mut out: Vec<Target> = Vec::new();
+    for (path, e) in pkgs {
+        let Some(idx) = path.rfind("node_modules/") else {
+            continue; // the root project, or a workspace folder
+        };
+        if e.get("link").and_then(Value::as_bool) == Some(true)
+            || e.get("inBundle").and_then(Value::as_bool) == Some(true)
+        {
+            continue;
+        }
+        let Some(ver) = e.get("version").and_then(Value::as_str) else {
+            continue;
+        };
+        if nodejs_semver::Version::parse(ver).is_err() {
+            continue; // git, file: and other non-registry sources
+        }
+        let name = e
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or(&path[idx + "node_modules/".len()..]);
+        let name = PackageName::parse(name)
+            .with_context(|| format!("lockfile entry {path:?} has an invalid package name"))?;
+        let t = Target {
+            name,
+            version: ver.to_owned(),
+            locked: e
+                .get("integrity")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        };
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out.sort_by(|a, b| (a.name.as_str(), &a.version).cmp(&(b.name.as_str(), &b.version)));
+    Ok(out)
+}
+
+type Seen = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// A verification session: one HTTP client and per-package caches.
+#[derive(Debug)]
+pub struct Verify {
+    opts: Options,
+    http: reqwest::Client,
+    docs: tokio::sync::Mutex<HashMap<PackageName, Arc<Value>>>,
+    records: tokio::sync::Mutex<HashMap<PackageName, Arc<Vec<Signed>>>>,
+    seen: Mutex<Seen>,
+}
+
+impl Verify {
+    /// A session with `opts`.
+    pub fn new(opts: Options) -> anyhow::Result<Verify> {
+        let seen = match &opts.state_dir {
+            Some(d) => match std::fs::read(d.join(SEEN_FILE)) {
+                Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+                Err(_) => Seen::default(),
+            },
+            None => Seen::default(),
+        };
+        Ok(Verify {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(300))
+                .build()?,
+            opts,
+            docs: Default::default(),
+            records: Default::default(),
+            seen: Mutex::new(seen),
+        })
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}/{}", self.opts.registry, path.trim_start_matches('/'));
+        let r = self
+            .http
+            .get(&url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .with_context(|| format!("no answer from {url}"))?;
+        if !r.status().is_success() {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or(body);
+            bail!("{url}: {status} {msg}");
+        }
+        Ok(r)
+    }
+
+    async fn packument(&self, name: &PackageName) -> anyhow::Result<Arc<Value>> {
+        if let Some(d) = self.docs.lock().await.get(name) {
+            return Ok(d.clone());
+        }
+        let bytes = self.get(&name.url_segment()).await?.bytes().await?;
+        let d = Arc::new(doc::parse(name, &bytes)?);
+        self.docs.lock().await.insert(name.clone(), d.clone());
+        Ok(d)
+    }
+
+    async fn signed_records(&self, name: &PackageName) -> anyhow::Result<Arc<Vec<Signed>>> {
+        if let Some(r) = self.records.lock().await.get(name) {
+            return Ok(r.clone());
+        }
+        let path = format!("-/open-registry/records/{}", name.url_segment());
+        let list = match self.get(&path).await {
+            Ok(r) => {
+                let v: Value = serde_json::from_slice(&r.bytes().await?)?;
+                v.get("records")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(|s| Signed::from_json(s).ok()).collect())
+                    .unwrap_or_default()
+            }
+            Err(e) if e.to_string().contains("404") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let list = Arc::new(list);
+        self.records.lock().await.insert(name.clone(), list.clone());
+        Ok(list)
+    }
+
+    /// Checks one target.
+    pub async fn check(&self, t: &Target) -> Report {
+        let mut report = Report {
+            name: t.name.to_string(),
+            version: t.version.clone(),
+            ok: false,
+            integrity: Check::Skipped("not checked".into()),
+            signature: Check::Skipped("not checked".into()),
+            operators: Check::Skipped("not checked".into()),
+        };
+        if let Err(e) = self.check_into(t, &mut report).await {
+            report.integrity = Check::Failed(format!("{e:#}"));
+        }
+        report.ok =
+            !(report.integrity.failed() || report.signature.failed() || report.operators.failed());
+        report
+    }
+
+    async fn check_into(&self, t: &Target, report: &mut Report) -> anyhow::Result<()> {
+        let packument = self.packument(&t.name).await?;
+        let vdoc = packument
+            .pointer(&format!(
+                "/versions/{}",
+                t.version.replace('~', "~0").replace('/', "~1")
+            ))
+            .ok_or_else(|| anyhow::anyhow!("version {} is not in the metadata", t.version))?;
+        let dist_s = |k: &str| vdoc.pointer(&format!("/dist/{k}")).and_then(Value::as_str);
+        let dist = DistRef {
+            version: t.version.clone(),
+            integrity: dist_s("integrity").map(str::to_owned),
+            shasum: dist_s("shasum").map(str::to_owned),
+            tarball: dist_s("tarball").map(str::to_owned),
+        };
+        let meta_integrity = record_integrity(&dist)
+            .ok_or_else(|| anyhow::anyhow!("the metadata has no integrity for {}", t.version))?;
+
+        // 1. Integrity of the bytes (lockfile and metadata).
+        let file = dist
+            .tarball
+            .as_deref()
+            .and_then(doc::tarball_file_of)
+            .unwrap_or_else(|| format!("{}-{}.tgz", t.name.unscoped(), t.version));
+        let (id, integrity) = self.tarball(t, &file, &meta_integrity).await?;
+        report.integrity = integrity;
+
+        // 2. npm's registry signature, under pinned keys only.
+        report.signature = match &self.opts.keys {
+            None => Check::Skipped("no registry keys pinned".into()),
+            Some(k) if k.is_empty() => Check::Skipped("no registry keys pinned".into()),
+            Some(keys) => {
+                let published = packument
+                    .pointer(&format!("/time/{}", t.version))
+                    .and_then(Value::as_str);
+                match keys.verify(
+                    t.name.as_str(),
+                    &t.version,
+                    dist.integrity.as_deref().unwrap_or(&meta_integrity),
+                    vdoc.pointer("/dist/signatures"),
+                    published,
+                ) {
+                    Ok(ids) => Check::Ok(ids.join(",")),
+                    Err(e) => Check::Failed(e.to_string()),
+                }
+            }
+        };
+
+        // 3. Operator records.
+        report.operators = match self.operators(t, &meta_integrity, id).await {
+            Ok(c) => c,
+            Err(e) => Check::Failed(e.to_string()),
+        };
+        Ok(())
+    }
+
+    /// Streams the tarball through verifiers for the metadata's and the lockfile's integrity.
+    async fn tarball(
+        &self,
+        t: &Target,
+        file: &str,
+        meta: &str,
+    ) -> anyhow::Result<(Option<BlobId>, Check)> {
+        let path = format!("{}/-/{file}", t.name);
+        let r = self.get(&path).await?;
+        let meta_v = Integrity::parse(meta).map(Verifier::new);
+        let lock_v = t
+            .locked
+            .as_deref()
+            .map(|l| Integrity::parse(l).map(Verifier::new));
+        let (mut meta_v, mut lock_v) = match (meta_v, lock_v) {
+            (Ok(m), Some(Ok(l))) => (m, Some(l)),
+            (Ok(m), None) => (m, None),
+            (Err(e), _) => return Ok((None, Check::Failed(format!("metadata integrity: {e}")))),
+            (_, Some(Err(e))) => {
+                return Ok((None, Check::Failed(format!("lockfile integrity: {e}"))));
+            }
+        };
+        let mut body = r.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.context("reading the tarball")?;
+            meta_v.update(&chunk);
+            if let Some(l) = lock_v.as_mut() {
+                l.update(&chunk);
+            }
+        }
+        if let Some(l) = lock_v
+            && let Err(e) = l.finish()
+        {
+            return Ok((
+                None,
+                Check::Failed(format!("tarball does not match the lockfile: {e}")),
+            ));
+        }
+        match meta_v.finish() {
+            Ok(id) => Ok((Some(id), Check::Ok(meta.to_owned()))),
+            Err(e) => Ok((
+                None,
+                Check::Failed(format!("tarball does not match the metadata: {e}")),
+            )),
+        }
+    }
+
+    async fn operators(
+        &self,
+        t: &Target,
+        integrity: &str,
+        id: Option<BlobId>,
+    ) -> anyhow::Result<Check> {
+        let signed = self.signed_records(&t.name).await?;
+        // Mix-and-match: each record's packument CID must name bytes that hash to it and list
+        // this version with the same integrity. Fetched by CID, hashed here.
+        let mut packuments: HashMap<BlobId, Result<(), TrustError>> = HashMap::new();
+        for s in signed.iter() {
+            if let Ok(v) = s.verify() {
+                let cid = v.get().packument;
+                if let std::collections::hash_map::Entry::Vacant(e) = packuments.entry(cid) {
+                    e.insert(
+                        self.packument_matches(&t.name, cid, &t.version, integrity)
+                            .await,
+                    );
+                }
+            }
+        }
+        let seen = self.seen.lock().expect("seen poisoned").clone();
+        let quorum = self.opts.policy.quorum(
+            &signed,
+            &t.name,
+            now_ms(),
+            |p| {
+                seen.get(t.name.as_str())
+                    .and_then(|m| m.get(&p.to_string()))
+                    .copied()
+            },
+            |v| {
+                v.check_integrity(&t.version, integrity)?;
+                let entry = &v.get().versions[&t.version];
+                if let (Some(expected), Some(actual)) = (entry.tarball, id)
+                    && expected != actual
+                {
+                    return Err(TrustError::TarballMismatch {
+                        version: t.version.clone(),
+                        expected,
+                        actual,
+                    });
+                }
+                packuments
+                    .get(&v.get().packument)
+                    .cloned()
+                    .unwrap_or(Ok(()))
+            },
+        );
+        match quorum {
+            Ok(vs) => {
+                let mut seen = self.seen.lock().expect("seen poisoned");
+                let m = seen.entry(t.name.to_string()).or_default();
+                for v in &vs {
+                    let e = m.entry(v.signer().to_string()).or_default();
+                    *e = (*e).max(v.get().seq);
+                }
+                let who: Vec<String> = vs.iter().map(|v| v.signer().short()).collect();
+                Ok(Check::Ok(format!(
+                    "{}/{} ({})",
+                    vs.len(),
+                    self.opts.policy.threshold(),
+                    who.join(",")
+                )))
+            }
+            Err(e) => Ok(Check::Failed(e.to_string())),
+        }
+    }
+
+    /// Fetches the packument bytes a record names and checks that they hash to its CID and list
+    /// `version` with `integrity` (the metadata the gateway served).
+    async fn packument_matches(
+        &self,
+        name: &PackageName,
+        cid: BlobId,
+        version: &str,
+        integrity: &str,
+    ) -> Result<(), TrustError> {
+        let unchecked = |e: String| TrustError::Unchecked(format!("packument {cid}: {e}"));
+        let r = self
+            .get(&format!("-/open-registry/blobs/{cid}"))
+            .await
+            .map_err(|e| unchecked(e.to_string()))?;
+        let bytes = r.bytes().await.map_err(|e| unchecked(e.to_string()))?;
+        let actual = BlobId::of(&bytes);
+        if actual != cid {
+            return Err(TrustError::PackumentMismatch {
+                expected: cid,
+                actual,
+            });
+        }
+        let d = doc::parse(name, &bytes).map_err(|e| unchecked(e.to_string()))?;
+        let listed = doc::tarball_index(name, &d)
+            .into_values()
+            .find(|x| x.version == version)
+            .and_then(|x| record_integrity(&x));
+        match listed {
+            Some(i) if i == integrity => Ok(()),
+            other => Err(TrustError::Disagrees {
+                version: version.to_owned(),
+                integrity: integrity.to_owned(),
+                signed: other.unwrap_or_else(|| "nothing (version absent)".into()),
+            }),
+        }
+    }
+
+    /// Checks every target with bounded concurrency; `tick` is called after each.
+    pub async fn run(&self, targets: &[Target], tick: impl Fn(&Report)) -> Vec<Report> {
+        let mut out: Vec<Report> = futures::stream::iter(targets)
+            .map(|t| self.check(t))
+            .buffer_unordered(CONCURRENCY)
+            .inspect(|r| tick(r))
+            .collect()
+            .await;
+        out.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        out
+    }
+
+    /// Remembers the sequences seen (for rollback detection next time).
+    pub fn save_seen(&self) -> anyhow::Result<()> {
+        let Some(dir) = &self.opts.state_dir else {
+            return Ok(());
+        };
+        let seen = self.seen.lock().expect("seen poisoned").clone();
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!("{SEEN_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&seen)?)?;
+        std::fs::rename(&tmp, dir.join(SEEN_FILE))?;
+        Ok(())
+    }
+}
+
+/// The human-readable table.
+pub fn render_table(reports: &[Report]) -> String {
+    let rows: Vec<[String; 5]> = reports
+        .iter()
+        .map(|r| {
+            [
+                format!("{}@{}", r.name, r.version),
+                r.integrity.word().to_owned(),
+                match &r.signature {
+                    Check::Skipped(_) => "unsigned".to_owned(),
+                    c => c.word().to_owned(),
+                },
+                match &r.operators {
+                    Check::Ok(d) => d.split(' ').next().unwrap_or("ok").to_owned(),
+                    c => c.word().to_owned(),
+                },
+                if r.ok { "ok" } else { "FAIL" }.to_owned(),
+            ]
+        })
+        .collect();
+    let head = [
+        "PACKAGE",
+        "INTEGRITY",
+        "NPM SIGNATURE",
+        "OPERATORS",
+        "RESULT",
+    ];
+    let mut w = head.map(str::len);
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |c: [&str; 5]| {
+        format!(
+            "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {}\n",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            a = w[0],
+            b = w[1],
+            c = w[2],
+            d = w[3]
+        )
+    };
+    let mut out = line(head);
+    for r in &rows {
+        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+    }
+    let failed: Vec<&Report> = reports.iter().filter(|r| !r.ok).collect();
+    out.push('\n');
+    if failed.is_empty() {
+        out.push_str(&format!("{} packages verified\n", reports.len()));
+    } else {
+        for r in &failed {
+            out.push_str(&format!(
+                "{}@{}: {}\n",
+                r.name,
+                r.version,
+                r.reason().unwrap_or_default()
+            ));
+        }
+        out.push_str(&format!(
+            "{} of {} packages failed verification\n",
+            failed.len(),
+            reports.len()
+        ));
+    }
+    out
+}
+
+/// Reads pinned keys from `path`, if the file exists.
+pub fn load_keys(path: &Path) -> anyhow::Result<Option<Keys>> {
+    match std::fs::read(path) {
+        Ok(b) => {
+            Ok(Some(Keys::parse(&b).with_context(|| {
+                format!("pinned keys in {}", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The operators `verify` trusts: the ones given, else the config's plus this data dir's own.
+pub fn trusted(given: &[PeerId], config: &[PeerId], own: Option<PeerId>) -> Vec<PeerId> {
+    if !given.is_empty() {
+        return given.to_vec();
+    }
+    let mut t = config.to_vec();
+    if let Some(o) = own
+        && !t.contains(&o)
+    {
+        t.push(o);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_split() {
+        let (n, w) = split_spec("@s/p@^1.2.0").unwrap();
+        assert_eq!((n.as_str(), w.as_deref()), ("@s/p", Some("^1.2.0")));
+        let (n, w) = split_spec("@s/p").unwrap();
+        assert_eq!((n.as_str(), w), ("@s/p", None));
+        let (n, w) = split_spec("left-pad@1.3.0").unwrap();
+        assert_eq!((n.as_str(), w.as_deref()), ("left-pad", Some("1.3.0")));
+        assert!(split_spec("Bad@1").is_err());
+    }
+
+    #[test]
+    fn lockfile_v3_entries() {
+        let lock = r#"{
+          "name": "app", "lockfileVersion": 3,
+          "packages": {
+            "": {"name": "app", "dependencies": {"a": "^1"}},
+            "node_modules/a": {"version": "1.0.0", "integrity": "sha512-A"},
+            "node_modules/a/node_modules/@s/b": {"version": "2.0.0", "integrity": "sha512-B"},
+            "node_modules/alias": {"name": "c", "version": "3.0.0", "integrity": "sha512-C"},
+            "node_modules/linked": {"resolved": "../x", "link": true},
+            "node_modules/gitdep": {"version": "git+ssh://x", "integrity": "sha512-D"},
+            "node_modules/a/node_modules/bundled": {"version": "1.0.0", "inBundle": true}
+          }
+        }"#;
+        let t = lockfile_targets(lock).unwrap();
+        let got: Vec<(&str, &str, Option<&str>)> = t
+            .iter()
+            .map(|t| (t.name.as_str(), t.version.as_str(), t.locked.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("@s/b", "2.0.0", Some("sha512-B")),
+                ("a", "1.0.0", Some("sha512-A")),
+                ("c", "3.0.0", Some("sha512-C")),
+            ]
+        );
+        assert!(lockfile_targets(r#"{"lockfileVersion":1,"dependencies":{}}"#).is_err());
+    }
+
+    #[test]
+    fn table_names_failures() {
+        let ok = Report {
+            name: "a".into(),
+            version: "1.0.0".into(),
+            ok: true,
+            integrity: Check::Ok("sha512-x".into()),
+            signature: Check::Skipped("no keys".into()),
+            operators: Check::Ok("1/1 (abc)".into()),
+        };
+        let mut bad = ok.clone();
+        bad.name = "b".into();
+        bad.ok = false;
+        bad.operators = Check::Failed("forged: record signature is invalid".into());
+        let t = render_table(&[ok, bad]);
+        assert!(t.contains("b@1.0.0: operator records: forged"), "{t}");
+        assert!(t.contains("1 of 2 packages failed"), "{t}");
+    }
+
+    #[test]
+    fn trust_defaults() {
+        let a = crate::identity::Identity::from_seed([1; 32]).peer_id();
+        let b = crate::identity::Identity::from_seed([2; 32]).peer_id();
+        assert_eq!(trusted(&[a], &[b], Some(b)), vec![a]);
+        assert_eq!(trusted(&[], &[a], Some(b)), vec![a, b]);
+        assert_eq!(trusted(&[], &[], None), Vec::<PeerId>::new());
+    }
+}
