@@ -23,6 +23,8 @@ pub mod peer;
 pub mod record;
 pub mod status;
 pub mod trust;
+#[cfg(test)]
+mod vectors;
 
 pub use id::BlobId;
 pub use integrity::{Integrity, IntegrityError, Verifier};
