@@ -332,16 +332,7 @@ impl Verify {
         let meta_integrity = record_integrity(&dist)
             .ok_or_else(|| anyhow::anyhow!("the metadata has no integrity for {}", t.version))?;
 
-        // 1. Integrity of the bytes (lockfile and metadata).
-        let file = dist
-            .tarball
-            .as_deref()
-            .and_then(doc::tarball_file_of)
-            .unwrap_or_else(|| format!("{}-{}.tgz", t.name.unscoped(), t.version));
-        let (id, integrity) = self.tarball(t, &file, &meta_integrity).await?;
-        report.integrity = integrity;
-
-        // 2. npm's registry signature, under pinned keys only.
+        // 1. npm's registry signature over the metadata, under pinned keys only.
         report.signature = match &self.opts.keys {
             None => Check::Skipped("no registry keys pinned".into()),
             Some(k) if k.is_empty() => Check::Skipped("no registry keys pinned".into()),
@@ -359,6 +350,24 @@ impl Verify {
                     Ok(ids) => Check::Ok(ids.join(",")),
                     Err(e) => Check::Failed(e.to_string()),
                 }
+            }
+        };
+
+        // 2. Integrity of the bytes (lockfile and metadata). A gateway that refuses to serve
+        // them (it found them corrupt) fails this check, not the others.
+        let file = dist
+            .tarball
+            .as_deref()
+            .and_then(doc::tarball_file_of)
+            .unwrap_or_else(|| format!("{}-{}.tgz", t.name.unscoped(), t.version));
+        let id = match self.tarball(t, &file, &meta_integrity).await {
+            Ok((id, check)) => {
+                report.integrity = check;
+                id
+            }
+            Err(e) => {
+                report.integrity = Check::Failed(format!("{e:#}"));
+                None
             }
         };
 
