@@ -257,6 +257,15 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             render_cache_bytes: (config.memory_cache_size / 2) as usize,
         },
     );
+    // Pin the upstream's registry keys on first start (init normally did it already).
+    if !config.data_dir.join(KEYS_FILE).exists() && node.fetcher.upstream().is_some() {
+        let n = node.clone();
+        tracker.spawn(async move {
+            if let Err(e) = n.keys().await {
+                tracing::warn!(error = %e, "registry signing keys not pinned");
+            }
+        });
+    }
     let stop = cancel.clone();
     tracker.spawn(async move {
         let serve =

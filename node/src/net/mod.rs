@@ -1,1 +1,51 @@
-//! Peer-to-peer networking (being built).
+//! Peer-to-peer networking: how nodes find each other, announce blobs, and move them.
+//!
+//! libp2p over TCP (noise, yamux) and QUIC. Kademlia under our own protocol id finds who has a
+//! blob (one provider record per blob CID) and stores small signed pointers by key; identify
+//! feeds peers' listen addresses into the routing table; a blob protocol of our own streams a
+//! blob of any size with a size cap and deadlines. Exactly one task owns the Swarm
+//! ([`event_loop`]); everything else holds a cloneable [`Client`].
+//!
+//! What `net` does not do: verify bytes (the Fetcher checks every blob against its CID),
+//! decide whom to trust (the [`RecordValidator`] hook does), or choose among providers
+//! (the Fetcher fails over). It does bound everything it touches (RELIABILITY R7, R15, R16).
+//!
+//! - [`config`]: listen and bootstrap addresses, Kademlia mode, [`Limits`].
+//! - [`swarm`]: [`spawn`] builds the Swarm, binds, and starts the tasks.
+//! - [`client`]: [`Client`], the API the node uses.
+//! - [`event_loop`]: the task that owns the Swarm.
+//! - [`behaviour`]: the protocols and their configuration (ids and intervals as consts).
+//! - [`dht_store`]: the bounded Kademlia store and our announcement schedule.
+//! - [`blob`]: the blob protocol's wire format; [`serve`] answers it; [`transfer`] reads it.
+//! - [`hooks`]: [`BlobSource`] and [`RecordValidator`], what the swarm asks of the node.
+//! - [`error`]: [`NetError`].
+
+pub mod behaviour;
+pub mod blob;
+pub mod client;
+pub mod config;
+pub mod dht_store;
+pub mod error;
+pub mod event_loop;
+pub mod hooks;
+pub mod serve;
+pub mod swarm;
+pub mod transfer;
+
+#[cfg(test)]
+mod tests;
+
+pub use behaviour::{
+    IDENTIFY_VERSION, KAD_PROTOCOL, QUERY_TIMEOUT, RECORD_REPLICATION_INTERVAL,
+    RECORD_REPUBLISH_INTERVAL, RECORD_TTL,
+};
+pub use blob::{BLOB_PROTOCOL, CHUNK, Status};
+pub use client::{COMMAND_TIMEOUT, Client, FoundRecord, PeersInfo};
+pub use config::{Config, DEFAULT_LISTEN, DEFAULT_PORT, Limits, is_loopback, split_peer};
+pub use dht_store::{ANNOUNCE_RETRY, PROVIDER_RECORD_TTL, REANNOUNCE_INTERVAL};
+pub use error::NetError;
+pub use event_loop::MAX_CONCURRENT_ANNOUNCES;
+pub use hooks::{Blob, BlobSource, NoBlobs, RecordValidator, RejectAll};
+pub use libp2p::{Multiaddr, PeerId};
+pub use swarm::spawn;
+pub use transfer::Transfer;

@@ -1,0 +1,366 @@
+//! The handle the rest of the node uses to reach the network.
+//!
+//! [`Client`] is cheap to clone. DHT and connection calls become a [`Command`] carrying a
+//! oneshot reply, sent over a bounded channel to the task that owns the Swarm; blob fetches
+//! open a stream directly (through `libp2p-stream`'s control, which needs no Swarm access)
+//! after asking that task to connect. Every call has a deadline: the caller's, or
+//! [`COMMAND_TIMEOUT`] for calls that only touch local state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use open_registry_protocol::BlobId;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::{Instant, timeout_at};
+
+use super::blob::{self, BLOB_PROTOCOL, Status};
+use super::{Limits, NetError, Transfer};
+
+/// The deadline for calls that only touch the swarm task's local state.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long past a query's own deadline the caller waits for the partial answer.
+const REPLY_GRACE: Duration = Duration::from_secs(1);
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, NetError>>;
+
+/// A request to the swarm task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Provide {
+        id: BlobId,
+        reply: Reply<()>,
+    },
+    Unprovide {
+        id: BlobId,
+        reply: Reply<()>,
+    },
+    FindProviders {
+        id: BlobId,
+        limit: usize,
+        deadline: Instant,
+        reply: Reply<Vec<PeerId>>,
+    },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: Reply<()>,
+    },
+    GetRecords {
+        key: Vec<u8>,
+        deadline: Instant,
+        reply: Reply<Vec<FoundRecord>>,
+    },
+    Peers {
+        reply: Reply<PeersInfo>,
+    },
+    Dial {
+        addr: Multiaddr,
+        deadline: Instant,
+        reply: Reply<PeerId>,
+    },
+    Connect {
+        peer: PeerId,
+        reply: Reply<()>,
+    },
+    Bootstrap {
+        deadline: Instant,
+        reply: Reply<()>,
+    },
+}
+
+/// A value found in the DHT. Only the validator vouches for it: `from` answered the query, and
+/// `publisher` is what that peer claims (unauthenticated). Trust comes from the value's own
+/// signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundRecord {
+    /// The peer that returned the value (our own id for our local copy).
+    pub from: PeerId,
+    /// The publisher the record names, if any.
+    pub publisher: Option<PeerId>,
+    /// The value; it passed the validator.
+    pub value: Vec<u8>,
+}
+
+/// What `open-registry peers` shows.
+#[derive(Debug, Clone)]
+pub struct PeersInfo {
+    /// Our peer id.
+    pub local: PeerId,
+    /// Connected peers and the addresses of their connections.
+    pub connected: Vec<(PeerId, Vec<Multiaddr>)>,
+    /// Peers in the Kademlia routing table.
+    pub routing_table_size: usize,
+    /// Addresses we listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Addresses confirmed as reachable from outside.
+    pub external: Vec<Multiaddr>,
+    /// Whether Kademlia currently answers queries (server mode).
+    pub kad_server: bool,
+    /// Blob ids we provide.
+    pub provided: usize,
+    /// Values we store for the network.
+    pub records_stored: usize,
+    /// Blob ids for which we store other peers' provider records.
+    pub provider_keys_stored: usize,
+}
+
+/// A handle to the network; clone freely.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    local: PeerId,
+    outbound: Arc<Semaphore>,
+    max_blob_size: u64,
+    stall: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("local", &self.local).finish()
+    }
+}
+
+impl Client {
+    pub(crate) fn new(
+        commands: mpsc::Sender<Command>,
+        control: libp2p_stream::Control,
+        local: PeerId,
+        limits: &Limits,
+    ) -> Client {
+        Client {
+            commands,
+            control,
+            local,
+            outbound: Arc::new(Semaphore::new(limits.max_outbound_transfers)),
+            max_blob_size: limits.max_blob_size,
+            stall: limits.stall_timeout,
+        }
+    }
+
+    /// Our libp2p peer id (the same string as the operator's protocol `PeerId`).
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// Starts providing blob `id`: we answer provider queries for it at once, and announce it
+    /// (one provider record per CID) as soon as we have peers, then every
+    /// [`REANNOUNCE_INTERVAL`](super::REANNOUNCE_INTERVAL).
+    pub async fn provide(&self, id: &BlobId) -> Result<(), NetError> {
+        let id = *id;
+        self.local("provide", |reply| Command::Provide { id, reply })
+            .await
+    }
+
+    /// Stops providing `id`. Records already on other peers expire within
+    /// [`PROVIDER_RECORD_TTL`](super::PROVIDER_RECORD_TTL).
+    pub async fn unprovide(&self, id: &BlobId) -> Result<(), NetError> {
+        let id = *id;
+        self.local("unprovide", |reply| Command::Unprovide { id, reply })
+            .await
+    }
+
+    /// Up to `limit` peers that announced `id`, not counting us, found within `deadline`
+    /// (what was found by then, possibly nothing). Found peers are dialed right away, while
+    /// their addresses are known.
+    pub async fn find_providers(
+        &self,
+        id: &BlobId,
+        limit: usize,
+        deadline: Duration,
+    ) -> Result<Vec<PeerId>, NetError> {
+        let id = *id;
+        let at = Instant::now() + deadline;
+        self.call("find_providers", at + REPLY_GRACE, |reply| {
+            Command::FindProviders {
+                id,
+                limit,
+                deadline: at,
+                reply,
+            }
+        })
+        .await
+    }
+
+    /// Stores `value` under `key` locally and publishes it to the closest peers (in the
+    /// background; Kademlia republishes it every
+    /// [`RECORD_REPUBLISH_INTERVAL`](super::RECORD_REPUBLISH_INTERVAL)).
+    /// [`NetError::InvalidRecord`] if our own validator refuses it.
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetError> {
+        self.local("put_record", |reply| Command::PutRecord { key, value, reply })
+            .await
+    }
+
+    /// The distinct valid values stored under `key` that were found within `deadline`, ours
+    /// first if we hold one.
+    pub async fn get_records(
+        &self,
+        key: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<Vec<FoundRecord>, NetError> {
+        let at = Instant::now() + deadline;
+        self.call("get_records", at + REPLY_GRACE, |reply| Command::GetRecords {
+            key,
+            deadline: at,
+            reply,
+        })
+        .await
+    }
+
+    /// Connected peers, routing table size and store sizes.
+    pub async fn peers(&self) -> Result<PeersInfo, NetError> {
+        self.local("peers", |reply| Command::Peers { reply }).await
+    }
+
+    /// The addresses we listen on now.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        Ok(self.peers().await?.listen)
+    }
+
+    /// Dials `addr` (with or without `/p2p/<id>`) and returns the peer once connected.
+    pub async fn dial(&self, addr: Multiaddr, deadline: Duration) -> Result<PeerId, NetError> {
+        let at = Instant::now() + deadline;
+        self.call("dial", at + REPLY_GRACE, |reply| Command::Dial {
+            addr,
+            deadline: at,
+            reply,
+        })
+        .await
+    }
+
+    /// Refreshes the routing table by looking up our own id; done when the lookup is.
+    pub async fn bootstrap(&self, deadline: Duration) -> Result<(), NetError> {
+        let at = Instant::now() + deadline;
+        self.call("bootstrap", at + REPLY_GRACE, |reply| Command::Bootstrap {
+            deadline: at,
+            reply,
+        })
+        .await
+    }
+
+    /// Fetches blob `id` from `peer`: see [`Client::fetch_at`] with offset 0.
+    pub async fn fetch(
+        &self,
+        peer: PeerId,
+        id: &BlobId,
+        max_len: u64,
+        deadline: Duration,
+    ) -> Result<Transfer, NetError> {
+        self.fetch_at(peer, id, 0, max_len, deadline).await
+    }
+
+    /// Fetches blob `id` from `peer`, starting at byte `offset`. Fails at once if the peer
+    /// announces a blob longer than `max_len` (clamped to the configured maximum); the returned
+    /// [`Transfer`] yields the bytes, aborting if `deadline` (counted from this call) passes or
+    /// no byte arrives for the stall timeout. The bytes are not verified here.
+    pub async fn fetch_at(
+        &self,
+        peer: PeerId,
+        id: &BlobId,
+        offset: u64,
+        max_len: u64,
+        deadline: Duration,
+    ) -> Result<Transfer, NetError> {
+        let started = Instant::now();
+        let at = started + deadline;
+        let timeout = |what| NetError::Timeout {
+            what,
+            after: deadline,
+        };
+        let max_len = max_len.min(self.max_blob_size);
+        let permit = timeout_at(at, self.outbound.clone().acquire_owned())
+            .await
+            .map_err(|_| timeout("waiting for a transfer slot"))?
+            .map_err(|_| NetError::Stopped)?;
+        self.call("connect", at, |reply| Command::Connect { peer, reply })
+            .await?;
+        let mut control = self.control.clone();
+        let mut stream = timeout_at(at, control.open_stream(peer, BLOB_PROTOCOL))
+            .await
+            .map_err(|_| timeout("opening a blob stream"))?
+            .map_err(|e| NetError::Open {
+                peer,
+                reason: e.to_string(),
+            })?;
+        let io = |e: std::io::Error| NetError::Io {
+            peer,
+            reason: e.to_string(),
+        };
+        timeout_at(at, blob::write_request(&mut stream, id, offset))
+            .await
+            .map_err(|_| timeout("sending a blob request"))?
+            .map_err(io)?;
+        let header_by = at.min(Instant::now() + self.stall);
+        let (status, remaining) = timeout_at(header_by, blob::read_header(&mut stream))
+            .await
+            .map_err(|_| NetError::Stalled {
+                peer,
+                after: self.stall,
+                got: 0,
+            })?
+            .map_err(io)?;
+        let remaining = match (Status::from_byte(status), remaining) {
+            (Some(Status::Ok), Some(r)) => r,
+            (Some(Status::NotFound), _) => return Err(NetError::NotFound { peer }),
+            (Some(Status::BadRequest), _) => {
+                return Err(NetError::Refused {
+                    peer,
+                    reason: "bad request",
+                });
+            }
+            (Some(Status::Unavailable), _) => {
+                return Err(NetError::Refused {
+                    peer,
+                    reason: "blob unavailable",
+                });
+            }
+            _ => {
+                return Err(NetError::Protocol {
+                    peer,
+                    reason: format!("unknown status {status}"),
+                });
+            }
+        };
+        let total = offset.saturating_add(remaining);
+        if total > max_len {
+            return Err(NetError::TooLarge {
+                peer,
+                len: total,
+                max: max_len,
+            });
+        }
+        Ok(Transfer::new(
+            peer, stream, remaining, self.stall, started, deadline, permit,
+        ))
+    }
+
+    /// Sends a command that only touches local state, with [`COMMAND_TIMEOUT`].
+    async fn local<T>(
+        &self,
+        what: &'static str,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, NetError> {
+        self.call(what, Instant::now() + COMMAND_TIMEOUT, make).await
+    }
+
+    /// Sends a command and waits for its reply until `at`.
+    async fn call<T>(
+        &self,
+        what: &'static str,
+        at: Instant,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let after = at.saturating_duration_since(Instant::now());
+        let (tx, rx) = oneshot::channel();
+        timeout_at(at, self.commands.send(make(tx)))
+            .await
+            .map_err(|_| NetError::Timeout { what, after })?
+            .map_err(|_| NetError::Stopped)?;
+        timeout_at(at, rx)
+            .await
+            .map_err(|_| NetError::Timeout { what, after })?
+            .map_err(|_| NetError::Stopped)?
+    }
+}

@@ -1,0 +1,125 @@
+//! Starting the network: build the Swarm, bind the listen addresses, start the tasks.
+//!
+//! [`spawn`] returns only once every listen address is bound (so `/tcp/0` callers learn their
+//! port) and before any bootstrap peer is dialed. It starts two long-lived tasks on the node's
+//! `TaskTracker`, both ending on the node's `CancellationToken`: the event loop that owns the
+//! Swarm, and the blob server's accept loop (whose per-stream tasks are tracked too).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, SwarmBuilder, noise, tcp, yamux};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::event_loop::EventLoop;
+use super::{BlobSource, Client, Config, NetError, RecordValidator, behaviour::Behaviour, serve};
+use crate::identity::Identity;
+
+/// Commands queued for the swarm task before callers wait.
+pub const COMMAND_QUEUE: usize = 256;
+
+/// How long binding all listen addresses may take.
+pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection with no open stream is closed after this long.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Inbound streams negotiating their protocol at once, per connection.
+pub const MAX_NEGOTIATING_INBOUND_STREAMS: usize = 64;
+
+/// Starts the network. Returns the client and the addresses actually bound.
+pub async fn spawn(
+    config: Config,
+    identity: &Identity,
+    blobs: Arc<dyn BlobSource>,
+    validator: Arc<dyn RecordValidator>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) -> Result<(Client, Vec<Multiaddr>), NetError> {
+    config.check()?;
+    let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    let mut swarm = SwarmBuilder::with_existing_identity(identity.to_libp2p())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| setup(&e))?
+        .with_quic()
+        .with_behaviour(|key| Behaviour::new(key, &config))
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+                .with_max_negotiating_inbound_streams(MAX_NEGOTIATING_INBOUND_STREAMS)
+        })
+        .build();
+
+    let mut waiting = HashSet::new();
+    for addr in &config.listen {
+        let id = swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+        waiting.insert(id);
+    }
+    let mut bound = Vec::new();
+    let bind = async {
+        while !waiting.is_empty() {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    waiting.remove(&listener_id);
+                    bound.push(address);
+                }
+                SwarmEvent::ListenerClosed {
+                    reason: Err(error), ..
+                }
+                | SwarmEvent::ListenerError { error, .. } => {
+                    return Err(NetError::Listen {
+                        addr: "(listener)".into(),
+                        reason: error.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(LISTEN_TIMEOUT, bind)
+        .await
+        .map_err(|_| NetError::Listen {
+            addr: format!("{:?}", config.listen),
+            reason: "no address bound in time".into(),
+        })??;
+    tracing::info!(peer = %swarm.local_peer_id(), addrs = ?bound, "p2p listening");
+
+    for addr in &config.external {
+        swarm.add_external_address(addr.clone());
+    }
+
+    let mut control = swarm.behaviour().stream.new_control();
+    serve::start(
+        &mut control,
+        blobs,
+        &config.limits,
+        &tracker,
+        cancel.clone(),
+    )?;
+
+    let local = *swarm.local_peer_id();
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let mut event_loop = EventLoop::new(swarm, rx, validator, config.limits.clone(), cancel);
+    for addr in &config.bootstrap {
+        event_loop.dial_bootstrap(addr);
+    }
+    tracker.spawn(event_loop.run());
+    Ok((Client::new(tx, control, local, &config.limits), bound))
+}
