@@ -153,8 +153,23 @@ impl Record {
 
     /// Signs the record with `key`.
     pub fn sign(&self, key: &SigningKey) -> Signed {
+        Signable::sign(self, key)
+    }
+}
+
+/// Something an operator signs: a canonical encoding and the domain that separates its
+/// signatures from every other kind's.
+pub trait Signable: Sized {
+    /// The prefix of the signed message.
+    const DOMAIN: &'static [u8];
+    /// The canonical encoding.
+    fn encode(&self) -> Vec<u8>;
+    /// Parses the canonical encoding, refusing anything else.
+    fn decode(b: &[u8]) -> Result<Self, RecordError>;
+    /// Signs with `key`.
+    fn sign(&self, key: &SigningKey) -> Signed {
         let body = self.encode();
-        let signature = key.sign(&signed_message(&body)).to_bytes();
+        let signature = key.sign(&signed_message(Self::DOMAIN, &body)).to_bytes();
         Signed {
             signer: PeerId::from_public_key(&key.verifying_key()),
             signature,
@@ -163,10 +178,20 @@ impl Record {
     }
 }
 
-/// The exact bytes an operator signs: [`DOMAIN`] followed by the encoded record.
-pub fn signed_message(body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(DOMAIN.len() + body.len());
-    m.extend_from_slice(DOMAIN);
+impl Signable for Record {
+    const DOMAIN: &'static [u8] = DOMAIN;
+    fn encode(&self) -> Vec<u8> {
+        Record::encode(self)
+    }
+    fn decode(b: &[u8]) -> Result<Self, RecordError> {
+        Record::decode(b)
+    }
+}
+
+/// The exact bytes an operator signs: the domain followed by the encoding.
+pub fn signed_message(domain: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(domain.len() + body.len());
+    m.extend_from_slice(domain);
     m.extend_from_slice(body);
     m
 }
@@ -254,13 +279,19 @@ impl Signed {
     /// bytes. Trust decisions (is this signer trusted, is it fresh, is it newer) are the
     /// [`crate::trust`] policy's.
     pub fn verify(&self) -> Result<Verified<Record>, RecordError> {
+        self.verify_as::<Record>()
+    }
+
+    /// [`Signed::verify`] for any [`Signable`] kind: the signature is checked over that kind's
+    /// domain, then the value is parsed from the verified bytes.
+    pub fn verify_as<T: Signable>(&self) -> Result<Verified<T>, RecordError> {
         let key = self.signer.public_key();
         let sig = Signature::from_bytes(&self.signature);
-        key.verify_strict(&signed_message(&self.body), &sig)
+        key.verify_strict(&signed_message(T::DOMAIN, &self.body), &sig)
             .map_err(|_| RecordError::BadSignature)?;
         Ok(Verified {
             signer: self.signer,
-            value: Record::decode(&self.body)?,
+            value: T::decode(&self.body)?,
         })
     }
 
