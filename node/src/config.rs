@@ -52,7 +52,7 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_upstream: Option<bool>,
 
-    /// Base URL that tarball links point at [default: http://<Host header>]
+    /// Base URL that tarball links point at [default: http:// and the Host header of each request]
     #[arg(long, env = "OPEN_REGISTRY_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
 

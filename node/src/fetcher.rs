@@ -2,7 +2,7 @@
 //!
 //! Order of sources, for packuments and tarballs alike:
 //! 1. the local store (verified on write, so trusted on read);
-//! 2. peers — the seam where the P2P layer plugs in (see [`Fetcher::tarball_from_sources`]);
+//! 2. peers — the seam where the P2P layer plugs in (`Fetcher::tarball_from_sources`);
 //! 3. the upstream registry, if configured.
 //!
 //! One flight per key: identical concurrent requests for an uncached packument or tarball share

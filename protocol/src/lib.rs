@@ -8,7 +8,7 @@
 //! - [`npm_sig`]: npm's own ECDSA registry signatures, checked against pinned keys.
 //! - [`peer`]: operator identities ([`PeerId`], the libp2p id of the operator's ed25519 key).
 //! - [`record`]: signed mirror records; [`Verified`] values come only from [`Signed::verify`].
-//! - [`pointer`]: the small signed pointers the DHT holds to find a package's newest records.
+//! - [`pointer`](mod@pointer): the small signed pointers the DHT holds to find a package's newest records.
 //! - [`trust`]: the trust policy (trusted signers, threshold) and its distinct rejections.
 //! - [`status`]: the node's JSON self-report.
 //!
