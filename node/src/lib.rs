@@ -12,12 +12,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod evict;
 pub mod fetcher;
 pub mod flight;
 pub mod identity;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod pins;
 pub mod records;
 pub mod store;
 pub mod units;

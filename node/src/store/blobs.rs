@@ -117,6 +117,28 @@ impl Blobs {
         }
     }
 
+    /// Every stored blob with its size (a directory scan).
+    pub fn list(&self) -> io::Result<Vec<(BlobId, u64)>> {
+        let mut out = Vec::new();
+        for shard in std::fs::read_dir(&self.root)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(shard.path())? {
+                let f = f?;
+                let id = f
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<BlobId>().ok());
+                if let Some(id) = id {
+                    out.push((id, f.metadata()?.len()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes a blob; returns whether it existed.
     pub fn remove(&self, id: &BlobId) -> io::Result<bool> {
         let path = self.path(id);

@@ -127,6 +127,39 @@ impl Index {
         Ok(())
     }
 
+    /// Every tarball entry: (index key, blob id). Unparseable entries are skipped.
+    pub fn tarball_entries(&self) -> Result<Vec<(Vec<u8>, BlobId)>, IndexError> {
+        let mut out = Vec::new();
+        for kv in self.tarballs.iter() {
+            let (k, v) = kv?;
+            if let Ok(id) = BlobId::from_bytes(&v) {
+                out.push((k.to_vec(), id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every packument entry.
+    pub fn packument_entries(&self) -> Result<Vec<(PackageName, PackumentEntry)>, IndexError> {
+        let mut out = Vec::new();
+        for kv in self.packuments.iter() {
+            let (k, v) = kv?;
+            let name = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|s| PackageName::parse(s).ok());
+            if let (Some(name), Ok(e)) = (name, serde_json::from_slice(&v)) {
+                out.push((name, e));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets a tarball entry by its raw index key.
+    pub fn remove_tarball_key(&self, key: &[u8]) -> Result<(), IndexError> {
+        self.tarballs.remove(key)?;
+        Ok(())
+    }
+
     /// Forgets a packument entry.
     pub fn remove_packument(&self, name: &PackageName) -> Result<(), IndexError> {
         self.packuments.remove(name.as_str())?;
