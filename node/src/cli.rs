@@ -17,8 +17,11 @@ use open_registry_protocol::{PeerId, Policy};
 use crate::config::{self, CONFIG_FILE, Config, Settings};
 use crate::identity::Identity;
 use crate::node::{self, RUN_FILE};
+use crate::pinning::{self, NodeApi};
 use crate::units::format_size;
 use crate::verify;
+use futures::StreamExt as _;
+use open_registry_protocol::PackageName;
 
 /// A community-run, decentralized npm registry node.
 #[derive(Debug, Parser)]
@@ -40,6 +43,64 @@ enum Command {
     Id(IdArgs),
     /// Verify packages or a lockfile: integrity, npm registry signatures, operator records
     Verify(VerifyArgs),
+    /// Pin packages so they stay available offline and are never evicted
+    #[command(subcommand)]
+    Pin(PinCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PinCommand {
+    /// Pin packages: NAME (newest versions and dist-tags), NAME@RANGE, a lockfile, a list
+    Add(PinAddArgs),
+    /// List pinned packages
+    Ls(PinLsArgs),
+    /// Unpin packages
+    Rm(PinRmArgs),
+}
+
+#[derive(Debug, Args)]
+struct NodeRef {
+    #[command(flatten)]
+    dir: DataDir,
+    /// The node's gateway URL [default: the node running on the data dir, else 127.0.0.1:7373]
+    #[arg(long, env = "OPEN_REGISTRY_REGISTRY", value_name = "URL")]
+    registry: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct PinAddArgs {
+    #[command(flatten)]
+    node: NodeRef,
+    /// NAME, NAME@VERSION, NAME@TAG or NAME@RANGE
+    #[arg(value_name = "SPEC")]
+    specs: Vec<String>,
+    /// Exactly the packages of an npm lockfile (v2 or v3)
+    #[arg(long, value_name = "FILE")]
+    lockfile: Option<PathBuf>,
+    /// Specs from a file, one per line (# starts a comment)
+    #[arg(long, value_name = "FILE")]
+    from_file: Option<PathBuf>,
+    /// Also pin what each version depends on, as npm would resolve it
+    #[arg(long)]
+    with_deps: bool,
+}
+
+#[derive(Debug, Args)]
+struct PinLsArgs {
+    #[command(flatten)]
+    node: NodeRef,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct PinRmArgs {
+    #[command(flatten)]
+    node: NodeRef,
+    /// Package names
+    #[arg(value_name = "NAME", required = true)]
+    names: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +201,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(a) => status(a).await,
         Command::Id(a) => id(a),
         Command::Verify(a) => verify(a).await,
+        Command::Pin(c) => pin(c).await,
     }
     .map(|()| ExitCode::SUCCESS)
     .or_else(|e| match e.downcast_ref::<Failed>() {
@@ -152,6 +214,183 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 #[derive(Debug, thiserror::Error)]
 #[error("verification failed")]
 struct Failed;
+
+fn node_api(n: &NodeRef) -> anyhow::Result<NodeApi> {
+    let dir = n.dir.path();
+    let token = std::fs::read_to_string(dir.join(crate::admin::TOKEN_FILE))
+        .ok()
+        .map(|t| t.trim().to_owned());
+    NodeApi::new(&registry_url(n.registry.as_deref(), &dir), token)
+}
+
+async fn pin(c: PinCommand) -> anyhow::Result<()> {
+    match c {
+        PinCommand::Add(a) => pin_add(a).await,
+        PinCommand::Ls(a) => {
+            let api = node_api(&a.node)?;
+            let v = api.pins().await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", render_pins(&v));
+            }
+            Ok(())
+        }
+        PinCommand::Rm(a) => {
+            let api = node_api(&a.node)?;
+            for n in &a.names {
+                let name = PackageName::parse(n)?;
+                if api.unpin(&name).await? {
+                    println!("unpinned {name}");
+                } else {
+                    println!("{name} was not pinned");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn pin_add(a: PinAddArgs) -> anyhow::Result<()> {
+    let dir = a.node.dir.path();
+    let latest = Settings::load(&dir.join(CONFIG_FILE))?
+        .pin_latest
+        .unwrap_or(3);
+    let mut api = node_api(&a.node)?;
+    let mut specs = a.specs.clone();
+    if let Some(f) = &a.from_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        specs.extend(
+            text.lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim())
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    let (mut targets, mut failures) = api.expand(&specs, latest, a.with_deps).await;
+    if let Some(path) = &a.lockfile {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        for t in verify::lockfile_targets(&text)? {
+            let t = (t.name, t.version);
+            if !targets.contains(&t) {
+                targets.push(t);
+            }
+        }
+    }
+    if targets.is_empty() && failures.is_empty() {
+        bail!("nothing to pin: give package specs, --lockfile or --from-file");
+    }
+    let bar = indicatif::ProgressBar::new(targets.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("pinning {bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let results: Vec<(pinning::Target, anyhow::Result<serde_json::Value>)> =
+        futures::stream::iter(targets.iter().cloned())
+            .map(|t| {
+                let api = &api;
+                async move {
+                    let r = api.pin(&t).await;
+                    (t, r)
+                }
+            })
+            .buffer_unordered(4)
+            .inspect(|(t, _)| {
+                bar.set_message(format!("{}@{}", t.0, t.1));
+                bar.inc(1);
+            })
+            .collect()
+            .await;
+    bar.finish_and_clear();
+    let (mut bytes, mut ok, mut packages) = (0u64, 0usize, std::collections::BTreeSet::new());
+    for (t, r) in results {
+        match r {
+            Ok(v) => {
+                ok += 1;
+                bytes += v
+                    .get("size")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                packages.insert(t.0.to_string());
+            }
+            Err(e) => failures.push((format!("{}@{}", t.0, t.1), format!("{e:#}"))),
+        }
+    }
+    println!(
+        "pinned {ok} versions of {} packages ({})",
+        packages.len(),
+        format_size(bytes)
+    );
+    if failures.is_empty() {
+        return Ok(());
+    }
+    println!("{} failed:", failures.len());
+    for (what, why) in &failures {
+        println!("  {what}: {why}");
+    }
+    Err(Failed.into())
+}
+
+fn render_pins(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let pins = v
+        .get("pins")
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let rows: Vec<[String; 4]> = pins
+        .iter()
+        .map(|p| {
+            let versions: Vec<String> = p
+                .get("versions")
+                .and_then(|v| v.as_object())
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            [
+                p.get("name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or("?")
+                    .to_owned(),
+                versions.join(" "),
+                format_size(
+                    p.get("size")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0),
+                ),
+                p.get("providers")
+                    .and_then(serde_json::Value::as_u64)
+                    .map_or("-".to_owned(), |n| n.to_string()),
+            ]
+        })
+        .collect();
+    let head = ["PACKAGE", "VERSIONS", "SIZE", "PROVIDERS"];
+    let mut w = head.map(str::len);
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let mut line = |c: [&str; 4]| {
+        out.push_str(&format!(
+            "{:<a$}  {:<b$}  {:>c$}  {}\n",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            a = w[0],
+            b = w[1],
+            c = w[2]
+        ));
+    };
+    line(head);
+    for r in &rows {
+        line([&r[0], &r[1], &r[2], &r[3]]);
+    }
+    out.push_str(&format!("{} packages pinned\n", rows.len()));
+    out
+}
 
 fn id(a: IdArgs) -> anyhow::Result<()> {
     let identity = Identity::load_or_create(&a.dir.path())?;

@@ -100,6 +100,15 @@ pub struct Settings {
     /// How long a record this node signs stays valid [default: 7d]
     #[arg(long, env = "OPEN_REGISTRY_RECORD_TTL", value_name = "DURATION")]
     pub record_ttl: Option<String>,
+
+    /// Disk budget for blobs; unpinned blobs are evicted least recently used above it; 0 means
+    /// unbounded [default: 20GiB]
+    #[arg(long, env = "OPEN_REGISTRY_MAX_CACHE_SIZE", value_name = "SIZE")]
+    pub max_cache_size: Option<String>,
+
+    /// How many of the newest versions `pin add NAME` pins, besides every dist-tag [default: 3]
+    #[arg(long, env = "OPEN_REGISTRY_PIN_LATEST", value_name = "N")]
+    pub pin_latest: Option<usize>,
 }
 
 impl Settings {
@@ -126,6 +135,8 @@ impl Settings {
             trust: self.trust.or(other.trust),
             trust_threshold: self.trust_threshold.or(other.trust_threshold),
             record_ttl: self.record_ttl.or(other.record_ttl),
+            max_cache_size: self.max_cache_size.or(other.max_cache_size),
+            pin_latest: self.pin_latest.or(other.pin_latest),
         }
     }
 
@@ -170,6 +181,10 @@ pub struct Config {
     pub trust_threshold: usize,
     /// Validity of the records this node signs.
     pub record_ttl: Duration,
+    /// Disk budget for blobs (0: unbounded).
+    pub max_cache_size: u64,
+    /// Newest versions `pin add NAME` pins.
+    pub pin_latest: usize,
 }
 
 impl Config {
@@ -191,6 +206,8 @@ impl Config {
             trust: Vec::new(),
             trust_threshold: 1,
             record_ttl: Duration::from_secs(7 * 86400),
+            max_cache_size: 20 << 30,
+            pin_latest: 3,
         }
     }
 
@@ -233,6 +250,8 @@ impl Config {
         c.max_packument_size = size(&s.max_packument_size, c.max_packument_size)?;
         c.memory_cache_size = size(&s.memory_cache_size, c.memory_cache_size)?;
         c.record_ttl = dur(&s.record_ttl, c.record_ttl)?;
+        c.max_cache_size = size(&s.max_cache_size, c.max_cache_size)?;
+        c.pin_latest = s.pin_latest.unwrap_or(c.pin_latest);
         for t in s.trust.unwrap_or_default() {
             let id: PeerId = t
                 .parse()
@@ -396,6 +415,13 @@ trust_threshold = {threshold}
 
 # How long the records this node signs stay valid (peers refuse older ones as frozen).
 record_ttl = "{ttl}"
+
+# Disk budget for stored blobs. Above it, unpinned blobs are evicted least recently used
+# first; pinned packages are never evicted. "0" means unbounded.
+max_cache_size = "{cache}"
+
+# `open-registry pin add NAME` pins this many of the newest versions, plus every dist-tag.
+pin_latest = {pin_latest}
 "#,
         gateway = c.gateway_url(),
         listen = c.listen,
@@ -414,6 +440,8 @@ record_ttl = "{ttl}"
             .join(", "),
         threshold = c.trust_threshold,
         ttl = format_duration(c.record_ttl),
+        cache = format_size_exact(c.max_cache_size),
+        pin_latest = c.pin_latest,
     )
 }
 

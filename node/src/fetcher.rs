@@ -83,6 +83,8 @@ pub struct Fetcher {
     hot: quick_cache::sync::Cache<PackageName, (PackumentEntry, Packument), Weight>,
     /// Tarball file → dist, per packument revision: parsed once, not per cold tarball.
     dists: quick_cache::sync::Cache<BlobId, Arc<HashMap<String, DistRef>>>,
+    /// Woken after every blob stored, so the cache cap is enforced promptly.
+    ingested: Arc<tokio::sync::Notify>,
 }
 
 /// Weighs cache entries by their bytes.
@@ -117,6 +119,7 @@ impl Fetcher {
             tarballs: Flights::new(tracker),
             hot: quick_cache::sync::Cache::with_weighter(4096, hot_bytes, Weight),
             dists: quick_cache::sync::Cache::new(256),
+            ingested: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -128,6 +131,11 @@ impl Fetcher {
     /// The node's record store.
     pub fn records(&self) -> &Arc<Records> {
         &self.records
+    }
+
+    /// Notified after every blob the fetcher stores.
+    pub fn ingested(&self) -> &Arc<tokio::sync::Notify> {
+        &self.ingested
     }
 
     /// The upstream client, if any.
@@ -322,6 +330,7 @@ impl Fetcher {
             .await
             .map_err(store_err)?;
         Metrics::inc(&self.metrics.packument_updates);
+        self.ingested.notify_one();
         let p = Packument { id, bytes };
         self.dists.insert(id, dists);
         self.hot.insert(name.clone(), (entry.clone(), p.clone()));
@@ -376,6 +385,36 @@ impl Fetcher {
         }
         Err(FetchError::NotFound(format!(
             "{name} has no tarball {file}"
+        )))
+    }
+
+    /// Makes sure `version` of `name` is stored, fetching it if needed; returns its tarball file
+    /// name, blob id and size. This is what pinning calls.
+    pub async fn ensure_version(
+        self: &Arc<Self>,
+        name: &PackageName,
+        version: &str,
+    ) -> Result<(String, BlobId, u64), FetchError> {
+        for refresh in [false, true] {
+            if refresh && self.upstream.is_none() {
+                break;
+            }
+            let p = self.packument(name, refresh).await?;
+            let index = self.dist_index(name, &p).await?;
+            let Some(file) = index
+                .iter()
+                .find(|(_, d)| d.version == version)
+                .map(|(f, _)| f.clone())
+            else {
+                continue;
+            };
+            let parsed =
+                TarballFile::parse(&file).map_err(|e| FetchError::Invalid(e.to_string()))?;
+            let blob = self.tarball(name, &parsed).await?;
+            return Ok((file, blob.id, blob.len));
+        }
+        Err(FetchError::NotFound(format!(
+            "{name} has no version {version}"
         )))
     }
 
@@ -473,6 +512,7 @@ impl Fetcher {
             .await
             .map_err(store_err)?;
         Metrics::inc(&self.metrics.tarball_ingests);
+        self.ingested.notify_one();
         tracing::debug!(%name, %file, id = %id.short(), "stored tarball");
         if let Err(e) = self
             .records

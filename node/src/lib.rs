@@ -10,6 +10,7 @@
 //! - [`metrics`]: counters behind `/-/metrics` and the JSON status.
 //! - [`cli`]: `init`, `start`, `status`.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod evict;
@@ -19,6 +20,7 @@ pub mod identity;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod pinning;
 pub mod pins;
 pub mod records;
 pub mod store;

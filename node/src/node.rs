@@ -20,9 +20,11 @@ use crate::config::{Config, gateway_url};
 use crate::fetcher::Fetcher;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::pins::Pins;
 use crate::records::Records;
 use crate::store::Store;
 use crate::upstream::Upstream;
+use crate::{admin, evict};
 
 /// The file in the data dir naming the running node's gateway, for `status` and for tests.
 pub const RUN_FILE: &str = "node.json";
@@ -64,9 +66,57 @@ pub struct Node {
     started: Instant,
     gateway: String,
     data_dir: PathBuf,
+    pins: Arc<Pins>,
     /// Serializes pinning the upstream's keys. tokio Mutex: held across the fetch so that
     /// concurrent requests share it.
     keys: Mutex<()>,
+}
+
+/// Pinning, for the admin API.
+impl Node {
+    /// The pin list as served at `/-/open-registry/pins`.
+    pub fn pin_list(&self) -> anyhow::Result<serde_json::Value> {
+        let store = self.fetcher.store();
+        let mut out = Vec::new();
+        for (name, e) in self.pins.list()? {
+            let mut size = 0;
+            for file in e.versions.values() {
+                if let Some(id) = store.index.tarball(&name, file)? {
+                    size += store.blobs.size(&id).unwrap_or(0);
+                }
+            }
+            out.push(serde_json::json!({
+                "name": name, "versions": e.versions, "size": size, "since": e.since,
+            }));
+        }
+        Ok(serde_json::json!({ "pins": out }))
+    }
+
+    /// Fetches (if needed), verifies, stores and pins one version.
+    pub async fn pin(
+        &self,
+        name: &PackageName,
+        version: &str,
+    ) -> Result<serde_json::Value, gateway::Error> {
+        let (file, id, size) = self.fetcher.ensure_version(name, version).await?;
+        self.pins
+            .add(&self.fetcher.store().index, name, version, &file)
+            .await
+            .map_err(|e| gateway::Error::Internal(e.to_string()))?;
+        tracing::info!(%name, version, "pinned");
+        Ok(serde_json::json!({
+            "name": name, "version": version, "file": file, "id": id, "size": size,
+        }))
+    }
+
+    /// Unpins every version of `name`.
+    pub async fn unpin(&self, name: &PackageName) -> anyhow::Result<bool> {
+        let removed = self.pins.remove(&self.fetcher.store().index, name).await?;
+        if removed {
+            tracing::info!(%name, "unpinned");
+        }
+        Ok(removed)
+    }
 }
 
 impl Registry for Node {
@@ -227,6 +277,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         identity.clone(),
         config.record_ttl,
     )?);
+    let pins = Arc::new(Pins::open(&store.index)?);
     let fetcher = Fetcher::new(
         &config,
         store.clone(),
@@ -248,15 +299,17 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         started: Instant::now(),
         gateway: config.public_url.clone().unwrap_or_else(|| url.clone()),
         data_dir: config.data_dir.clone(),
+        pins: pins.clone(),
         keys: Mutex::new(()),
     });
-    let router = gateway::router(
+    let token = admin::load_or_create_token(&config.data_dir)?;
+    let router = admin::router(node.clone(), token).merge(gateway::router(
         node.clone(),
         gateway::Config {
             public_url: config.public_url.clone(),
             render_cache_bytes: (config.memory_cache_size / 2) as usize,
         },
-    );
+    ));
     // Pin the upstream's registry keys on first start (init normally did it already).
     if !config.data_dir.join(KEYS_FILE).exists() && node.fetcher.upstream().is_some() {
         let n = node.clone();
@@ -275,9 +328,11 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             stop.cancel();
         }
     });
-    let (st, stop) = (store.clone(), cancel.clone());
+    let (st, stop, cap) = (store.clone(), cancel.clone(), config.max_cache_size);
+    let ingested = node.fetcher.ingested().clone();
     tracker.spawn(async move {
-        // Access times are batched: one sled write per interval, not one per request.
+        // Access times are batched: one sled write per interval, not one per request. The
+        // cache cap is checked after every ingest and on the same interval.
         let mut tick = tokio::time::interval(Duration::from_secs(30));
         loop {
             tokio::select! {
@@ -287,6 +342,10 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
                         tracing::warn!(error = %e, "could not record access times");
                     }
                 }
+                _ = ingested.notified() => {}
+            }
+            if let Err(e) = evict::evict(&st, &pins, cap).await {
+                tracing::warn!(error = %e, "eviction failed");
             }
         }
     });

@@ -113,7 +113,7 @@ impl Report {
 
 /// Expands `name`, `name@version`, `name@tag` or `name@range` into targets, using the packument.
 pub async fn targets_for_spec(v: &Verify, spec: &str) -> anyhow::Result<Vec<Target>> {
-    let (name, want) = split_spec(spec)?;
+    let (name, want) = crate::pinning::split_spec(spec)?;
     let doc = v.packument(&name).await?;
     let versions: Vec<String> = doc
         .get("versions")
@@ -148,16 +148,6 @@ pub async fn targets_for_spec(v: &Verify, spec: &str) -> anyhow::Result<Vec<Targ
             locked: None,
         })
         .collect())
-}
-
-fn split_spec(spec: &str) -> anyhow::Result<(PackageName, Option<String>)> {
-    // The version separator is the last '@' that is not the scope's leading one.
-    let at = spec[1..].rfind('@').map(|i| i + 1);
-    let (name, want) = match at {
-        Some(i) => (&spec[..i], Some(spec[i + 1..].to_owned())),
-        None => (spec, None),
-    };
-    Ok((PackageName::parse(name)?, want.filter(|w| !w.is_empty())))
 }
 
 /// Every registry package in an npm lockfile (v2 or v3 `packages`).
@@ -661,17 +651,6 @@ pub fn trusted(given: &[PeerId], config: &[PeerId], own: Option<PeerId>) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn specs_split() {
-        let (n, w) = split_spec("@s/p@^1.2.0").unwrap();
-        assert_eq!((n.as_str(), w.as_deref()), ("@s/p", Some("^1.2.0")));
-        let (n, w) = split_spec("@s/p").unwrap();
-        assert_eq!((n.as_str(), w), ("@s/p", None));
-        let (n, w) = split_spec("left-pad@1.3.0").unwrap();
-        assert_eq!((n.as_str(), w.as_deref()), ("left-pad", Some("1.3.0")));
-        assert!(split_spec("Bad@1").is_err());
-    }
 
     #[test]
     fn lockfile_v3_entries() {

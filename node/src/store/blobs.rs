@@ -83,6 +83,11 @@ impl Blobs {
         self.root.join(shard).join(id.to_string())
     }
 
+    /// The size of a stored blob.
+    pub fn size(&self, id: &BlobId) -> Option<u64> {
+        std::fs::metadata(self.path(id)).ok().map(|m| m.len())
+    }
+
     /// Whether the blob is stored.
     pub fn contains(&self, id: &BlobId) -> bool {
         self.path(id).is_file()
