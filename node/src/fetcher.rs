@@ -153,6 +153,7 @@ impl Fetcher {
         name: &PackageName,
         refresh: bool,
     ) -> Result<Packument, FetchError> {
+        let asked_at = now_ms();
         Metrics::inc(&self.metrics.packument_requests);
         if !refresh
             && let Some((e, p)) = self.hot.get(name)
@@ -177,11 +178,9 @@ impl Fetcher {
         }
         let this = self.clone();
         let key = name.clone();
-        let flight =
-            self.packuments.run(
-                name.clone(),
-                move || async move { this.revalidate(&key).await },
-            );
+        let flight = self.packuments.run(name.clone(), move || async move {
+            this.revalidate(&key, asked_at).await
+        });
         let (result, role) = match (&entry, refresh) {
             // A stale copy is at hand: wait a little for the upstream, then answer with the copy
             // while the revalidation finishes in the background (stale-while-revalidate).
@@ -225,12 +224,17 @@ impl Fetcher {
     }
 
     /// Asks the upstream for a newer revision; falls back to the stored one on failure.
-    async fn revalidate(self: &Arc<Self>, name: &PackageName) -> Result<Packument, FetchError> {
+    /// `asked_at` is when the request that started this flight began: a revalidation that
+    /// finished after that moment (another flight's) already did this one's work.
+    async fn revalidate(
+        self: &Arc<Self>,
+        name: &PackageName,
+        asked_at: u64,
+    ) -> Result<Packument, FetchError> {
         let upstream = self.upstream.as_ref().expect("checked by caller");
         let entry = self.store.index.packument(name).map_err(store_err)?;
-        // A flight that just finished may already have done our work.
         if let Some(e) = &entry
-            && now_ms().saturating_sub(e.checked_at) < 50
+            && e.checked_at > asked_at
             && let Some(p) = self.load(name, e).await?
         {
             return Ok(p);
@@ -495,13 +499,15 @@ impl Fetcher {
         };
         let url = upstream.tarball_url(name, file, dist.tarball.as_deref())?;
         let deadline = Instant::now() + upstream.timeout();
+        // One budget of attempts for the request and its body: `retries` more after the first.
         let mut attempt = 0;
         let id = loop {
             match self.download(upstream, &url, &integrity, deadline).await {
                 Ok(id) => break id,
-                Err(e @ FetchError::Upstream(UpstreamError::Body(_))) if attempt < 2 => {
+                Err(FetchError::Upstream(e)) if e.retriable() && attempt < upstream.retries() => {
                     attempt += 1;
-                    tracing::debug!(%name, %file, error = %e, "tarball body failed; retrying");
+                    tracing::debug!(%name, %file, error = %e, attempt, "tarball fetch failed; retrying");
+                    upstream.backoff(attempt, deadline).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -41,7 +41,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Whether trying again may help.
-    fn retriable(&self) -> bool {
+    pub fn retriable(&self) -> bool {
         match self {
             UpstreamError::Status { status, .. } => *status >= 500 || *status == 429,
             UpstreamError::Unreachable(_) | UpstreamError::Body(_) => true,
@@ -107,12 +107,25 @@ impl Upstream {
         self.timeout
     }
 
+    /// How many retries follow a failed attempt.
+    pub fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// Waits before retry number `attempt` (1-based): 100 ms, 400 ms, 1.6 s..., never past
+    /// `deadline`.
+    pub async fn backoff(&self, attempt: u32, deadline: Instant) {
+        let wait = Duration::from_millis(100 * 4u64.pow(attempt.saturating_sub(1).min(5)));
+        tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+
     /// Sends a request built by `build` with retries and backoff inside one deadline; returns the
     /// response once its status is final (2xx, 304 or 404).
     async fn send(
         &self,
         what: &str,
         deadline: Instant,
+        retries: u32,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut attempt = 0;
@@ -137,15 +150,11 @@ impl Upstream {
             };
             match result {
                 Ok(r) => return Ok(r),
-                Err(e) if e.retriable() && attempt < self.retries => {
+                Err(e) if e.retriable() && attempt < retries => {
                     Metrics::inc(&self.metrics.upstream_errors);
                     attempt += 1;
-                    let backoff = Duration::from_millis(100 * 4u64.pow(attempt - 1));
                     tracing::debug!(%e, attempt, "upstream request failed; retrying");
-                    tokio::time::sleep(
-                        backoff.min(deadline.saturating_duration_since(Instant::now())),
-                    )
-                    .await;
+                    self.backoff(attempt, deadline).await;
                 }
                 Err(e) => {
                     Metrics::inc(&self.metrics.upstream_errors);
@@ -171,8 +180,10 @@ impl Upstream {
         let what = format!("package {name}");
         let mut attempt = 0;
         loop {
-            let r = self
-                .send(&what, deadline, || {
+            // Retries are counted here, for the status and the body alike: `retries` more
+            // attempts after the first, whatever failed.
+            let sent = self
+                .send(&what, deadline, 0, || {
                     let mut req = self
                         .http
                         .get(url.clone())
@@ -186,7 +197,16 @@ impl Upstream {
                     }
                     req
                 })
-                .await?;
+                .await;
+            let r = match sent {
+                Ok(r) => r,
+                Err(e) if e.retriable() && attempt < self.retries => {
+                    attempt += 1;
+                    self.backoff(attempt, deadline).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if r.status() == StatusCode::NOT_MODIFIED {
                 return Ok(PackumentAnswer::NotModified);
             }
@@ -204,6 +224,7 @@ impl Upstream {
                     attempt += 1;
                     Metrics::inc(&self.metrics.upstream_errors);
                     tracing::debug!(%e, "packument body failed; retrying");
+                    self.backoff(attempt, deadline).await;
                 }
                 Err(e) => {
                     Metrics::inc(&self.metrics.upstream_errors);
@@ -235,14 +256,15 @@ impl Upstream {
         Ok(url)
     }
 
-    /// Starts a tarball download; the caller streams the body (with `deadline`).
+    /// Starts one tarball download attempt (the caller retries, counting body failures too) and
+    /// streams the body (with `deadline`).
     pub async fn tarball(
         &self,
         url: &Url,
         what: &str,
         deadline: Instant,
     ) -> Result<reqwest::Response, UpstreamError> {
-        self.send(what, deadline, || self.http.get(url.clone()))
+        self.send(what, deadline, 0, || self.http.get(url.clone()))
             .await
     }
 
@@ -254,7 +276,9 @@ impl Upstream {
             .map_err(|e| UpstreamError::Refused(e.to_string()))?;
         let deadline = Instant::now() + self.timeout;
         let r = self
-            .send("signing keys", deadline, || self.http.get(url.clone()))
+            .send("signing keys", deadline, self.retries, || {
+                self.http.get(url.clone())
+            })
             .await?;
         read_capped(r, 1 << 20, deadline, &self.metrics).await
     }

@@ -17,6 +17,7 @@
 //! - [`npmsig`]: npm registry signing keys and the `/-/npm/v1/keys` document.
 //! - [`pacote`]: npm's bundled pacote verifying registry signatures ([`pacote_verify`]).
 //! - [`node`]: [`NodeProcess`], the `open-registry` binary started on a temporary data dir.
+//! - [`probe`]: shared checks for the node's tests (JSON errors, concurrent requests, polling).
 //!
 //! Everything binds 127.0.0.1 and cleans up on drop: temporary directories are removed and
 //! child process groups are killed, so a failing test leaves nothing running. No registry
@@ -28,6 +29,7 @@ pub mod node;
 pub mod npm;
 pub mod npmsig;
 pub mod pacote;
+pub mod probe;
 pub mod process;
 pub mod tools;
 pub mod upstream;

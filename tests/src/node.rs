@@ -292,6 +292,35 @@ impl NodeProcess {
     }
 }
 
+/// Reading the running node over HTTP (blocking, through [`http`], so raw paths go out
+/// exactly as written).
+impl NodeProcess {
+    /// `GET <gateway><path>` with `headers`; `path` is sent verbatim (no normalisation).
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<http::Response> {
+        http::request(
+            "GET",
+            &format!("{}{path}", self.gateway),
+            headers,
+            &[],
+            Duration::from_secs(30),
+        )
+    }
+
+    /// `GET /-/open-registry/status`, parsed.
+    pub fn status(&self) -> Result<open_registry_protocol::Status> {
+        let r = self.get("/-/open-registry/status", &[])?;
+        if r.status != 200 {
+            bail!("status answered {}: {}", r.status, r.text());
+        }
+        serde_json::from_slice(&r.body).with_context(|| format!("status JSON: {}", r.text()))
+    }
+
+    /// One counter of the status (`0` when the node does not report it).
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        Ok(self.status()?.counters.get(name).copied().unwrap_or(0))
+    }
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill();
