@@ -1,7 +1,7 @@
 //! The swarm's protocols and how each is configured.
 //!
 //! - Kademlia under our own protocol id [`KAD_PROTOCOL`] (never `/ipfs/kad/1.0.0`: we do not
-//!   join or serve the IPFS DHT), with [`DhtStore`] and `StoreInserts::FilterBoth`, so nothing
+//!   join or serve the IPFS DHT), with `DhtStore` and `StoreInserts::FilterBoth`, so nothing
 //!   a peer sends is stored before the swarm task validated it.
 //! - identify, whose `protocol_version` is [`IDENTIFY_VERSION`]; only peers announcing that
 //!   version and our Kademlia protocol enter the routing table. (libp2p's identify always runs

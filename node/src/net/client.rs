@@ -1,6 +1,6 @@
 //! The handle the rest of the node uses to reach the network.
 //!
-//! [`Client`] is cheap to clone. DHT and connection calls become a [`Command`] carrying a
+//! [`Client`] is cheap to clone. DHT and connection calls become a `Command` carrying a
 //! oneshot reply, sent over a bounded channel to the task that owns the Swarm; blob fetches
 //! open a stream directly (through `libp2p-stream`'s control, which needs no Swarm access)
 //! after asking that task to connect. Every call has a deadline: the caller's, or
@@ -119,7 +119,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("local", &self.local).finish()
+        f.debug_struct("Client")
+            .field("local", &self.local)
+            .finish()
     }
 }
 
@@ -189,8 +191,12 @@ impl Client {
     /// [`RECORD_REPUBLISH_INTERVAL`](super::RECORD_REPUBLISH_INTERVAL)).
     /// [`NetError::InvalidRecord`] if our own validator refuses it.
     pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetError> {
-        self.local("put_record", |reply| Command::PutRecord { key, value, reply })
-            .await
+        self.local("put_record", |reply| Command::PutRecord {
+            key,
+            value,
+            reply,
+        })
+        .await
     }
 
     /// The distinct valid values stored under `key` that were found within `deadline`, ours
@@ -201,10 +207,12 @@ impl Client {
         deadline: Duration,
     ) -> Result<Vec<FoundRecord>, NetError> {
         let at = Instant::now() + deadline;
-        self.call("get_records", at + REPLY_GRACE, |reply| Command::GetRecords {
-            key,
-            deadline: at,
-            reply,
+        self.call("get_records", at + REPLY_GRACE, |reply| {
+            Command::GetRecords {
+                key,
+                deadline: at,
+                reply,
+            }
         })
         .await
     }
@@ -295,10 +303,16 @@ impl Client {
         let header_by = at.min(Instant::now() + self.stall);
         let (status, remaining) = timeout_at(header_by, blob::read_header(&mut stream))
             .await
-            .map_err(|_| NetError::Stalled {
-                peer,
-                after: self.stall,
-                got: 0,
+            .map_err(|_| {
+                if header_by == at {
+                    timeout("waiting for the blob header")
+                } else {
+                    NetError::Stalled {
+                        peer,
+                        after: self.stall,
+                        got: 0,
+                    }
+                }
             })?
             .map_err(io)?;
         let remaining = match (Status::from_byte(status), remaining) {
@@ -342,7 +356,8 @@ impl Client {
         what: &'static str,
         make: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<T, NetError> {
-        self.call(what, Instant::now() + COMMAND_TIMEOUT, make).await
+        self.call(what, Instant::now() + COMMAND_TIMEOUT, make)
+            .await
     }
 
     /// Sends a command and waits for its reply until `at`.

@@ -3,7 +3,7 @@
 //!
 //! Replaces libp2p's `MemoryStore`, whose defaults are far too small for a registry (1024
 //! records, 1024 provided keys) and which reserves room for 20 providers inline in every key
-//! (~3 KiB per announced blob). Everything here is bounded by [`Limits`](super::Limits):
+//! (~3 KiB per announced blob). Everything here is bounded by [`Limits`]:
 //! values by count and size, others' providers by key count and per key (keeping the ones
 //! closest to the key, as Kademlia does, so a sybil must grind ids to crowd out honest
 //! providers: R15), and the ids we provide by count.
@@ -107,9 +107,7 @@ impl DhtStore {
             if *at > now {
                 return None;
             }
-            let Some(Reverse(Due(at, key))) = self.schedule.pop() else {
-                return None;
-            };
+            let Reverse(Due(at, key)) = self.schedule.pop()?;
             let key = RecordKey::from(key);
             if self.provided.get(&key) == Some(&at) {
                 self.schedule(key.clone(), now + REANNOUNCE_INTERVAL);
@@ -140,10 +138,8 @@ impl DhtStore {
 }
 
 impl RecordStore for DhtStore {
-    type RecordsIter<'a> = std::iter::Map<
-        hash_map::Values<'a, RecordKey, Record>,
-        fn(&'a Record) -> Cow<'a, Record>,
-    >;
+    type RecordsIter<'a> =
+        std::iter::Map<hash_map::Values<'a, RecordKey, Record>, fn(&'a Record) -> Cow<'a, Record>>;
     type ProvidedIter<'a> = Box<dyn Iterator<Item = Cow<'a, ProviderRecord>> + 'a>;
 
     fn get(&self, k: &RecordKey) -> Option<Cow<'_, Record>> {

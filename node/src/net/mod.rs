@@ -18,7 +18,7 @@
 //! - [`dht_store`]: the bounded Kademlia store and our announcement schedule.
 //! - [`blob`]: the blob protocol's wire format; [`serve`] answers it; [`transfer`] reads it.
 //! - [`hooks`]: [`BlobSource`] and [`RecordValidator`], what the swarm asks of the node.
-//! - [`error`]: [`NetError`].
+//! - [`error`]: the one error type, [`NetError`].
 
 pub mod behaviour;
 pub mod blob;

@@ -83,7 +83,12 @@ impl Server {
         }
     }
 
-    async fn serve_one(self: Arc<Self>, peer: PeerId, mut stream: Stream, _permit: OwnedSemaphorePermit) {
+    async fn serve_one(
+        self: Arc<Self>,
+        peer: PeerId,
+        mut stream: Stream,
+        _permit: OwnedSemaphorePermit,
+    ) {
         let outcome = tokio::select! {
             _ = self.cancel.cancelled() => return,
             r = timeout(self.total, self.serve(&mut stream)) => r,
@@ -111,7 +116,7 @@ impl Server {
             self.refuse(stream, Status::BadRequest).await?;
             return Ok(None);
         };
-        let mut source = match self.blobs.open(&id, req.offset).await {
+        let mut source = match self.stalling(self.blobs.open(&id, req.offset)).await {
             Ok(Some(b)) if req.offset <= b.len => b,
             Ok(Some(_)) => {
                 self.refuse(stream, Status::BadRequest).await?;
@@ -155,10 +160,7 @@ impl Server {
     }
 
     /// Runs one read or write under the stall deadline.
-    async fn stalling<T>(
-        &self,
-        f: impl Future<Output = std::io::Result<T>>,
-    ) -> std::io::Result<T> {
+    async fn stalling<T>(&self, f: impl Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
         timeout(self.stall, f)
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "stalled"))?

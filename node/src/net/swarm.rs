@@ -6,10 +6,12 @@
 //! Swarm, and the blob server's accept loop (whose per-stream tasks are tracked too).
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, SwarmBuilder, noise, tcp, yamux};
 use tokio::sync::mpsc;
@@ -52,6 +54,9 @@ pub async fn spawn(
         )
         .map_err(|e| setup(&e))?
         .with_quic()
+        // Bootstrap addresses may name hosts (/dns4/...): resolve them with the system resolver.
+        .with_dns()
+        .map_err(|e| setup(&e))?
         .with_behaviour(|key| Behaviour::new(key, &config))
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| {
@@ -62,10 +67,13 @@ pub async fn spawn(
 
     let mut waiting = HashSet::new();
     for addr in &config.listen {
-        let id = swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?;
+        probe_port(addr)?;
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
         waiting.insert(id);
     }
     let mut bound = Vec::new();
@@ -117,9 +125,30 @@ pub async fn spawn(
     let local = *swarm.local_peer_id();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let mut event_loop = EventLoop::new(swarm, rx, validator, config.limits.clone(), cancel);
-    for addr in &config.bootstrap {
-        event_loop.dial_bootstrap(addr);
-    }
+    event_loop.bootstrap_from(config.bootstrap.clone());
     tracker.spawn(event_loop.run());
     Ok((Client::new(tx, control, local, &config.limits), bound))
+}
+
+/// Fails if `addr` names a fixed TCP or UDP port that something already holds.
+///
+/// libp2p-tcp sets SO_REUSEPORT on every listening socket, so a second node started on a busy
+/// port would bind "successfully" and the kernel would split incoming connections between the
+/// two. A plain bind (no SO_REUSEPORT) first fails the way an operator expects.
+fn probe_port(addr: &Multiaddr) -> Result<(), NetError> {
+    let mut parts = addr.iter();
+    let ip: IpAddr = match parts.next() {
+        Some(Protocol::Ip4(ip)) => ip.into(),
+        Some(Protocol::Ip6(ip)) => ip.into(),
+        _ => return Ok(()),
+    };
+    let bound = match parts.next() {
+        Some(Protocol::Tcp(port)) if port != 0 => std::net::TcpListener::bind((ip, port)).map(drop),
+        Some(Protocol::Udp(port)) if port != 0 => std::net::UdpSocket::bind((ip, port)).map(drop),
+        _ => return Ok(()),
+    };
+    bound.map_err(|e| NetError::Listen {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })
 }

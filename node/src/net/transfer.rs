@@ -90,7 +90,7 @@ impl Transfer {
     }
 
     /// Reads the whole blob into memory (small blobs and tests; the Fetcher streams).
-    pub async fn collect(mut self) -> Result<Vec<u8>, NetError> {
+    pub async fn read_all(mut self) -> Result<Vec<u8>, NetError> {
         use futures::StreamExt as _;
         let mut out = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0).min(1 << 24));
         while let Some(chunk) = self.next().await {

@@ -1,0 +1,213 @@
+//! The swarm task's side of each [`Command`]: start the query, or answer from local state.
+//!
+//! A command never waits: it starts a query or dial and parks its reply in a pending map
+//! (bounded by `max_pending_queries`), or answers at once.
+
+use libp2p::kad::{Mode, Quorum, Record, RecordKey};
+use libp2p::swarm::DialError;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{Multiaddr, PeerId};
+use tokio::time::Instant;
+
+use super::{EventLoop, Expired, FindProviders, GetRecords, blob_key, busy_reply};
+use crate::net::client::{Command, PeersInfo, Reply};
+use crate::net::{NetError, split_peer};
+
+impl EventLoop {
+    fn pending_queries(&self) -> usize {
+        self.find_providers.len()
+            + self.get_records.len()
+            + self.bootstraps.len()
+            + self.dials.len()
+    }
+
+    pub(super) fn on_command(&mut self, cmd: Command) {
+        let busy = self.pending_queries() >= self.limits.max_pending_queries;
+        match cmd {
+            Command::Provide { id, reply } => {
+                let key = blob_key(&id);
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .store_mut()
+                    .provide(key, std::time::Instant::now())
+                    .map_err(|e| NetError::Store(e.to_string()));
+                let _ = reply.send(r);
+            }
+            Command::Unprovide { id, reply } => {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .stop_providing(&blob_key(&id));
+                let _ = reply.send(Ok(()));
+            }
+            Command::FindProviders { reply, .. } if busy => busy_reply(reply),
+            Command::FindProviders {
+                id,
+                limit,
+                deadline,
+                reply,
+            } => {
+                if limit == 0 {
+                    let _ = reply.send(Ok(Vec::new()));
+                    return;
+                }
+                let qid = self.swarm.behaviour_mut().kad.get_providers(blob_key(&id));
+                let found = Vec::new();
+                self.find_providers.insert(
+                    qid,
+                    FindProviders {
+                        limit,
+                        found,
+                        reply,
+                    },
+                );
+                self.timer(deadline, Expired::Query(qid));
+            }
+            Command::PutRecord { key, value, reply } => {
+                let _ = reply.send(self.put_record(key, value));
+            }
+            Command::GetRecords { reply, .. } if busy => busy_reply(reply),
+            Command::GetRecords {
+                key,
+                deadline,
+                reply,
+            } => {
+                let qid = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_record(RecordKey::from(key));
+                let found = Vec::new();
+                self.get_records.insert(qid, GetRecords { found, reply });
+                self.timer(deadline, Expired::Query(qid));
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(Ok(self.peers_info()));
+            }
+            Command::Dial { reply, .. } if busy => busy_reply(reply),
+            Command::Dial {
+                addr,
+                deadline,
+                reply,
+            } => self.dial(addr, deadline, reply),
+            Command::Connect { peer, reply } => self.connect(peer, reply),
+            Command::Bootstrap { reply, .. } if busy => busy_reply(reply),
+            Command::Bootstrap { deadline, reply } => {
+                match self.swarm.behaviour_mut().kad.bootstrap() {
+                    Ok(qid) => {
+                        self.bootstraps.insert(qid, reply);
+                        self.timer(deadline, Expired::Query(qid));
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(NetError::Dht(
+                            "no known peers to bootstrap from".into(),
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    fn put_record(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetError> {
+        if value.len() > self.limits.max_record_bytes {
+            return Err(NetError::Store(format!(
+                "value of {} bytes exceeds {}",
+                value.len(),
+                self.limits.max_record_bytes
+            )));
+        }
+        if !self.validator.validate(&key, &value) {
+            return Err(NetError::InvalidRecord);
+        }
+        let record = Record::new(key, value);
+        // Stores locally (errors if the store is full), then publishes in the background.
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .put_record(record, Quorum::One)
+            .map(|_| ())
+            .map_err(|e| NetError::Store(e.to_string()))
+    }
+
+    fn dial(&mut self, addr: Multiaddr, deadline: Instant, reply: Reply<PeerId>) {
+        let opts = match split_peer(&addr) {
+            Ok((base, Some(peer))) => DialOpts::peer_id(peer).addresses(vec![base]).build(),
+            Ok((base, None)) => DialOpts::unknown_peer_id().address(base).build(),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let cid = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.insert(cid, reply);
+                self.timer(deadline, Expired::Dial(cid));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(NetError::Dial {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                }));
+            }
+        }
+    }
+
+    /// Answers once `peer` is connected, dialing it with the addresses the behaviours know.
+    fn connect(&mut self, peer: PeerId, reply: Reply<()>) {
+        if self.swarm.is_connected(&peer) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            // A dial already under way answers this caller too.
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
+                let waiting = self.connects.entry(peer).or_default();
+                // Callers that gave up (deadline) leave closed senders; drop them here.
+                waiting.retain(|r| !r.is_closed());
+                if waiting.len() >= self.limits.max_pending_queries {
+                    busy_reply(reply);
+                } else {
+                    waiting.push(reply);
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(NetError::Connect {
+                    peer,
+                    reason: e.to_string(),
+                }));
+            }
+        }
+    }
+
+    fn peers_info(&mut self) -> PeersInfo {
+        let behaviour = self.swarm.behaviour_mut();
+        let routing_table_size = behaviour.routing_table_size();
+        let kad_server = behaviour.kad.mode() == Mode::Server;
+        let store = behaviour.kad.store_mut();
+        let (records_stored, provider_keys_stored) = store.sizes();
+        let provided = store.provided_count();
+        let mut connected: Vec<_> = self
+            .connections
+            .iter()
+            .map(|(p, cs)| (*p, cs.iter().map(|(_, a)| a.clone()).collect()))
+            .collect();
+        connected.sort_by_key(|(p, _)| *p);
+        PeersInfo {
+            local: *self.swarm.local_peer_id(),
+            connected,
+            routing_table_size,
+            listen: self.swarm.listeners().cloned().collect(),
+            external: self.swarm.external_addresses().cloned().collect(),
+            kad_server,
+            provided,
+            records_stored,
+            provider_keys_stored,
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The swarm task's handling of Kademlia events: query progress, and what peers push to us.
+//!
+//! Inbound values pass the [`RecordValidator`](crate::net::RecordValidator) (and, replacing a
+//! value we hold, its `replaces`); inbound provider records must be for a blob CID. Nothing
+//! else enters the store (`StoreInserts::FilterBoth`).
+
+use std::collections::HashSet;
+
+use libp2p::PeerId;
+use libp2p::kad::store::RecordStore as _;
+use libp2p::kad::{self, GetProvidersOk, GetRecordOk, QueryId, QueryResult, Record};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use open_registry_protocol::BlobId;
+
+use super::{EventLoop, Expired};
+use crate::net::NetError;
+use crate::net::client::FoundRecord;
+use crate::net::dht_store::ANNOUNCE_RETRY;
+
+impl EventLoop {
+    pub(super) fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                stats,
+                ..
+            } => {
+                match result {
+                    QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
+                        providers,
+                        ..
+                    })) => self.found_providers(id, providers),
+                    QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(r))) => {
+                        self.found_record(id, r)
+                    }
+                    QueryResult::Bootstrap(r) => {
+                        if (step.last || r.is_err())
+                            && let Some(reply) = self.bootstraps.remove(&id)
+                        {
+                            self.disarm(Expired::Query(id));
+                            let _ =
+                                reply.send(r.map(|_| ()).map_err(|e| NetError::Dht(e.to_string())));
+                        }
+                    }
+                    QueryResult::StartProviding(r) => {
+                        if let Some(key) = self.announcing.remove(&id) {
+                            tracing::debug!(
+                                ok = r.is_ok(),
+                                peers = stats.num_successes(),
+                                "announced a blob"
+                            );
+                            let store = self.swarm.behaviour_mut().kad.store_mut();
+                            if stats.num_successes() == 0 && store.is_provided(&key) {
+                                store.schedule(key, std::time::Instant::now() + ANNOUNCE_RETRY);
+                            }
+                        }
+                    }
+                    QueryResult::PutRecord(r) => {
+                        tracing::debug!(
+                            ok = r.is_ok(),
+                            peers = stats.num_successes(),
+                            "published a record"
+                        );
+                    }
+                    _ => {}
+                }
+                if step.last {
+                    self.answer_query(id);
+                }
+            }
+            kad::Event::InboundRequest { request } => match request {
+                kad::InboundRequest::PutRecord {
+                    source,
+                    record: Some(record),
+                    ..
+                } => self.accept_record(source, record),
+                kad::InboundRequest::AddProvider {
+                    record: Some(record),
+                } => self.accept_provider(record),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn found_providers(&mut self, qid: QueryId, providers: HashSet<PeerId>) {
+        let local = *self.swarm.local_peer_id();
+        let Some(p) = self.find_providers.get_mut(&qid) else {
+            return;
+        };
+        for peer in providers {
+            if peer == local || p.found.contains(&peer) || p.found.len() >= p.limit {
+                continue;
+            }
+            p.found.push(peer);
+            // The query holds the provider's addresses only while it runs: dial now.
+            if !self.swarm.is_connected(&peer) {
+                let opts = DialOpts::peer_id(peer)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                let _ = self.swarm.dial(opts);
+            }
+        }
+        if p.found.len() >= p.limit {
+            if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&qid) {
+                q.finish();
+            }
+            self.answer_query(qid);
+        }
+    }
+
+    fn found_record(&mut self, qid: QueryId, r: kad::PeerRecord) {
+        let local = *self.swarm.local_peer_id();
+        let Some(g) = self.get_records.get_mut(&qid) else {
+            return;
+        };
+        let kad::Record {
+            key,
+            value,
+            publisher,
+            ..
+        } = r.record;
+        if g.found.iter().any(|f| f.value == value)
+            || value.len() > self.limits.max_record_bytes
+            || !self.validator.validate(key.as_ref(), &value)
+        {
+            return;
+        }
+        g.found.push(FoundRecord {
+            from: r.peer.unwrap_or(local),
+            publisher,
+            value,
+        });
+    }
+
+    /// A value a peer pushed to us: stored only if valid and, replacing one, newer.
+    fn accept_record(&mut self, source: PeerId, record: Record) {
+        let valid = record.value.len() <= self.limits.max_record_bytes
+            && self.validator.validate(record.key.as_ref(), &record.value);
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let replaces = match store.get(&record.key) {
+            Some(old) => self
+                .validator
+                .replaces(record.key.as_ref(), &old.value, &record.value),
+            None => true,
+        };
+        if !valid || !replaces {
+            tracing::debug!(%source, valid, "record from peer not stored");
+            return;
+        }
+        if let Err(e) = store.put(record) {
+            tracing::debug!(%source, error = %e, "record from peer not stored");
+        }
+    }
+
+    /// A provider record a peer pushed to us: stored only for keys that are blob CIDs.
+    fn accept_provider(&mut self, record: kad::ProviderRecord) {
+        if BlobId::from_bytes(record.key.as_ref()).is_err() {
+            tracing::debug!(provider = %record.provider, "provider record for a non-blob key");
+            return;
+        }
+        let provider = record.provider;
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .add_provider(record)
+        {
+            tracing::debug!(%provider, error = %e, "provider record not stored");
+        }
+    }
+}

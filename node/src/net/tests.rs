@@ -1,1 +1,0 @@
-//! Multi-node tests on loopback.
