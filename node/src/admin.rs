@@ -6,6 +6,7 @@
 //!
 //! - `GET /-/open-registry/pins`: `{"pins": [{"name", "versions": {version: file}, "size",
 //!   "since"}]}`
+//! - `GET /-/open-registry/peers`: the peer-to-peer view (connected peers, routing table).
 //! - `POST /-/open-registry/admin/pin` `{"name", "version"}`: fetch, verify, store, pin.
 //! - `POST /-/open-registry/admin/unpin` `{"name"}`: unpin every version of a package.
 
@@ -62,6 +63,7 @@ struct Admin {
 pub fn router(node: Arc<Node>, token: String) -> Router {
     Router::new()
         .route("/-/open-registry/pins", get(list))
+        .route("/-/open-registry/peers", get(peers))
         .route("/-/open-registry/admin/pin", post(pin))
         .route("/-/open-registry/admin/unpin", post(unpin))
         .with_state(Arc::new(Admin { node, token }))
@@ -108,6 +110,17 @@ fn internal(e: impl std::fmt::Display) -> AdminError {
 
 async fn list(State(admin): State<Arc<Admin>>) -> Answer {
     admin.node.pin_list().map(Json).map_err(internal)
+}
+
+async fn peers(State(admin): State<Arc<Admin>>) -> Answer {
+    match admin.node.peers().await {
+        Ok(Some(v)) => Ok(Json(v)),
+        Ok(None) => Err(AdminError(
+            StatusCode::NOT_FOUND,
+            "this node does not take part in the peer-to-peer network (no_p2p)".into(),
+        )),
+        Err(e) => Err(internal(e)),
+    }
 }
 
 #[derive(Debug, Deserialize)]

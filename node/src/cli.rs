@@ -46,6 +46,17 @@ enum Command {
     /// Pin packages so they stay available offline and are never evicted
     #[command(subcommand)]
     Pin(PinCommand),
+    /// List connected peers and the routing table size
+    Peers(PeersArgs),
+}
+
+#[derive(Debug, Args)]
+struct PeersArgs {
+    #[command(flatten)]
+    node: NodeRef,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,6 +213,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Id(a) => id(a),
         Command::Verify(a) => verify(a).await,
         Command::Pin(c) => pin(c).await,
+        Command::Peers(a) => peers(a).await,
     }
     .map(|()| ExitCode::SUCCESS)
     .or_else(|e| match e.downcast_ref::<Failed>() {
@@ -221,6 +233,57 @@ fn node_api(n: &NodeRef) -> anyhow::Result<NodeApi> {
         .ok()
         .map(|t| t.trim().to_owned());
     NodeApi::new(&registry_url(n.registry.as_deref(), &dir), token)
+}
+
+async fn peers(a: PeersArgs) -> anyhow::Result<()> {
+    let api = node_api(&a.node)?;
+    let v = api.get_json("/-/open-registry/peers").await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_owned();
+    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    println!("peer id        {}", s("peer_id"));
+    let listen: Vec<String> = v
+        .get("listen")
+        .and_then(|l| l.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("listening on   {}", listen.join(", "));
+    println!(
+        "kademlia       {} mode, routing table {} peers",
+        if v.get("kad_server").and_then(serde_json::Value::as_bool) == Some(true) {
+            "server"
+        } else {
+            "client"
+        },
+        n("routing_table_size")
+    );
+    println!("providing      {} blobs", n("provided"));
+    let connected = v
+        .get("connected")
+        .and_then(|c| c.as_array())
+        .cloned()
+        .unwrap_or_default();
+    println!("connected      {} peers", connected.len());
+    for c in &connected {
+        let addrs: Vec<&str> = c
+            .get("addrs")
+            .and_then(|a| a.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "  {}  {}",
+            c.get("peer_id").and_then(|p| p.as_str()).unwrap_or("?"),
+            addrs.join(" ")
+        );
+    }
+    Ok(())
 }
 
 async fn pin(c: PinCommand) -> anyhow::Result<()> {
@@ -637,6 +700,7 @@ fn render_status(url: &str, s: &Status) -> String {
          store      {} packuments, {} tarballs, {} blobs, {}\n\
          served     packuments {} ({} from store), tarballs {} ({} from store), {} coalesced\n\
          upstream   {} requests, {} errors, {} received, {} stale answers\n\
+         peers      {} blobs fetched ({}), {} failed tries, {} records refused\n\
          integrity  {} blobs refused\n",
         s.version,
         up / 3600,
@@ -656,6 +720,10 @@ fn render_status(url: &str, s: &Status) -> String {
         c("upstream_errors"),
         format_size(c("upstream_bytes")),
         c("stale_served"),
+        c("peer_ingests"),
+        format_size(c("peer_bytes")),
+        c("peer_errors"),
+        c("records_rejected"),
         c("integrity_failures"),
     )
 }

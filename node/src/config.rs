@@ -17,6 +17,7 @@ use url::Url;
 
 use open_registry_protocol::{PeerId, Policy};
 
+use crate::net;
 use crate::units::{parse_duration, parse_size};
 
 /// The gateway's default address: loopback only, so a fresh node is never exposed by accident.
@@ -109,6 +110,66 @@ pub struct Settings {
     /// How many of the newest versions `pin add NAME` pins, besides every dist-tag [default: 3]
     #[arg(long, env = "OPEN_REGISTRY_PIN_LATEST", value_name = "N")]
     pub pin_latest: Option<usize>,
+
+    /// Peer-to-peer listen address (repeatable) [default: /ip4/0.0.0.0/tcp/7374 and
+    /// /ip4/0.0.0.0/udp/7374/quic-v1]
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_P2P_LISTEN",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub p2p_listen: Option<Vec<String>>,
+
+    /// A peer to join the network through (repeatable; with or without /p2p/<id>)
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_BOOTSTRAP",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub bootstrap: Option<Vec<String>>,
+
+    /// An address peers can reach this node at from outside (repeatable)
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_EXTERNAL_ADDR",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub external_addr: Option<Vec<String>>,
+
+    /// Run Kademlia in server mode [default: when an address is loopback, or once reachable]
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_KAD_SERVER",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub kad_server: Option<bool>,
+
+    /// Do not join the peer-to-peer network
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_NO_P2P",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub no_p2p: Option<bool>,
+
+    /// Budget for fetching one blob from peers, all providers included [default: 60s]
+    #[arg(long, env = "OPEN_REGISTRY_PEER_TIMEOUT", value_name = "DURATION")]
+    pub peer_timeout: Option<String>,
+
+    /// A peer transfer that moves no byte this long is abandoned [default: 10s]
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_PEER_STALL_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub peer_stall_timeout: Option<String>,
 }
 
 impl Settings {
@@ -137,6 +198,13 @@ impl Settings {
             record_ttl: self.record_ttl.or(other.record_ttl),
             max_cache_size: self.max_cache_size.or(other.max_cache_size),
             pin_latest: self.pin_latest.or(other.pin_latest),
+            p2p_listen: self.p2p_listen.or(other.p2p_listen),
+            bootstrap: self.bootstrap.or(other.bootstrap),
+            external_addr: self.external_addr.or(other.external_addr),
+            kad_server: self.kad_server.or(other.kad_server),
+            no_p2p: self.no_p2p.or(other.no_p2p),
+            peer_timeout: self.peer_timeout.or(other.peer_timeout),
+            peer_stall_timeout: self.peer_stall_timeout.or(other.peer_stall_timeout),
         }
     }
 
@@ -185,6 +253,10 @@ pub struct Config {
     pub max_cache_size: u64,
     /// Newest versions `pin add NAME` pins.
     pub pin_latest: usize,
+    /// The peer-to-peer network, unless disabled.
+    pub p2p: Option<net::Config>,
+    /// Budget for fetching one blob from peers.
+    pub peer_timeout: Duration,
 }
 
 impl Config {
@@ -208,6 +280,14 @@ impl Config {
             record_ttl: Duration::from_secs(7 * 86400),
             max_cache_size: 20 << 30,
             pin_latest: 3,
+            p2p: Some(net::Config {
+                limits: net::Limits {
+                    stall_timeout: Duration::from_secs(10),
+                    ..net::Limits::default()
+                },
+                ..net::Config::default()
+            }),
+            peer_timeout: Duration::from_secs(60),
         }
     }
 
@@ -252,6 +332,40 @@ impl Config {
         c.record_ttl = dur(&s.record_ttl, c.record_ttl)?;
         c.max_cache_size = size(&s.max_cache_size, c.max_cache_size)?;
         c.pin_latest = s.pin_latest.unwrap_or(c.pin_latest);
+        c.peer_timeout = dur(&s.peer_timeout, c.peer_timeout)?;
+        c.p2p = if s.no_p2p == Some(true) {
+            None
+        } else {
+            let mut n = c.p2p.take().unwrap_or_default();
+            let addrs = |v: &Option<Vec<String>>,
+                         what: &str|
+             -> anyhow::Result<Option<Vec<net::Multiaddr>>> {
+                v.as_ref()
+                    .map(|v| {
+                        v.iter()
+                            .map(|a| {
+                                a.trim().parse::<net::Multiaddr>().with_context(|| {
+                                    format!("{what} {a:?} is not a multiaddr (e.g. /ip4/127.0.0.1/tcp/7374)")
+                                })
+                            })
+                            .collect()
+                    })
+                    .transpose()
+            };
+            if let Some(l) = addrs(&s.p2p_listen, "--p2p-listen")? {
+                n.listen = l;
+            }
+            n.bootstrap = addrs(&s.bootstrap, "--bootstrap")?.unwrap_or_default();
+            n.external = addrs(&s.external_addr, "--external-addr")?.unwrap_or_default();
+            n.kad_server = s.kad_server;
+            if let Some(st) = &s.peer_stall_timeout {
+                n.limits.stall_timeout = parse_duration(st)?;
+            }
+            n.limits.max_blob_size = c.max_tarball_size.max(c.max_packument_size);
+            n.check()
+                .map_err(|e| anyhow::anyhow!("peer-to-peer settings: {e}"))?;
+            Some(n)
+        };
         for t in s.trust.unwrap_or_default() {
             let id: PeerId = t
                 .parse()
@@ -365,6 +479,13 @@ pub fn npm_registry() -> Option<String> {
     Some(line.to_owned())
 }
 
+fn quoted<T: std::fmt::Display>(v: Vec<T>) -> String {
+    v.iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The commented config.toml that `init` writes.
 pub fn render_toml(c: &Config) -> String {
     use crate::units::{format_duration, format_size_exact};
@@ -422,6 +543,14 @@ max_cache_size = "{cache}"
 
 # `open-registry pin add NAME` pins this many of the newest versions, plus every dist-tag.
 pin_latest = {pin_latest}
+
+# The peer-to-peer network: where this node listens for peers (TCP and QUIC), whom it joins
+# through, and addresses others can reach it at. `no_p2p = true` keeps the node to itself.
+{no_p2p}p2p_listen = [{p2p_listen}]
+bootstrap = [{bootstrap}]
+# external_addr = ["/dns4/registry.example.org/tcp/7374"]
+# kad_server = true
+peer_timeout = "{peer_timeout}"
 "#,
         gateway = c.gateway_url(),
         listen = c.listen,
@@ -442,6 +571,19 @@ pin_latest = {pin_latest}
         ttl = format_duration(c.record_ttl),
         cache = format_size_exact(c.max_cache_size),
         pin_latest = c.pin_latest,
+        no_p2p = if c.p2p.is_none() {
+            "no_p2p = true\n"
+        } else {
+            ""
+        },
+        p2p_listen = quoted(c.p2p.as_ref().map(|n| n.listen.clone()).unwrap_or_default()),
+        bootstrap = quoted(
+            c.p2p
+                .as_ref()
+                .map(|n| n.bootstrap.clone())
+                .unwrap_or_default()
+        ),
+        peer_timeout = format_duration(c.peer_timeout),
     )
 }
 

@@ -27,7 +27,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::flight::{Flights, Role};
 use crate::metrics::Metrics;
-use crate::records::Records;
+use crate::p2p::P2p;
+use crate::records::{Records, record_integrity};
 use crate::store::{PackumentEntry, Store, WriteError, now_ms};
 use crate::upstream::{PackumentAnswer, Upstream, UpstreamError};
 
@@ -64,6 +65,9 @@ impl From<FetchError> for gateway::Error {
 
 type TarballKey = (PackageName, String);
 
+/// How long a package no trusted record named is not looked up on the network again.
+const MISS_TTL: Duration = Duration::from_secs(60);
+
 /// How long a request with a stale copy at hand waits for the upstream before it is answered
 /// with the copy.
 const STALE_GRACE: Duration = Duration::from_secs(3);
@@ -74,8 +78,11 @@ pub struct Fetcher {
     store: Arc<Store>,
     upstream: Option<Upstream>,
     records: Arc<Records>,
+    p2p: Option<Arc<P2p>>,
     metrics: Arc<Metrics>,
+    tracker: TaskTracker,
     max_age: Duration,
+    max_packument: u64,
     max_tarball: u64,
     packuments: Flights<PackageName, Result<Packument, FetchError>>,
     tarballs: Flights<TarballKey, Result<BlobId, FetchError>>,
@@ -85,6 +92,9 @@ pub struct Fetcher {
     dists: quick_cache::sync::Cache<BlobId, Arc<HashMap<String, DistRef>>>,
     /// Woken after every blob stored, so the cache cap is enforced promptly.
     ingested: Arc<tokio::sync::Notify>,
+    /// Packages whose tarball ids no trusted record on the network named, recently: bounded in
+    /// size and in time, so a miss is not looked up again for every file.
+    misses: quick_cache::sync::Cache<PackageName, std::time::Instant>,
 }
 
 /// Weighs cache entries by their bytes.
@@ -104,6 +114,7 @@ impl Fetcher {
         store: Arc<Store>,
         upstream: Option<Upstream>,
         records: Arc<Records>,
+        p2p: Option<Arc<P2p>>,
         metrics: Arc<Metrics>,
         tracker: TaskTracker,
     ) -> Arc<Fetcher> {
@@ -112,14 +123,18 @@ impl Fetcher {
             store,
             upstream,
             records,
+            p2p,
             metrics,
+            tracker: tracker.clone(),
             max_age: config.max_age,
+            max_packument: config.max_packument_size,
             max_tarball: config.max_tarball_size,
             packuments: Flights::new(tracker.clone()),
-            tarballs: Flights::new(tracker),
+            tarballs: Flights::new(tracker.clone()),
             hot: quick_cache::sync::Cache::with_weighter(4096, hot_bytes, Weight),
             dists: quick_cache::sync::Cache::new(256),
             ingested: Arc::new(tokio::sync::Notify::new()),
+            misses: quick_cache::sync::Cache::new(1024),
         })
     }
 
@@ -143,6 +158,16 @@ impl Fetcher {
         self.upstream.as_ref()
     }
 
+    /// The network side, if the node joined it.
+    pub fn p2p(&self) -> Option<&Arc<P2p>> {
+        self.p2p.as_ref()
+    }
+
+    /// Whether any source can give a newer packument than the stored one.
+    fn can_refresh(&self) -> bool {
+        self.upstream.is_some() || self.p2p.as_ref().is_some_and(|p| p.trusts_anyone())
+    }
+
     fn is_fresh(&self, e: &PackumentEntry) -> bool {
         now_ms().saturating_sub(e.checked_at) < self.max_age.as_millis() as u64
     }
@@ -157,23 +182,22 @@ impl Fetcher {
         Metrics::inc(&self.metrics.packument_requests);
         if !refresh
             && let Some((e, p)) = self.hot.get(name)
-            && (self.is_fresh(&e) || self.upstream.is_none())
+            && (self.is_fresh(&e) || !self.can_refresh())
         {
             Metrics::inc(&self.metrics.packument_hits);
             return Ok(p);
         }
         let entry = self.store.index.packument(name).map_err(store_err)?;
         if let Some(e) = &entry
-            && ((!refresh && self.is_fresh(e)) || self.upstream.is_none())
+            && ((!refresh && self.is_fresh(e)) || !self.can_refresh())
             && let Some(p) = self.load(name, e).await?
         {
             Metrics::inc(&self.metrics.packument_hits);
             return Ok(p);
         }
-        // Peers will be asked here, before the upstream.
-        if self.upstream.is_none() {
+        if !self.can_refresh() {
             return Err(FetchError::NotFound(format!(
-                "{name} is not in this node's store and no upstream is configured"
+                "{name} is not in this node's store, and this node has no upstream and trusts no peers"
             )));
         }
         let this = self.clone();
@@ -223,15 +247,16 @@ impl Fetcher {
         }
     }
 
-    /// Asks the upstream for a newer revision; falls back to the stored one on failure.
-    /// `asked_at` is when the request that started this flight began: a revalidation that
-    /// finished after that moment (another flight's) already did this one's work.
+    /// Asks the sources for a newer revision: the upstream when there is one (it is
+    /// authoritative and fresher), trusted peers when there is none or it fails, and finally
+    /// the stored revision (stale-if-error). `asked_at` is when the request that started this
+    /// flight began: a revalidation that finished after that moment (another flight's) already
+    /// did this one's work.
     async fn revalidate(
         self: &Arc<Self>,
         name: &PackageName,
         asked_at: u64,
     ) -> Result<Packument, FetchError> {
-        let upstream = self.upstream.as_ref().expect("checked by caller");
         let entry = self.store.index.packument(name).map_err(store_err)?;
         if let Some(e) = &entry
             && e.checked_at > asked_at
@@ -239,6 +264,37 @@ impl Fetcher {
         {
             return Ok(p);
         }
+        let mut failure = None;
+        if let Some(upstream) = &self.upstream {
+            match self.ask_upstream(upstream, name, &entry).await {
+                Ok(p) => return Ok(p),
+                // The upstream says the package does not exist: that is an answer, not a failure.
+                Err(e @ FetchError::NotFound(_)) => return Err(e),
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(p2p) = self.p2p.as_ref().filter(|p| p.trusts_anyone()) {
+            match self.ask_peers(p2p, name, &entry).await {
+                Ok(p) => return Ok(p),
+                Err(e) => {
+                    tracing::debug!(%name, error = %e, "peers could not provide the packument");
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        let failure = failure.unwrap_or_else(|| {
+            FetchError::NotFound(format!("{name} is not available from any source"))
+        });
+        self.stale_or(name, entry, failure).await
+    }
+
+    /// One conditional request to the upstream, and what follows from its answer.
+    async fn ask_upstream(
+        &self,
+        upstream: &Upstream,
+        name: &PackageName,
+        entry: &Option<PackumentEntry>,
+    ) -> Result<Packument, FetchError> {
         Metrics::inc(&self.metrics.packument_revalidations);
         let answer = upstream
             .packument(
@@ -247,8 +303,7 @@ impl Fetcher {
                 entry.as_ref().and_then(|e| e.last_modified.as_deref()),
             )
             .await;
-        let stored = |entry: &Option<PackumentEntry>| entry.clone();
-        match (answer, stored(&entry)) {
+        match (answer, entry.clone()) {
             (Ok(PackumentAnswer::NotModified), Some(mut e)) => {
                 Metrics::inc(&self.metrics.packument_not_modified);
                 e.checked_at = now_ms();
@@ -273,19 +328,94 @@ impl Fetcher {
                     etag,
                     last_modified,
                 }),
-                old,
-            ) => match self
-                .ingest_packument(name, bytes, etag, last_modified)
-                .await
-            {
-                Ok(p) => Ok(p),
-                Err(e) => self.stale_or(name, old, e).await,
-            },
+                _,
+            ) => {
+                self.ingest_packument(name, bytes, etag, last_modified)
+                    .await
+            }
             (Err(UpstreamError::NotFound(what)), _) => {
                 Err(FetchError::NotFound(format!("{what} (404 from upstream)")))
             }
-            (Err(e), old) => self.stale_or(name, old, e.into()).await,
+            (Err(e), _) => Err(e.into()),
         }
+    }
+
+    /// The revision that trusted operators agree on, fetched from peers by its CID and
+    /// verified. A revision older than what this node signed itself is not taken.
+    async fn ask_peers(
+        &self,
+        p2p: &P2p,
+        name: &PackageName,
+        entry: &Option<PackumentEntry>,
+    ) -> Result<Packument, FetchError> {
+        let found = p2p.trusted_records(name).await;
+        let n = found.len();
+        let (cid, agreeing) = p2p.quorum(found).ok_or_else(|| {
+            FetchError::NotFound(format!(
+                "{name}: {n} trusted records found on the network, {} must agree",
+                p2p.policy().threshold()
+            ))
+        })?;
+        let newest = agreeing
+            .iter()
+            .map(|r| r.1.get().fetched_at)
+            .max()
+            .unwrap_or(0);
+        let ours = self
+            .records
+            .own_record(name)
+            .map_err(store_err)?
+            .map_or(0, |r| r.fetched_at);
+        if let Some(e) = entry
+            && (e.id == cid || ours >= newest)
+        {
+            // What we hold is the agreed revision, or newer than it.
+            let mut e = e.clone();
+            e.checked_at = now_ms();
+            self.store
+                .index
+                .set_packument(name, &e)
+                .await
+                .map_err(store_err)?;
+            p2p.keep(&agreeing).await;
+            if let Some(p) = self.load(name, &e).await? {
+                return Ok(p);
+            }
+        }
+        if !self.store.blobs.contains(&cid) {
+            p2p.fetch_blob(&cid, Verifier::id_only, self.max_packument)
+                .await?;
+        }
+        let bytes = self
+            .store
+            .blobs
+            .read(&cid)
+            .await
+            .map_err(io_err)?
+            .ok_or_else(|| FetchError::Store(format!("packument {cid} vanished")))?;
+        let dists = parse_dists(name, &bytes)
+            .await
+            .map_err(|e| FetchError::Invalid(format!("packument of {name} from peers: {e}")))?;
+        let e = PackumentEntry {
+            id: cid,
+            etag: None,
+            last_modified: None,
+            checked_at: now_ms(),
+        };
+        self.store
+            .index
+            .set_packument(name, &e)
+            .await
+            .map_err(store_err)?;
+        p2p.keep(&agreeing).await;
+        p2p.announce(&cid).await;
+        Metrics::inc(&self.metrics.packument_updates);
+        self.ingested.notify_one();
+        let p = Packument { id: cid, bytes };
+        self.dists.insert(cid, dists);
+        self.hot.insert(name.clone(), (e, p.clone()));
+        tracing::info!(%name, id = %cid.short(), signers = agreeing.len(), "took a packument revision from peers");
+        Ok(p)
     }
 
     /// Stale-if-error: the stored revision if there is one, else the error.
@@ -338,6 +468,7 @@ impl Fetcher {
         let p = Packument { id, bytes };
         self.dists.insert(id, dists);
         self.hot.insert(name.clone(), (entry.clone(), p.clone()));
+        self.announce(id);
         self.sign(name, &p, entry.checked_at).await;
         tracing::debug!(%name, id = %id.short(), "stored packument revision");
         Ok(p)
@@ -370,8 +501,25 @@ impl Fetcher {
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        if let Err(e) = signed {
-            tracing::warn!(%name, error = %e, "could not sign a record");
+        match signed {
+            Ok(s) => self.publish(s),
+            Err(e) => tracing::warn!(%name, error = %e, "could not sign a record"),
+        }
+    }
+
+    /// Publishes a freshly signed record to the network in the background (the request that
+    /// caused it does not wait for the DHT).
+    fn publish(&self, signed: open_registry_protocol::Signed) {
+        if let Some(p2p) = self.p2p.clone() {
+            self.tracker
+                .spawn(async move { p2p.publish(&signed).await });
+        }
+    }
+
+    /// Announces a stored blob in the background.
+    fn announce(&self, id: BlobId) {
+        if let Some(p2p) = self.p2p.clone() {
+            self.tracker.spawn(async move { p2p.announce(&id).await });
         }
     }
 
@@ -491,11 +639,24 @@ impl Fetcher {
         let dist = self.dist(name, file).await?;
         let integrity = Integrity::for_dist(dist.integrity.as_deref(), dist.shasum.as_deref())
             .map_err(|e| FetchError::Integrity(format!("{name}@{}: {e}", dist.version)))?;
-        // Peers will be asked here, by content id, before the upstream.
+        // Peers first, by content id: it saves the upstream, and works when there is none.
+        let mut failure = None;
+        if let Some(p2p) = &self.p2p {
+            match self.tarball_from_peers(p2p, name, &dist, &integrity).await {
+                Ok(Some(id)) => return self.stored_tarball(name, file, &dist, id).await,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(%name, %file, error = %e, "peers could not provide the tarball");
+                    failure = Some(e);
+                }
+            }
+        }
         let Some(upstream) = &self.upstream else {
-            return Err(FetchError::NotFound(format!(
-                "{name}/-/{file} is not in this node's store and no upstream is configured"
-            )));
+            return Err(failure.unwrap_or_else(|| {
+                FetchError::NotFound(format!(
+                    "{name}/-/{file} is not in this node's store, no trusted peer names it, and no upstream is configured"
+                ))
+            }));
         };
         let url = upstream.tarball_url(name, file, dist.tarball.as_deref())?;
         let deadline = Instant::now() + upstream.timeout();
@@ -512,6 +673,68 @@ impl Fetcher {
                 Err(e) => return Err(e),
             }
         };
+        self.stored_tarball(name, file, &dist, id).await
+    }
+
+    /// The tarball's id as trusted records name it (stored ones first, then the network's when
+    /// the operator trusts someone), fetched from its providers. `Ok(None)`: no record names it.
+    async fn tarball_from_peers(
+        &self,
+        p2p: &P2p,
+        name: &PackageName,
+        dist: &DistRef,
+        integrity: &Integrity,
+    ) -> Result<Option<BlobId>, FetchError> {
+        let mut cid = self
+            .records
+            .tarball_id(name, &dist.version)
+            .map_err(store_err)?;
+        if cid.is_none()
+            && p2p.trusts_anyone()
+            && self
+                .misses
+                .get(name)
+                .is_none_or(|at| at.elapsed() >= MISS_TTL)
+        {
+            let ours = record_integrity(dist);
+            let agreeing: Vec<_> = p2p
+                .trusted_records(name)
+                .await
+                .into_iter()
+                .filter(|(_, v)| {
+                    v.get()
+                        .versions
+                        .get(&dist.version)
+                        .map(|e| Some(&e.integrity))
+                        == Some(ours.as_ref())
+                })
+                .collect();
+            cid = agreeing
+                .iter()
+                .find_map(|(_, v)| v.get().versions.get(&dist.version).and_then(|e| e.tarball));
+            if cid.is_none() {
+                // Do not ask the DHT again for every file of this package for a while.
+                self.misses.insert(name.clone(), std::time::Instant::now());
+            }
+            p2p.keep(&agreeing).await;
+        }
+        let Some(cid) = cid else {
+            return Ok(None);
+        };
+        let integrity = integrity.clone();
+        p2p.fetch_blob(&cid, || Verifier::new(integrity.clone()), self.max_tarball)
+            .await
+            .map(Some)
+    }
+
+    /// Indexes a verified tarball, names it in our record, and announces it.
+    async fn stored_tarball(
+        &self,
+        name: &PackageName,
+        file: &str,
+        dist: &DistRef,
+        id: BlobId,
+    ) -> Result<BlobId, FetchError> {
         self.store
             .index
             .set_tarball(name, file, &id)
@@ -519,13 +742,16 @@ impl Fetcher {
             .map_err(store_err)?;
         Metrics::inc(&self.metrics.tarball_ingests);
         self.ingested.notify_one();
+        self.announce(id);
         tracing::debug!(%name, %file, id = %id.short(), "stored tarball");
-        if let Err(e) = self
+        match self
             .records
             .add_tarball(&self.store.index, name, &dist.version, id)
             .await
         {
-            tracing::warn!(%name, %file, error = %e, "could not re-sign the record");
+            Ok(Some(s)) => self.publish(s),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%name, %file, error = %e, "could not re-sign the record"),
         }
         Ok(id)
     }

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod p2p;
 pub mod pinning;
 pub mod pins;
 pub mod records;

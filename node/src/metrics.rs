@@ -40,6 +40,11 @@ counters! {
     stale_served: "Packuments served from the store because the upstream failed (stale-if-error).",
     integrity_failures: "Blobs refused because their bytes did not match integrity or content id.",
     store_errors: "Local store failures (disk full, I/O).",
+    peer_requests: "Blob requests sent to peers.",
+    peer_ingests: "Blobs fetched from peers, verified and stored.",
+    peer_errors: "Peer fetches that failed (error, stall, timeout, bad bytes); the next source was tried.",
+    peer_bytes: "Blob bytes received from peers.",
+    records_rejected: "Signed records from the network refused by the trust policy.",
 }
 
 impl Metrics {

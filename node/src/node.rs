@@ -20,6 +20,8 @@ use crate::config::{Config, gateway_url};
 use crate::fetcher::Fetcher;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::net;
+use crate::p2p::{P2p, PointerValidator, StoreSource};
 use crate::pins::Pins;
 use crate::records::Records;
 use crate::store::Store;
@@ -107,6 +109,30 @@ impl Node {
         Ok(serde_json::json!({
             "name": name, "version": version, "file": file, "id": id, "size": size,
         }))
+    }
+
+    /// The peer-to-peer view, as served at `/-/open-registry/peers`; `None` without P2P.
+    pub async fn peers(&self) -> anyhow::Result<Option<serde_json::Value>> {
+        let Some(p2p) = self.fetcher.p2p() else {
+            return Ok(None);
+        };
+        let i = p2p.client().peers().await?;
+        let strs = |v: &[net::Multiaddr]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        Ok(Some(serde_json::json!({
+            "peer_id": i.local.to_string(),
+            "listen": strs(&i.listen),
+            "external": strs(&i.external),
+            "kad_server": i.kad_server,
+            "routing_table_size": i.routing_table_size,
+            "connected": i.connected.iter().map(|(p, a)| serde_json::json!({
+                "peer_id": p.to_string(), "addrs": strs(a),
+            })).collect::<Vec<_>>(),
+            "provided": i.provided,
+            "records_stored": i.records_stored,
+            "provider_keys_stored": i.provider_keys_stored,
+            "trusted": p2p.policy().trusted().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "trust_threshold": p2p.policy().threshold(),
+        })))
     }
 
     /// Unpins every version of `name`.
@@ -278,14 +304,49 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         config.record_ttl,
     )?);
     let pins = Arc::new(Pins::open(&store.index)?);
+    let p2p = match &config.p2p {
+        Some(net_config) => {
+            let source = Arc::new(StoreSource::new(store.clone(), records.clone()));
+            let (client, bound) = net::spawn(
+                net_config.clone(),
+                &identity,
+                source,
+                Arc::new(PointerValidator),
+                tracker.clone(),
+                cancel.clone(),
+            )
+            .await
+            .context("starting the peer-to-peer network")?;
+            let shown: Vec<String> = bound.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                "peer-to-peer on {} as {} (trusting {} operators)",
+                shown.join(", "),
+                identity.peer_id(),
+                config.trust.len()
+            );
+            Some(Arc::new(P2p::new(
+                client,
+                store.clone(),
+                records.clone(),
+                config.policy(),
+                metrics.clone(),
+                config.peer_timeout,
+            )))
+        }
+        None => None,
+    };
     let fetcher = Fetcher::new(
         &config,
         store.clone(),
         upstream,
         records,
+        p2p.clone(),
         metrics.clone(),
         tracker.clone(),
     );
+    if let Some(p2p) = p2p.clone() {
+        tracker.spawn(async move { p2p.announce_all().await });
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -344,8 +405,15 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
                 }
                 _ = ingested.notified() => {}
             }
-            if let Err(e) = evict::evict(&st, &pins, cap).await {
-                tracing::warn!(error = %e, "eviction failed");
+            match evict::evict(&st, &pins, cap).await {
+                Ok(report) => {
+                    if let Some(p2p) = &p2p {
+                        for id in &report.evicted {
+                            p2p.withdraw(id).await;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "eviction failed"),
             }
         }
     });

@@ -286,9 +286,14 @@ impl NodeApi {
 
     /// The node's pin list.
     pub async fn pins(&self) -> anyhow::Result<Value> {
+        self.get_json("/-/open-registry/pins").await
+    }
+
+    /// A JSON document from the node.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
         let r = self
             .http
-            .get(format!("{}/-/open-registry/pins", self.registry))
+            .get(format!("{}{path}", self.registry))
             .send()
             .await
             .with_context(|| format!("no node answering at {}", self.registry))?;

@@ -6,8 +6,9 @@
 //! record is published, so they strictly increase per name even across restarts and crashes.
 //!
 //! Trees: `records` (name, 0x00, signer key → the signed record's wire bytes; the newest per
-//! signer), `record_seq` (name → our last sequence), `record_seen` (name, 0x00, signer key →
-//! highest sequence seen, for rollback checks).
+//! signer), `record_blobs` (the blob id of those wire bytes → the bytes, so peers can fetch a
+//! record by the id a DHT pointer names), `record_seq` (name → our last sequence),
+//! `record_seen` (name, 0x00, signer key → highest sequence seen, for rollback checks).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,6 +27,7 @@ pub struct Records {
     identity: Identity,
     ttl: Duration,
     records: sled::Tree,
+    blobs: sled::Tree,
     seqs: sled::Tree,
     seen: sled::Tree,
     /// Serializes signing: each signature reads and bumps a sequence number. tokio Mutex: held
@@ -64,6 +66,7 @@ impl Records {
             identity,
             ttl,
             records: index.tree("records")?,
+            blobs: index.tree("record_blobs")?,
             seqs: index.tree("record_seq")?,
             seen: index.tree("record_seen")?,
             signing: Mutex::new(()),
@@ -113,7 +116,7 @@ impl Records {
         version: &str,
         id: BlobId,
     ) -> Result<Option<Signed>, IndexError> {
-        let Some(ours) = self.own(name)? else {
+        let Some(ours) = self.own_record(name)? else {
             return Ok(None);
         };
         let mut record = ours;
@@ -125,7 +128,7 @@ impl Records {
     }
 
     /// Our newest record for `name`, decoded (our own bytes: read without re-verifying).
-    fn own(&self, name: &PackageName) -> Result<Option<Record>, IndexError> {
+    pub fn own_record(&self, name: &PackageName) -> Result<Option<Record>, IndexError> {
         let Some(b) = self.records.get(key(name, &self.signer()))? else {
             return Ok(None);
         };
@@ -153,8 +156,7 @@ impl Records {
             .insert(record.name.as_str(), &record.seq.to_be_bytes())?;
         index.flush().await?;
         let signed = record.sign(self.identity.signing_key());
-        self.records
-            .insert(key(&record.name, &self.signer()), signed.to_bytes())?;
+        self.put(&record.name, &signed)?;
         index.flush().await?;
         tracing::debug!(name = %record.name, seq = record.seq, "signed record");
         Ok(signed)
@@ -210,10 +212,78 @@ impl Records {
         }
         self.seen
             .insert(key(name, &signed.signer), &seq.to_be_bytes())?;
-        self.records
-            .insert(key(name, &signed.signer), signed.to_bytes())?;
+        self.put(name, signed)?;
         index.flush().await?;
         Ok(true)
+    }
+
+    /// Stores `signed` as the newest record of its signer for `name`, and its wire bytes under
+    /// their blob id (dropping the replaced record's).
+    fn put(&self, name: &PackageName, signed: &Signed) -> Result<(), IndexError> {
+        let wire = signed.to_bytes();
+        let id = BlobId::of(&wire);
+        if let Some(old) = self
+            .records
+            .insert(key(name, &signed.signer), wire.clone())?
+        {
+            self.blobs.remove(BlobId::of(&old).to_bytes())?;
+        }
+        self.blobs.insert(id.to_bytes(), wire)?;
+        Ok(())
+    }
+
+    /// A stored record's wire bytes, by their blob id (what DHT pointers name).
+    pub fn blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>, IndexError> {
+        Ok(self.blobs.get(id.to_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// The ids of every stored record blob (to announce them).
+    pub fn blob_ids(&self) -> Result<Vec<BlobId>, IndexError> {
+        let mut out = Vec::new();
+        for k in self.blobs.iter().keys() {
+            if let Ok(id) = BlobId::from_bytes(&k?) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Our own newest record of every package (to republish their pointers after a restart).
+    pub fn own_latest(&self) -> Result<Vec<Signed>, IndexError> {
+        let me = self.signer();
+        let mut out = Vec::new();
+        for kv in self.records.iter() {
+            let (k, v) = kv?;
+            if k.ends_with(me.key_bytes())
+                && let Ok(s) = Signed::from_bytes(&v)
+                && s.signer == me
+            {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tarball id that stored records (ours, or trusted operators' verified ones) name for
+    /// `version` of `name`, if any.
+    pub fn tarball_id(
+        &self,
+        name: &PackageName,
+        version: &str,
+    ) -> Result<Option<BlobId>, IndexError> {
+        for s in self.list(name)? {
+            if let Ok(r) = Record::decode(&s.body)
+                && let Some(id) = r.versions.get(version).and_then(|e| e.tarball)
+            {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// This node's identity (it signs records and DHT pointers).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 }
 

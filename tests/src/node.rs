@@ -136,8 +136,8 @@ impl Builder {
 
 impl NodeProcess {
     /// Starts a node in a fresh temporary data dir:
-    /// `open-registry start --data-dir TMP --listen 127.0.0.1:0 ARGS…` (`--listen` is only
-    /// added when `args` lacks it). Pass `--upstream URL` or `--no-upstream` in `args`.
+    /// `open-registry start --data-dir TMP --listen 127.0.0.1:0 --p2p-listen
+    /// /ip4/127.0.0.1/tcp/0 ARGS…` (each default only when `args` lacks it). Pass `--upstream URL` or `--no-upstream` in `args`.
     pub fn start(args: &[&str]) -> Result<NodeProcess> {
         Self::builder().args(args.iter().copied()).start()
     }
@@ -218,6 +218,13 @@ impl NodeProcess {
             .any(|a| a.to_string_lossy().starts_with("--listen"))
         {
             cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        // Tests run nodes side by side: loopback, and a port of the OS's choosing.
+        if !self.args.iter().any(|a| {
+            let a = a.to_string_lossy();
+            a.starts_with("--p2p-listen") || a.starts_with("--no-p2p")
+        }) {
+            cmd.args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]);
         }
         cmd.args(&self.args);
         isolate_env(&mut cmd);

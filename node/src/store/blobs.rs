@@ -225,7 +225,13 @@ impl Writer<'_> {
     }
 
     /// Verifies, makes durable, and publishes the blob under its id.
-    pub async fn commit(mut self) -> Result<BlobId, WriteError> {
+    pub async fn commit(self) -> Result<BlobId, WriteError> {
+        self.commit_as(None).await
+    }
+
+    /// Like [`Writer::commit`], and the blob must also be `expected`: bytes a peer sent for
+    /// one id are never stored under another.
+    pub async fn commit_as(mut self, expected: Option<&BlobId>) -> Result<BlobId, WriteError> {
         let verifier = self
             .verifier
             .take()
@@ -234,7 +240,10 @@ impl Writer<'_> {
             return Err(WriteError::Empty);
         }
         let len = verifier.len();
-        let id = verifier.finish()?;
+        let id = match expected {
+            Some(e) => verifier.finish_as(e)?,
+            None => verifier.finish()?,
+        };
         let mut file = self
             .file
             .take()
