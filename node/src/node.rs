@@ -180,9 +180,18 @@ impl Registry for Node {
                 len,
                 body: gateway::Body::Stream(ReaderStream::with_capacity(file, 64 << 10).boxed()),
             }),
-            Ok(None) => Err(gateway::Error::NotFound(format!(
-                "this node has no blob {id}"
-            ))),
+            // Record blobs live in sled, not in the blob store.
+            Ok(None) => match self.fetcher.records().blob(id) {
+                Ok(Some(b)) => Ok(Blob {
+                    id: *id,
+                    len: b.len() as u64,
+                    body: gateway::Body::Bytes(Bytes::from(b)),
+                }),
+                Ok(None) => Err(gateway::Error::NotFound(format!(
+                    "this node has no blob {id}"
+                ))),
+                Err(e) => Err(gateway::Error::Internal(e.to_string())),
+            },
             Err(e) => Err(gateway::Error::Internal(e.to_string())),
         }
     }
