@@ -7,6 +7,7 @@
 //!   version and our Kademlia protocol enter the routing table. (libp2p's identify always runs
 //!   on the stream protocol `/ipfs/id/1.0.0`; only the version string inside is ours.)
 //! - `libp2p-stream` for the blob protocol (see [`blob`](super::blob)).
+//! - gossipsub for signed announcements (see [`gossip`](super::gossip)).
 //! - connection limits (R16).
 //!
 //! The record and provider intervals are documented consts, so docs/protocol.md can cite them.
@@ -16,7 +17,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, Mode, StoreInserts};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, connection_limits, identify};
+use libp2p::{StreamProtocol, connection_limits, gossipsub, identify};
 
 use super::Config;
 use super::dht_store::{DhtStore, PROVIDER_RECORD_TTL};
@@ -52,6 +53,7 @@ pub(crate) struct Behaviour {
     pub(crate) kad: kad::Behaviour<DhtStore>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) stream: libp2p_stream::Behaviour,
+    pub(crate) gossip: gossipsub::Behaviour,
 }
 
 impl Behaviour {
@@ -95,6 +97,7 @@ impl Behaviour {
             kad,
             identify,
             stream: libp2p_stream::Behaviour::new(),
+            gossip: super::gossip::behaviour(key),
         }
     }
 

@@ -68,6 +68,15 @@ pub(crate) enum Command {
         deadline: Instant,
         reply: Reply<()>,
     },
+    Subscribe {
+        topic: String,
+        reply: Reply<mpsc::Receiver<super::gossip::Message>>,
+    },
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: Reply<()>,
+    },
 }
 
 /// A value found in the DHT. Only the validator vouches for it: `from` answered the query, and
@@ -215,6 +224,24 @@ impl Client {
             }
         })
         .await
+    }
+
+    /// Subscribes to a gossip topic; messages arrive on the returned channel (bounded: when
+    /// the receiver falls behind, new messages are dropped).
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+    ) -> Result<mpsc::Receiver<super::gossip::Message>, NetError> {
+        let topic = topic.to_owned();
+        self.local("subscribe", |reply| Command::Subscribe { topic, reply })
+            .await
+    }
+
+    /// Publishes `data` on a gossip topic to every subscribed peer.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<(), NetError> {
+        let topic = topic.to_owned();
+        self.local("publish", |reply| Command::Publish { topic, data, reply })
+            .await
     }
 
     /// Connected peers, routing table size and store sizes.

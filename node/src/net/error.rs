@@ -78,6 +78,9 @@ pub enum NetError {
     /// A DHT query could not start.
     #[error("DHT: {0}")]
     Dht(String),
+    /// A gossip message could not be published (too large, or no subscribed peer yet).
+    #[error("gossip: {0}")]
+    Gossip(String),
 }
 
 impl NetError {

@@ -85,6 +85,8 @@ pub(crate) struct EventLoop {
     timers: FuturesUnordered<BoxFuture<'static, Option<Expired>>>,
     armed: HashMap<Expired, AbortHandle>,
     bootstrap: Vec<Multiaddr>,
+    /// Gossip subscribers by topic.
+    subscribers: HashMap<libp2p::gossipsub::TopicHash, mpsc::Sender<super::gossip::Message>>,
 }
 
 impl EventLoop {
@@ -111,6 +113,7 @@ impl EventLoop {
             timers: FuturesUnordered::new(),
             armed: HashMap::new(),
             bootstrap: Vec::new(),
+            subscribers: HashMap::new(),
         }
     }
 
@@ -262,6 +265,19 @@ impl EventLoop {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(libp2p::gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
+                if let Some(tx) = self.subscribers.get(&message.topic) {
+                    // A slow subscriber loses messages rather than growing a queue.
+                    let _ = tx.try_send(super::gossip::Message {
+                        topic: message.topic.to_string(),
+                        source: message.source,
+                        data: message.data,
+                    });
+                }
+            }
             // Only our network's servers go into the routing table: not IPFS nodes, not
             // clients (which would be asked and never answer).
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {

@@ -17,6 +17,7 @@
 //! - [`behaviour`]: the protocols and their configuration (ids and intervals as consts).
 //! - [`dht_store`]: the bounded Kademlia store and our announcement schedule.
 //! - [`blob`]: the blob protocol's wire format; [`serve`] answers it; [`transfer`] reads it.
+//! - [`gossip`]: gossipsub topics for signed announcements.
 //! - [`hooks`]: [`BlobSource`] and [`RecordValidator`], what the swarm asks of the node.
 //! - [`error`]: the one error type, [`NetError`].
 
@@ -27,6 +28,7 @@ pub mod config;
 pub mod dht_store;
 pub mod error;
 pub mod event_loop;
+pub mod gossip;
 pub mod hooks;
 pub mod serve;
 pub mod swarm;
@@ -45,6 +47,7 @@ pub use config::{Config, DEFAULT_LISTEN, DEFAULT_PORT, Limits, is_loopback, spli
 pub use dht_store::{ANNOUNCE_RETRY, PROVIDER_RECORD_TTL, REANNOUNCE_INTERVAL};
 pub use error::NetError;
 pub use event_loop::MAX_CONCURRENT_ANNOUNCES;
+pub use gossip::{Message as GossipMessage, POPULARITY_TOPIC, RECORDS_TOPIC};
 pub use hooks::{Blob, BlobSource, NoBlobs, RecordValidator, RejectAll};
 pub use libp2p::{Multiaddr, PeerId};
 pub use swarm::spawn;

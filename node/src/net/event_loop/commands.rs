@@ -93,6 +93,30 @@ impl EventLoop {
                 reply,
             } => self.dial(addr, deadline, reply),
             Command::Connect { peer, reply } => self.connect(peer, reply),
+            Command::Subscribe { topic, reply } => {
+                let t = crate::net::gossip::topic(&topic);
+                let r = match self.swarm.behaviour_mut().gossip.subscribe(&t) {
+                    Ok(_) => {
+                        let (tx, rx) =
+                            tokio::sync::mpsc::channel(crate::net::gossip::SUBSCRIBER_QUEUE);
+                        self.subscribers.insert(t.hash(), tx);
+                        Ok(rx)
+                    }
+                    Err(e) => Err(NetError::Gossip(e.to_string())),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Publish { topic, data, reply } => {
+                let t = crate::net::gossip::topic(&topic);
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .publish(t, data)
+                    .map(drop)
+                    .map_err(crate::net::gossip::publish_error);
+                let _ = reply.send(r);
+            }
             Command::Bootstrap { reply, .. } if busy => busy_reply(reply),
             Command::Bootstrap { deadline, reply } => {
                 match self.swarm.behaviour_mut().kad.bootstrap() {

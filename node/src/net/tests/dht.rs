@@ -211,3 +211,39 @@ async fn announcements_reach_other_peers_and_outlive_the_provider() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn gossip_reaches_subscribed_peers_and_drops_oversized() {
+    bounded(async {
+        let a = start(31, Config::loopback(), Arc::new(NoBlobs)).await;
+        let b = start(32, config(&[&a]), Arc::new(NoBlobs)).await;
+        let mut a_rx = a.client.subscribe(crate::net::RECORDS_TOPIC).await.unwrap();
+        let mut b_rx = b.client.subscribe(crate::net::RECORDS_TOPIC).await.unwrap();
+        // Subscriptions travel with the connection; publishing fails until A knows B's.
+        wait_for("the subscription to propagate", || async {
+            a.client
+                .publish(crate::net::RECORDS_TOPIC, b"hello".to_vec())
+                .await
+                .is_ok()
+        })
+        .await;
+        let m = tokio::time::timeout(Duration::from_secs(5), b_rx.recv())
+            .await
+            .expect("B hears A")
+            .unwrap();
+        assert_eq!(m.data, b"hello");
+        assert_eq!(m.source, Some(a.peer));
+        assert_eq!(m.topic, crate::net::RECORDS_TOPIC);
+        // Our own messages are not delivered back to us.
+        assert!(a_rx.try_recv().is_err());
+        // Oversized messages are refused before they leave.
+        let big = vec![0u8; crate::net::gossip::MAX_MESSAGE + 1];
+        assert!(
+            a.client
+                .publish(crate::net::RECORDS_TOPIC, big)
+                .await
+                .is_err()
+        );
+    })
+    .await;
+}
