@@ -7,6 +7,8 @@
 //! - `GET /-/open-registry/pins`: `{"pins": [{"name", "versions": {version: file}, "size",
 //!   "since"}]}`
 //! - `GET /-/open-registry/peers`: the peer-to-peer view (connected peers, routing table).
+//! - `GET /-/open-registry/popular?limit=N`: the most requested packages, here and at
+//!   trusted operators' nodes (from their signed gossip summaries).
 //! - `POST /-/open-registry/admin/pin` `{"name", "version"}`: fetch, verify, store, pin.
 //! - `POST /-/open-registry/admin/unpin` `{"name"}`: unpin every version of a package.
 
@@ -64,6 +66,7 @@ pub fn router(node: Arc<Node>, token: String) -> Router {
     Router::new()
         .route("/-/open-registry/pins", get(list))
         .route("/-/open-registry/peers", get(peers))
+        .route("/-/open-registry/popular", get(popular))
         .route("/-/open-registry/admin/pin", post(pin))
         .route("/-/open-registry/admin/unpin", post(unpin))
         .with_state(Arc::new(Admin { node, token }))
@@ -121,6 +124,18 @@ async fn peers(State(admin): State<Arc<Admin>>) -> Answer {
         )),
         Err(e) => Err(internal(e)),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn popular(
+    State(admin): State<Arc<Admin>>,
+    axum::extract::Query(q): axum::extract::Query<Limit>,
+) -> Answer {
+    Ok(Json(admin.node.popular(q.limit.unwrap_or(20).min(1000))))
 }
 
 #[derive(Debug, Deserialize)]

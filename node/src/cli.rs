@@ -94,6 +94,9 @@ struct PinAddArgs {
     /// Also pin what each version depends on, as npm would resolve it
     #[arg(long)]
     with_deps: bool,
+    /// The N packages most requested across the network (this node and trusted operators)
+    #[arg(long, value_name = "N")]
+    top: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -330,6 +333,25 @@ async fn pin_add(a: PinAddArgs) -> anyhow::Result<()> {
                 .filter(|l| !l.is_empty())
                 .map(str::to_owned),
         );
+    }
+    if let Some(n) = a.top {
+        let v = api
+            .get_json(&format!("/-/open-registry/popular?limit={n}"))
+            .await?;
+        let names: Vec<String> = v
+            .get("packages")
+            .and_then(|p| p.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.is_empty() {
+            bail!("the network has reported no requests yet; nothing to pin with --top");
+        }
+        println!("most requested: {}", names.join(", "));
+        specs.extend(names);
     }
     let (mut targets, mut failures) = api.expand(&specs, latest, a.with_deps).await;
     if let Some(path) = &a.lockfile {
@@ -701,7 +723,8 @@ fn render_status(url: &str, s: &Status) -> String {
          served     packuments {} ({} from store), tarballs {} ({} from store), {} coalesced\n\
          upstream   {} requests, {} errors, {} received, {} stale answers\n\
          peers      {} blobs fetched ({}), {} failed tries, {} records refused\n\
-         integrity  {} blobs refused\n",
+         integrity  {} blobs refused\n\
+         sync       {}\n",
         s.version,
         up / 3600,
         up / 60 % 60,
@@ -725,7 +748,26 @@ fn render_status(url: &str, s: &Status) -> String {
         c("peer_errors"),
         c("records_rejected"),
         c("integrity_failures"),
+        render_sync(s.sync.as_ref()),
     )
+}
+
+fn render_sync(s: Option<&open_registry_protocol::status::SyncStatus>) -> String {
+    let Some(s) = s else {
+        return "-".into();
+    };
+    let pinned = s.oldest_pinned_age_secs.map_or("no pins".to_owned(), |a| {
+        format!("oldest pinned packument confirmed {a}s ago")
+    });
+    match &s.changes_feed {
+        Some(feed) => format!(
+            "following {feed}: upstream seq {}, processed {}, lag {}; {pinned}",
+            s.upstream_seq.unwrap_or(0),
+            s.processed_seq.unwrap_or(0),
+            s.lag.unwrap_or(0),
+        ),
+        None => format!("no changes feed (pins revalidated on an interval); {pinned}"),
+    }
 }
 
 #[cfg(test)]

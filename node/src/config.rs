@@ -170,6 +170,26 @@ pub struct Settings {
         value_name = "DURATION"
     )]
     pub peer_stall_timeout: Option<String>,
+
+    /// A CouchDB-style changes feed of the upstream to follow (e.g. <upstream>/_changes)
+    #[arg(long, env = "OPEN_REGISTRY_CHANGES_FEED", value_name = "URL")]
+    pub changes_feed: Option<String>,
+
+    /// How often the changes feed is polled when it had nothing new [default: 5s]
+    #[arg(long, env = "OPEN_REGISTRY_CHANGES_POLL", value_name = "DURATION")]
+    pub changes_poll: Option<String>,
+
+    /// Without a changes feed, how often pinned packuments are revalidated [default: 10m]
+    #[arg(long, env = "OPEN_REGISTRY_PIN_REFRESH", value_name = "DURATION")]
+    pub pin_refresh: Option<String>,
+
+    /// How often this node publishes its signed popularity summary [default: 5m]
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_POPULARITY_INTERVAL",
+        value_name = "DURATION"
+    )]
+    pub popularity_interval: Option<String>,
 }
 
 impl Settings {
@@ -205,6 +225,10 @@ impl Settings {
             no_p2p: self.no_p2p.or(other.no_p2p),
             peer_timeout: self.peer_timeout.or(other.peer_timeout),
             peer_stall_timeout: self.peer_stall_timeout.or(other.peer_stall_timeout),
+            changes_feed: self.changes_feed.or(other.changes_feed),
+            changes_poll: self.changes_poll.or(other.changes_poll),
+            pin_refresh: self.pin_refresh.or(other.pin_refresh),
+            popularity_interval: self.popularity_interval.or(other.popularity_interval),
         }
     }
 
@@ -257,6 +281,14 @@ pub struct Config {
     pub p2p: Option<net::Config>,
     /// Budget for fetching one blob from peers.
     pub peer_timeout: Duration,
+    /// The upstream's changes feed, if followed.
+    pub changes_feed: Option<Url>,
+    /// Poll interval of the changes feed.
+    pub changes_poll: Duration,
+    /// Interval of pinned packument refreshes (without a feed).
+    pub pin_refresh: Duration,
+    /// Interval of popularity summaries.
+    pub popularity_interval: Duration,
 }
 
 impl Config {
@@ -288,6 +320,10 @@ impl Config {
                 ..net::Config::default()
             }),
             peer_timeout: Duration::from_secs(60),
+            changes_feed: None,
+            changes_poll: Duration::from_secs(5),
+            pin_refresh: Duration::from_secs(600),
+            popularity_interval: Duration::from_secs(300),
         }
     }
 
@@ -333,6 +369,16 @@ impl Config {
         c.max_cache_size = size(&s.max_cache_size, c.max_cache_size)?;
         c.pin_latest = s.pin_latest.unwrap_or(c.pin_latest);
         c.peer_timeout = dur(&s.peer_timeout, c.peer_timeout)?;
+        c.changes_poll = dur(&s.changes_poll, c.changes_poll)?;
+        c.pin_refresh = dur(&s.pin_refresh, c.pin_refresh)?;
+        c.popularity_interval = dur(&s.popularity_interval, c.popularity_interval)?;
+        c.changes_feed = s
+            .changes_feed
+            .as_deref()
+            .map(|f| {
+                Url::parse(f.trim()).with_context(|| format!("changes feed {f:?} is not a URL"))
+            })
+            .transpose()?;
         c.p2p = if s.no_p2p == Some(true) {
             None
         } else {
@@ -551,6 +597,15 @@ bootstrap = [{bootstrap}]
 # external_addr = ["/dns4/registry.example.org/tcp/7374"]
 # kad_server = true
 peer_timeout = "{peer_timeout}"
+
+# Staying in sync: follow the upstream's changes feed (refreshing every pinned or cached
+# package that changes), or, without one, revalidate pinned packuments on an interval.
+{changes_feed}
+changes_poll = "{changes_poll}"
+pin_refresh = "{pin_refresh}"
+
+# How often this node publishes its signed popularity summary (top packages it served).
+popularity_interval = "{popularity_interval}"
 "#,
         gateway = c.gateway_url(),
         listen = c.listen,
@@ -584,6 +639,14 @@ peer_timeout = "{peer_timeout}"
                 .unwrap_or_default()
         ),
         peer_timeout = format_duration(c.peer_timeout),
+        changes_feed = match &c.changes_feed {
+            Some(f) => format!("changes_feed = \"{f}\""),
+            None =>
+                "# changes_feed = \"https://replicate.example.org/registry/_changes\"".to_owned(),
+        },
+        changes_poll = format_duration(c.changes_poll),
+        pin_refresh = format_duration(c.pin_refresh),
+        popularity_interval = format_duration(c.popularity_interval),
     )
 }
 

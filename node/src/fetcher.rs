@@ -31,6 +31,8 @@ use crate::p2p::P2p;
 use crate::records::{Records, record_integrity};
 use crate::store::{PackumentEntry, Store, WriteError, now_ms};
 use crate::upstream::{PackumentAnswer, Upstream, UpstreamError};
+use open_registry_protocol::pointer::Pointer;
+use open_registry_protocol::record::Verified;
 
 /// Why a fetch failed. Cloneable: one failure is shared by every request of a flight.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -274,7 +276,7 @@ impl Fetcher {
             }
         }
         if let Some(p2p) = self.p2p.as_ref().filter(|p| p.trusts_anyone()) {
-            match self.ask_peers(p2p, name, &entry).await {
+            match self.ask_peers(p2p, name, &entry, None).await {
                 Ok(p) => return Ok(p),
                 Err(e) => {
                     tracing::debug!(%name, error = %e, "peers could not provide the packument");
@@ -347,8 +349,9 @@ impl Fetcher {
         p2p: &P2p,
         name: &PackageName,
         entry: &Option<PackumentEntry>,
+        hint: Option<&Verified<Pointer>>,
     ) -> Result<Packument, FetchError> {
-        let found = p2p.trusted_records(name).await;
+        let found = p2p.trusted_records(name, hint).await;
         let n = found.len();
         let (cid, agreeing) = p2p.quorum(found).ok_or_else(|| {
             FetchError::NotFound(format!(
@@ -416,6 +419,21 @@ impl Fetcher {
         self.hot.insert(name.clone(), (e, p.clone()));
         tracing::info!(%name, id = %cid.short(), signers = agreeing.len(), "took a packument revision from peers");
         Ok(p)
+    }
+
+    /// Takes a newer revision from peers after a trusted operator announced one on gossip (the
+    /// pointer is the hint), without asking the upstream.
+    pub async fn update_from_peers(
+        &self,
+        name: &PackageName,
+        hint: &Verified<Pointer>,
+    ) -> Result<Packument, FetchError> {
+        let p2p = self
+            .p2p
+            .as_ref()
+            .ok_or_else(|| FetchError::NotFound("no peer-to-peer network".into()))?;
+        let entry = self.store.index.packument(name).map_err(store_err)?;
+        self.ask_peers(p2p, name, &entry, Some(hint)).await
     }
 
     /// Stale-if-error: the stored revision if there is one, else the error.
@@ -698,7 +716,7 @@ impl Fetcher {
         {
             let ours = record_integrity(dist);
             let agreeing: Vec<_> = p2p
-                .trusted_records(name)
+                .trusted_records(name, None)
                 .await
                 .into_iter()
                 .filter(|(_, v)| {

@@ -18,13 +18,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, gateway_url};
 use crate::fetcher::Fetcher;
+use crate::gossip;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::net;
 use crate::p2p::{P2p, PointerValidator, StoreSource};
 use crate::pins::Pins;
+use crate::popularity::Popularity;
 use crate::records::Records;
 use crate::store::Store;
+use crate::sync::Sync;
 use crate::upstream::Upstream;
 use crate::{admin, evict};
 
@@ -69,6 +72,8 @@ pub struct Node {
     gateway: String,
     data_dir: PathBuf,
     pins: Arc<Pins>,
+    sync: Arc<Sync>,
+    popularity: Arc<Popularity>,
     /// Serializes pinning the upstream's keys. tokio Mutex: held across the fetch so that
     /// concurrent requests share it.
     keys: Mutex<()>,
@@ -135,6 +140,15 @@ impl Node {
         })))
     }
 
+    /// The most requested packages, here and at trusted operators' nodes.
+    pub fn popular(&self, limit: usize) -> serde_json::Value {
+        let (top, operators) = self.popularity.top(limit);
+        serde_json::json!({
+            "operators": operators,
+            "packages": top.iter().map(|(n, c)| serde_json::json!({"name": n, "count": c})).collect::<Vec<_>>(),
+        })
+    }
+
     /// Unpins every version of `name`.
     pub async fn unpin(&self, name: &PackageName) -> anyhow::Result<bool> {
         let removed = self.pins.remove(&self.fetcher.store().index, name).await?;
@@ -151,6 +165,9 @@ impl Registry for Node {
         name: &PackageName,
         refresh: bool,
     ) -> Result<Packument, gateway::Error> {
+        if !refresh {
+            self.popularity.count(name);
+        }
         Ok(self.fetcher.packument(name, refresh).await?)
     }
 
@@ -232,6 +249,7 @@ impl Registry for Node {
             upstream: self.fetcher.upstream().map(|u| u.base().to_string()),
             store: self.fetcher.store().stats(),
             counters: self.metrics.snapshot(),
+            sync: Some(self.sync.status()),
         }
     }
 
@@ -356,6 +374,28 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     if let Some(p2p) = p2p.clone() {
         tracker.spawn(async move { p2p.announce_all().await });
     }
+    let sync = Arc::new(Sync::new(
+        fetcher.clone(),
+        pins.clone(),
+        config.changes_feed.clone(),
+        config.changes_poll,
+        config.pin_refresh,
+    )?);
+    tracker.spawn(sync.clone().run(cancel.clone()));
+    let popularity = Arc::new(Popularity::default());
+    if let Some(p2p) = p2p.clone() {
+        gossip::spawn(
+            &tracker,
+            cancel.clone(),
+            p2p,
+            fetcher.clone(),
+            pins.clone(),
+            popularity.clone(),
+            identity.clone(),
+            config.popularity_interval,
+        )
+        .await?;
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -370,6 +410,8 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         gateway: config.public_url.clone().unwrap_or_else(|| url.clone()),
         data_dir: config.data_dir.clone(),
         pins: pins.clone(),
+        sync: sync.clone(),
+        popularity: popularity.clone(),
         keys: Mutex::new(()),
     });
     let token = admin::load_or_create_token(&config.data_dir)?;

@@ -207,21 +207,36 @@ impl P2p {
         };
         let key = pointer::dht_key(&r.name, &signed.signer);
         let value = p.sign(self.records.identity().signing_key()).to_bytes();
-        if let Err(e) = self.net.put_record(key, value).await {
+        if let Err(e) = self.net.put_record(key, value.clone()).await {
             tracing::warn!(name = %r.name, error = %e, "could not publish the record pointer");
+        }
+        // Tell the nodes that cache this package now, rather than when they next look.
+        if let Err(e) = self.net.publish(net::RECORDS_TOPIC, value).await {
+            tracing::debug!(name = %r.name, error = %e, "could not gossip the record pointer");
         }
     }
 
     /// The newest records of the trusted operators for `name` that pass the trust policy
     /// (signature, expiry, no rollback below what this node has seen), with their signed form.
-    pub async fn trusted_records(&self, name: &PackageName) -> Vec<Found> {
+    /// `hint` is a pointer heard on gossip: it competes with what the DHT returns.
+    pub async fn trusted_records(
+        &self,
+        name: &PackageName,
+        hint: Option<&Verified<Pointer>>,
+    ) -> Vec<Found> {
         let lookups = self.policy.trusted().iter().map(|signer| async move {
             let key = pointer::dht_key(name, signer);
-            let found = self.net.get_records(key.clone(), FIND_DEADLINE).await.ok()?;
-            // The newest valid pointer any peer returned.
+            let found = self
+                .net
+                .get_records(key.clone(), FIND_DEADLINE)
+                .await
+                .unwrap_or_default();
+            // The newest valid pointer any peer returned (or gossip brought).
+            let hinted = hint.filter(|h| h.signer() == signer).cloned();
             let best = found
                 .iter()
                 .filter_map(|f| pointer::validate(&key, &f.value, now_ms()).ok())
+                .chain(hinted)
                 .max_by_key(|p| p.get().seq)?;
             let wire = self
                 .fetch_small(&best.get().record, pointer_record_cap())
@@ -255,6 +270,25 @@ impl P2p {
             .into_iter()
             .filter(|(_, rs)| rs.len() >= self.policy.threshold())
             .max_by_key(|(_, rs)| rs.iter().map(|r| r.1.get().fetched_at).max())
+    }
+
+    /// A pointer heard on gossip, if it is worth acting on: well signed by a trusted operator,
+    /// unexpired, and newer than anything seen from that operator for the package.
+    pub fn interesting(&self, wire: &[u8]) -> Option<Verified<Pointer>> {
+        let signed = Signed::from_bytes(wire).ok()?;
+        if !self.policy.trusts(&signed.signer) {
+            return None;
+        }
+        let v = signed.verify_as::<Pointer>().ok()?;
+        let p = v.get();
+        if p.expires_at <= now_ms() {
+            return None;
+        }
+        let seen = self.records.seen(&p.name, &signed.signer).ok().flatten();
+        if seen.is_some_and(|s| s >= p.seq) {
+            return None;
+        }
+        Some(v)
     }
 
     /// Fetches a small blob (a record) into memory, checking its id.

@@ -9,6 +9,7 @@
 //! - [`peer`]: operator identities ([`PeerId`], the libp2p id of the operator's ed25519 key).
 //! - [`record`]: signed mirror records; [`Verified`] values come only from [`Signed::verify`].
 //! - [`pointer`](mod@pointer): the small signed pointers the DHT holds to find a package's newest records.
+//! - [`popularity`]: signed summaries of the packages a node serves most.
 //! - [`trust`]: the trust policy (trusted signers, threshold) and its distinct rejections.
 //! - [`status`]: the node's JSON self-report.
 //!
@@ -22,6 +23,7 @@ pub mod npm_sig;
 pub mod packument;
 pub mod peer;
 pub mod pointer;
+pub mod popularity;
 pub mod record;
 pub mod status;
 pub mod trust;

@@ -26,6 +26,28 @@ pub struct Status {
     pub store: StoreStats,
     /// Monotonic counters since start (requests, cache hits, upstream fetches, errors...).
     pub counters: BTreeMap<String, u64>,
+    /// How far behind the upstream the node is.
+    pub sync: Option<SyncStatus>,
+}
+
+/// Lag behind the upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncStatus {
+    /// The changes feed followed, if any.
+    pub changes_feed: Option<String>,
+    /// The newest sequence the feed reported.
+    pub upstream_seq: Option<u64>,
+    /// The last sequence this node processed.
+    pub processed_seq: Option<u64>,
+    /// `upstream_seq - processed_seq`.
+    pub lag: Option<u64>,
+    /// Seconds since the least recently confirmed pinned packument was confirmed.
+    pub oldest_pinned_age_secs: Option<u64>,
+    /// Packuments refreshed by the sync tasks since start.
+    pub refreshed: u64,
+    /// Sync failures since start.
+    pub errors: u64,
 }
 
 /// Sizes of the local store.

@@ -324,12 +324,14 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `GET /_changes?since=N[&limit=M]`, CouchDB style.
+/// `GET /_changes?since=N|now[&limit=M]`, CouchDB style.
 fn changes(shared: &Shared, query: &str) -> Reply {
     let mut since = 0u64;
     let mut limit = usize::MAX;
     for pair in query.split('&') {
         match pair.split_once('=') {
+            // CouchDB's `since=now`: nothing old, just the current sequence.
+            Some(("since", "now")) => since = shared.state().seq,
             Some(("since", v)) => since = v.parse().unwrap_or(0),
             Some(("limit", v)) => limit = v.parse().unwrap_or(usize::MAX),
             _ => {}

@@ -1,0 +1,271 @@
+//! Staying in sync with the upstream without every node polling it.
+//!
+//! - **Changes feed** (when `changes_feed` is configured): follow a CouchDB-style feed
+//!   (`GET <feed>?since=SEQ&limit=N` → `{"results": [{"seq", "id"}], "last_seq"}`) and refresh
+//!   every pinned or cached package that changed. The last processed sequence is flushed to
+//!   sled after each change, so a restart resumes exactly after the last change handled (a
+//!   change interrupted mid-refresh is handled again, which is harmless: a refresh is
+//!   idempotent). A node with no stored sequence starts at the feed's current position
+//!   (`since=now`), not at the beginning of history.
+//! - **Interval refresh** (without a feed): pinned packuments are revalidated on an interval,
+//!   with conditional requests.
+//! - Either way, every refresh that changes a packument is signed, announced in the DHT and
+//!   gossiped (see [`crate::p2p`]); nodes that hear of it fetch the new revision from peers.
+//! - **Lag**: the feed's newest sequence against the processed one, and the age of the oldest
+//!   pinned packument, reported in the status.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use open_registry_protocol::PackageName;
+use open_registry_protocol::status::SyncStatus;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::fetcher::Fetcher;
+use crate::pins::Pins;
+use crate::store::{IndexError, now_ms};
+
+/// The sled key of the last processed feed sequence.
+const SEQ_KEY: &str = "changes_seq";
+/// Changes asked for per request.
+const BATCH: usize = 100;
+
+/// What the sync tasks report.
+#[derive(Debug, Default)]
+pub struct Progress {
+    upstream_seq: AtomicU64,
+    processed_seq: AtomicU64,
+    refreshed: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// The sync side of a node.
+#[derive(Debug)]
+pub struct Sync {
+    fetcher: Arc<Fetcher>,
+    pins: Arc<Pins>,
+    meta: sled::Tree,
+    feed: Option<Url>,
+    poll: Duration,
+    pin_refresh: Duration,
+    http: reqwest::Client,
+    progress: Progress,
+}
+
+impl Sync {
+    /// Sync for `fetcher`'s store; follows `feed` if given, else refreshes pins every
+    /// `pin_refresh`.
+    pub fn new(
+        fetcher: Arc<Fetcher>,
+        pins: Arc<Pins>,
+        feed: Option<Url>,
+        poll: Duration,
+        pin_refresh: Duration,
+    ) -> Result<Sync, IndexError> {
+        let meta = fetcher.store().index.tree("meta")?;
+        let progress = Progress::default();
+        if let Some(seq) = read_seq(&meta)? {
+            progress.processed_seq.store(seq, Ordering::Relaxed);
+            progress.upstream_seq.store(seq, Ordering::Relaxed);
+        }
+        Ok(Sync {
+            fetcher,
+            pins,
+            meta,
+            feed,
+            poll,
+            pin_refresh,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("a plain HTTP client builds"),
+            progress,
+        })
+    }
+
+    /// Runs until cancelled: the feed follower, or the pin refresher.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        match self.feed.clone() {
+            Some(feed) => self.follow(feed, cancel).await,
+            None => self.refresh_pins(cancel).await,
+        }
+    }
+
+    async fn follow(&self, feed: Url, cancel: CancellationToken) {
+        tracing::info!(%feed, "following the upstream's changes feed");
+        loop {
+            let pause = match self.poll_once(&feed).await {
+                Ok(0) => self.poll,
+                Ok(_) => Duration::ZERO,
+                Err(e) => {
+                    self.progress.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "changes feed failed; retrying");
+                    self.poll.max(Duration::from_secs(1))
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// One request to the feed; returns how many changes it handled.
+    pub async fn poll_once(&self, feed: &Url) -> anyhow::Result<usize> {
+        let since = match read_seq(&self.meta)? {
+            Some(s) => s.to_string(),
+            None => "now".to_owned(),
+        };
+        let mut url = feed.clone();
+        url.query_pairs_mut()
+            .append_pair("since", &since)
+            .append_pair("limit", &BATCH.to_string());
+        let resp = self.http.get(url).send().await?;
+        if !resp.status().is_success() {
+            anyhow::bail!("changes feed answered {}", resp.status());
+        }
+        let body: Value = serde_json::from_slice(&resp.bytes().await?)?;
+        let results = body
+            .get("results")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let last = body.get("last_seq").and_then(seq_of);
+        if let Some(last) = last {
+            self.progress
+                .upstream_seq
+                .fetch_max(last, Ordering::Relaxed);
+        }
+        if results.is_empty() {
+            // Nothing new: the feed's position is where we are (first start: `since=now`).
+            if let Some(last) = last
+                && read_seq(&self.meta)?.is_none_or(|s| s < last)
+            {
+                self.store_seq(last).await?;
+            }
+            return Ok(0);
+        }
+        for change in &results {
+            let Some(seq) = change.get("seq").and_then(seq_of) else {
+                continue;
+            };
+            if let Some(name) = change.get("id").and_then(Value::as_str) {
+                self.on_change(name).await;
+            }
+            self.store_seq(seq).await?;
+        }
+        Ok(results.len())
+    }
+
+    async fn on_change(&self, id: &str) {
+        let Ok(name) = PackageName::parse(id) else {
+            return; // design documents and names npm would refuse
+        };
+        let index = &self.fetcher.store().index;
+        let wanted = matches!(index.packument(&name), Ok(Some(_)))
+            || self.pins.is_pinned(&name).unwrap_or(false);
+        if !wanted {
+            return;
+        }
+        match self.fetcher.packument(&name, true).await {
+            Ok(_) => {
+                self.progress.refreshed.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%name, "refreshed after an upstream change");
+            }
+            Err(e) => {
+                self.progress.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%name, error = %e, "refresh after an upstream change failed");
+            }
+        }
+    }
+
+    async fn store_seq(&self, seq: u64) -> Result<(), IndexError> {
+        self.meta.insert(SEQ_KEY, &seq.to_be_bytes())?;
+        self.fetcher.store().index.flush().await?;
+        self.progress.processed_seq.store(seq, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn refresh_pins(&self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.pin_refresh);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Ok(pins) = self.pins.list() else { continue };
+            for (name, _) in pins {
+                match self.fetcher.packument(&name, true).await {
+                    Ok(_) => self.progress.refreshed.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::warn!(%name, error = %e, "pinned packument refresh failed");
+                        self.progress.errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }
+    }
+
+    /// The lag report.
+    pub fn status(&self) -> SyncStatus {
+        let index = &self.fetcher.store().index;
+        let now = now_ms();
+        let oldest = self
+            .pins
+            .list()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|(n, _)| index.packument(n).ok().flatten())
+            .map(|e| now.saturating_sub(e.checked_at) / 1000)
+            .max();
+        let upstream = self.progress.upstream_seq.load(Ordering::Relaxed);
+        let processed = self.progress.processed_seq.load(Ordering::Relaxed);
+        SyncStatus {
+            changes_feed: self.feed.as_ref().map(ToString::to_string),
+            upstream_seq: self.feed.as_ref().map(|_| upstream),
+            processed_seq: self.feed.as_ref().map(|_| processed),
+            lag: self
+                .feed
+                .as_ref()
+                .map(|_| upstream.saturating_sub(processed)),
+            oldest_pinned_age_secs: oldest,
+            refreshed: self.progress.refreshed.load(Ordering::Relaxed),
+            errors: self.progress.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn read_seq(meta: &sled::Tree) -> Result<Option<u64>, IndexError> {
+    Ok(meta
+        .get(SEQ_KEY)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes))
+}
+
+/// A sequence as a number (npm's feeds use numbers; a CouchDB "N-opaque" string counts by N).
+fn seq_of(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_str()
+            .and_then(|s| s.split('-').next())
+            .and_then(|n| n.parse().ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sequences() {
+        assert_eq!(seq_of(&json!(42)), Some(42));
+        assert_eq!(seq_of(&json!("17-g1AAAAB")), Some(17));
+        assert_eq!(seq_of(&json!("junk")), None);
+    }
+}
