@@ -112,7 +112,7 @@ fn internal(e: impl std::fmt::Display) -> AdminError {
 }
 
 async fn list(State(admin): State<Arc<Admin>>) -> Answer {
-    admin.node.pin_list().map(Json).map_err(internal)
+    admin.node.pin_list().await.map(Json).map_err(internal)
 }
 
 async fn peers(State(admin): State<Arc<Admin>>) -> Answer {

@@ -82,20 +82,55 @@ pub struct Node {
 /// Pinning, for the admin API.
 impl Node {
     /// The pin list as served at `/-/open-registry/pins`.
-    pub fn pin_list(&self) -> anyhow::Result<serde_json::Value> {
+    /// `providers` is, per package, the fewest providers any of its pinned tarballs has on the
+    /// network (this node included): the weakest link of its availability.
+    pub async fn pin_list(&self) -> anyhow::Result<serde_json::Value> {
         let store = self.fetcher.store();
-        let mut out = Vec::new();
+        let mut rows = Vec::new();
         for (name, e) in self.pins.list()? {
             let mut size = 0;
+            let mut ids = Vec::new();
             for file in e.versions.values() {
                 if let Some(id) = store.index.tarball(&name, file)? {
                     size += store.blobs.size(&id).unwrap_or(0);
+                    ids.push(id);
                 }
             }
-            out.push(serde_json::json!({
-                "name": name, "versions": e.versions, "size": size, "since": e.since,
-            }));
+            rows.push((name, e, size, ids));
         }
+        let p2p = self.fetcher.p2p().cloned();
+        let counts: Vec<Option<usize>> =
+            futures::stream::iter(rows.iter().map(|r| r.3.clone()).collect::<Vec<_>>())
+                .map(|ids: Vec<BlobId>| {
+                    let p2p = p2p.clone();
+                    async move {
+                        let p2p = p2p?;
+                        let mut fewest: Option<usize> = None;
+                        for id in &ids {
+                            let n = p2p
+                                .client()
+                                .find_providers(id, 20, Duration::from_secs(2))
+                                .await
+                                .map_or(0, |v| v.len())
+                                + 1;
+                            fewest = Some(fewest.map_or(n, |f| f.min(n)));
+                        }
+                        fewest
+                    }
+                })
+                .buffered(8)
+                .collect()
+                .await;
+        let out: Vec<serde_json::Value> = rows
+            .into_iter()
+            .zip(counts)
+            .map(|((name, e, size, _), providers)| {
+                serde_json::json!({
+                    "name": name, "versions": e.versions, "size": size, "since": e.since,
+                    "providers": providers,
+                })
+            })
+            .collect();
         Ok(serde_json::json!({ "pins": out }))
     }
 
