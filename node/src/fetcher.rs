@@ -67,6 +67,17 @@ impl From<FetchError> for gateway::Error {
 
 type TarballKey = (PackageName, String);
 
+/// A tarball a flight produced: stored, or (the disk being full or failing) verified in memory
+/// and passed through without being cached.
+#[derive(Debug, Clone)]
+enum Fetched {
+    Stored(BlobId),
+    Unstored(BlobId, Bytes),
+}
+
+/// The largest tarball passed through memory when it cannot be stored.
+const PASS_THROUGH_CAP: u64 = 64 << 20;
+
 /// How long a package no trusted record named is not looked up on the network again.
 const MISS_TTL: Duration = Duration::from_secs(60);
 
@@ -87,7 +98,7 @@ pub struct Fetcher {
     max_packument: u64,
     max_tarball: u64,
     packuments: Flights<PackageName, Result<Packument, FetchError>>,
-    tarballs: Flights<TarballKey, Result<BlobId, FetchError>>,
+    tarballs: Flights<TarballKey, Result<Fetched, FetchError>>,
     /// Hot packuments by name, so a fresh hit reads neither sled nor disk.
     hot: quick_cache::sync::Cache<PackageName, (PackumentEntry, Packument), Weight>,
     /// Tarball file → dist, per packument revision: parsed once, not per cold tarball.
@@ -464,12 +475,24 @@ impl Fetcher {
         let dists = parse_dists(name, &bytes)
             .await
             .map_err(|e| FetchError::Invalid(format!("upstream packument of {name}: {e}")))?;
-        let id = self
+        let id = match self
             .store
             .blobs
             .put(&bytes, Verifier::id_only(), u64::MAX)
             .await
-            .map_err(|e| self.write_err(e))?;
+        {
+            Ok(id) => id,
+            // The disk failed, not the document: serve it without caching.
+            Err(e) if e.is_local() => {
+                Metrics::inc(&self.metrics.store_errors);
+                tracing::warn!(%name, error = %e, "cannot store; passing the packument through uncached");
+                return Ok(Packument {
+                    id: BlobId::of(&bytes),
+                    bytes,
+                });
+            }
+            Err(e) => return Err(self.write_err(e)),
+        };
         let entry = PackumentEntry {
             id,
             etag,
@@ -623,11 +646,19 @@ impl Fetcher {
         if role == Role::Follower {
             Metrics::inc(&self.metrics.coalesced);
         }
-        let id =
+        let fetched =
             result.unwrap_or_else(|| Err(FetchError::Store("tarball fetch panicked".into())))?;
-        self.open(&id)
-            .await?
-            .ok_or_else(|| FetchError::Store(format!("tarball {file} vanished after ingest")))
+        match fetched {
+            Fetched::Stored(id) => self
+                .open(&id)
+                .await?
+                .ok_or_else(|| FetchError::Store(format!("tarball {file} vanished after ingest"))),
+            Fetched::Unstored(id, bytes) => Ok(Blob {
+                id,
+                len: bytes.len() as u64,
+                body: Body::Bytes(bytes),
+            }),
+        }
     }
 
     async fn open(&self, id: &BlobId) -> Result<Option<Blob>, FetchError> {
@@ -648,11 +679,11 @@ impl Fetcher {
         self: &Arc<Self>,
         name: &PackageName,
         file: &str,
-    ) -> Result<BlobId, FetchError> {
+    ) -> Result<Fetched, FetchError> {
         if let Some(id) = self.store.index.tarball(name, file).map_err(store_err)?
             && self.store.blobs.contains(&id)
         {
-            return Ok(id);
+            return Ok(Fetched::Stored(id));
         }
         let dist = self.dist(name, file).await?;
         let integrity = Integrity::for_dist(dist.integrity.as_deref(), dist.shasum.as_deref())
@@ -661,7 +692,12 @@ impl Fetcher {
         let mut failure = None;
         if let Some(p2p) = &self.p2p {
             match self.tarball_from_peers(p2p, name, &dist, &integrity).await {
-                Ok(Some(id)) => return self.stored_tarball(name, file, &dist, id).await,
+                Ok(Some(id)) => {
+                    return self
+                        .stored_tarball(name, file, &dist, id)
+                        .await
+                        .map(Fetched::Stored);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(%name, %file, error = %e, "peers could not provide the tarball");
@@ -688,10 +724,20 @@ impl Fetcher {
                     tracing::debug!(%name, %file, error = %e, attempt, "tarball fetch failed; retrying");
                     upstream.backoff(attempt, deadline).await;
                 }
+                // The disk, not the bytes, failed (full, read-only): serve without caching.
+                Err(FetchError::Store(e)) => {
+                    tracing::warn!(%name, %file, error = %e, "cannot store; passing the tarball through uncached");
+                    let (id, bytes) = self
+                        .download_unstored(upstream, &url, &integrity, deadline)
+                        .await?;
+                    return Ok(Fetched::Unstored(id, bytes));
+                }
                 Err(e) => return Err(e),
             }
         };
-        self.stored_tarball(name, file, &dist, id).await
+        self.stored_tarball(name, file, &dist, id)
+            .await
+            .map(Fetched::Stored)
     }
 
     /// The tarball's id as trusted records name it (stored ones first, then the network's when
@@ -772,6 +818,55 @@ impl Fetcher {
             Err(e) => tracing::warn!(%name, %file, error = %e, "could not re-sign the record"),
         }
         Ok(id)
+    }
+
+    /// Downloads and verifies a tarball in memory (bounded), for when it cannot be stored. The
+    /// bytes are served only once they verified, like everything else.
+    async fn download_unstored(
+        &self,
+        upstream: &Upstream,
+        url: &url::Url,
+        integrity: &Integrity,
+        deadline: Instant,
+    ) -> Result<(BlobId, Bytes), FetchError> {
+        let cap = PASS_THROUGH_CAP.min(self.max_tarball);
+        let resp = upstream.tarball(url, url.path(), deadline).await?;
+        if resp.content_length().is_some_and(|n| n > cap) {
+            return Err(FetchError::Store(format!(
+                "the store cannot take the tarball, and it is larger than {cap} bytes to pass through"
+            )));
+        }
+        let mut verifier = Verifier::new(integrity.clone());
+        let mut buf = bytes::BytesMut::new();
+        let mut body = resp.bytes_stream();
+        loop {
+            let next = tokio::time::timeout_at(deadline, body.next())
+                .await
+                .map_err(|_| UpstreamError::Timeout(upstream.timeout()))?;
+            match next {
+                None => break,
+                Some(Ok(chunk)) => {
+                    Metrics::add(&self.metrics.upstream_bytes, chunk.len() as u64);
+                    if buf.len() as u64 + chunk.len() as u64 > cap {
+                        return Err(FetchError::Store(format!(
+                            "the store cannot take the tarball, and it is larger than {cap} bytes to pass through"
+                        )));
+                    }
+                    verifier.update(&chunk);
+                    buf.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => {
+                    return Err(UpstreamError::Body(crate::upstream::error_chain(&e)).into());
+                }
+            }
+        }
+        if verifier.is_empty() {
+            return Err(UpstreamError::Body("empty body".into()).into());
+        }
+        let id = verifier
+            .finish()
+            .map_err(|e| self.write_err(WriteError::Integrity(e)))?;
+        Ok((id, buf.freeze()))
     }
 
     /// Streams one upstream tarball through the verifier into the store.
