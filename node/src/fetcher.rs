@@ -197,6 +197,8 @@ impl Fetcher {
             && let Some((e, p)) = self.hot.get(name)
             && (self.is_fresh(&e) || !self.can_refresh())
         {
+            // A packument in use is as recently used as its tarballs (eviction order).
+            self.store.index.touch(&p.id, now_ms());
             Metrics::inc(&self.metrics.packument_hits);
             return Ok(p);
         }
@@ -248,6 +250,7 @@ impl Fetcher {
     ) -> Result<Option<Packument>, FetchError> {
         match self.store.blobs.read(&e.id).await.map_err(io_err)? {
             Some(bytes) => {
+                self.store.index.touch(&e.id, now_ms());
                 let p = Packument { id: e.id, bytes };
                 self.hot.insert(name.clone(), (e.clone(), p.clone()));
                 Ok(Some(p))

@@ -171,14 +171,43 @@ impl Sync {
         if !wanted {
             return;
         }
+        let before = index.packument(&name).ok().flatten().map(|e| e.id);
         match self.fetcher.packument(&name, true).await {
-            Ok(_) => {
+            Ok(p) => {
                 self.progress.refreshed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%name, "refreshed after an upstream change");
+                if before != Some(p.id) {
+                    self.mirror_tagged(&name, &p.bytes).await;
+                }
             }
             Err(e) => {
                 self.progress.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%name, error = %e, "refresh after an upstream change failed");
+            }
+        }
+    }
+
+    /// Stores the tarballs of every dist-tag's version of a changed package, so the record this
+    /// node signs names them and peers without an upstream can install the new release.
+    async fn mirror_tagged(&self, name: &PackageName, bytes: &[u8]) {
+        let Ok(doc) = open_registry_protocol::packument::parse(name, bytes) else {
+            return;
+        };
+        let mut versions: Vec<String> = doc
+            .get("dist-tags")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        versions.sort();
+        versions.dedup();
+        for v in versions {
+            if let Err(e) = self.fetcher.ensure_version(name, &v).await {
+                self.progress.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%name, version = %v, error = %e, "could not mirror a tagged version");
             }
         }
     }

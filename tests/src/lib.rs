@@ -18,6 +18,8 @@
 //! - [`pacote`]: npm's bundled pacote verifying registry signatures ([`pacote_verify`]).
 //! - [`node`]: [`NodeProcess`], the `open-registry` binary started on a temporary data dir.
 //! - [`probe`]: shared checks for the node's tests (JSON errors, concurrent requests, polling).
+//! - [`sync`]: pins, the cache budget and the changes feed: lag reports, pin lists, feed
+//!   requests, and [`sync::DhtProbe`], a bare peer asking the DHT who provides a blob.
 //!
 //! Everything binds 127.0.0.1 and cleans up on drop: temporary directories are removed and
 //! child process groups are killed, so a failing test leaves nothing running. No registry
@@ -31,6 +33,7 @@ pub mod npmsig;
 pub mod pacote;
 pub mod probe;
 pub mod process;
+pub mod sync;
 pub mod tools;
 pub mod upstream;
 pub mod verdaccio;

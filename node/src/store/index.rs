@@ -95,6 +95,7 @@ impl Index {
     ) -> Result<(), IndexError> {
         let v = serde_json::to_vec(entry).expect("entries serialize");
         self.packuments.insert(name.as_str(), v)?;
+        self.touch(&entry.id, now_ms());
         self.flush().await
     }
 
