@@ -47,6 +47,9 @@ pub enum FetchError {
     Invalid(String),
     #[error("{0}")]
     Store(String),
+    /// Trusted records name the blob, but no provider delivered it (retriable).
+    #[error("{0}")]
+    Peers(String),
 }
 
 impl From<FetchError> for gateway::Error {
@@ -57,9 +60,10 @@ impl From<FetchError> for gateway::Error {
                 gateway::Error::NotFound(msg)
             }
             FetchError::Upstream(UpstreamError::Timeout(_)) => gateway::Error::Timeout(msg),
-            FetchError::Upstream(_) | FetchError::Integrity(_) | FetchError::Invalid(_) => {
-                gateway::Error::BadGateway(msg)
-            }
+            FetchError::Upstream(_)
+            | FetchError::Integrity(_)
+            | FetchError::Invalid(_)
+            | FetchError::Peers(_) => gateway::Error::BadGateway(msg),
             FetchError::Store(_) => gateway::Error::Unavailable(msg),
         }
     }

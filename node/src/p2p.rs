@@ -330,7 +330,7 @@ impl P2p {
             .net
             .find_providers(id, MAX_PROVIDERS, FIND_DEADLINE)
             .await
-            .map_err(|e| FetchError::NotFound(format!("finding providers of {id}: {e}")))?;
+            .map_err(|e| FetchError::Peers(format!("finding providers of {id}: {e}")))?;
         // Spread load, and do not let one slow peer always be asked first.
         shuffle(&mut providers);
         self.fetch_from(&providers, id, verifier, max_len, deadline)
@@ -347,7 +347,7 @@ impl P2p {
         deadline: Instant,
     ) -> Result<BlobId, FetchError> {
         if providers.is_empty() {
-            return Err(FetchError::NotFound(format!("no peer provides {id}")));
+            return Err(FetchError::Peers(format!("no peer provides {id}")));
         }
         let mut last = String::new();
         for peer in providers {
@@ -370,7 +370,7 @@ impl P2p {
                 }
             }
         }
-        Err(FetchError::NotFound(format!(
+        Err(FetchError::Peers(format!(
             "no peer delivered {id} ({last})"
         )))
     }
@@ -434,7 +434,7 @@ impl P2p {
 }
 
 fn peer_err(e: NetError) -> FetchError {
-    FetchError::NotFound(format!("peer: {e}"))
+    FetchError::Peers(format!("peer: {e}"))
 }
 
 /// The largest record blob accepted (records list every version: a few MiB at most).

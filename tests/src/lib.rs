@@ -17,6 +17,8 @@
 //! - [`npmsig`]: npm registry signing keys and the `/-/npm/v1/keys` document.
 //! - [`pacote`]: npm's bundled pacote verifying registry signatures ([`pacote_verify`]).
 //! - [`node`]: [`NodeProcess`], the `open-registry` binary started on a temporary data dir.
+//! - [`p2p`]: several nodes on one machine: their peer addresses, what a node holds for a
+//!   package, and [`p2p::EvilPeer`], an in-process peer that serves lies on demand.
 //! - [`probe`]: shared checks for the node's tests (JSON errors, concurrent requests, polling).
 //! - [`sync`]: pins, the cache budget and the changes feed: lag reports, pin lists, feed
 //!   requests, and [`sync::DhtProbe`], a bare peer asking the DHT who provides a blob.
@@ -30,6 +32,7 @@ pub mod http;
 pub mod node;
 pub mod npm;
 pub mod npmsig;
+pub mod p2p;
 pub mod pacote;
 pub mod probe;
 pub mod process;

@@ -20,6 +20,9 @@ use super::{Limits, NetError, Transfer};
 /// The deadline for calls that only touch the swarm task's local state.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a blob request whose stream closed before any answer is sent again.
+pub const DROPPED_STREAM_RETRIES: u32 = 4;
+
 /// How long past a query's own deadline the caller waits for the partial answer.
 const REPLY_GRACE: Duration = Duration::from_secs(1);
 
@@ -311,37 +314,26 @@ impl Client {
             .map_err(|_| NetError::Stopped)?;
         self.call("connect", at, |reply| Command::Connect { peer, reply })
             .await?;
-        let mut control = self.control.clone();
-        let mut stream = timeout_at(at, control.open_stream(peer, BLOB_PROTOCOL))
-            .await
-            .map_err(|_| timeout("opening a blob stream"))?
-            .map_err(|e| NetError::Open {
-                peer,
-                reason: e.to_string(),
-            })?;
-        let io = |e: std::io::Error| NetError::Io {
-            peer,
-            reason: e.to_string(),
-        };
-        timeout_at(at, blob::write_request(&mut stream, id, offset))
-            .await
-            .map_err(|_| timeout("sending a blob request"))?
-            .map_err(io)?;
-        let header_by = at.min(Instant::now() + self.stall);
-        let (status, remaining) = timeout_at(header_by, blob::read_header(&mut stream))
-            .await
-            .map_err(|_| {
-                if header_by == at {
-                    timeout("waiting for the blob header")
-                } else {
-                    NetError::Stalled {
-                        peer,
-                        after: self.stall,
-                        got: 0,
-                    }
+        // A server under a burst of requests may drop a new stream before reading it (the
+        // stream layer queues few inbound streams). Nothing was answered then, so asking again
+        // is safe: retry a closed-before-header request a few times, with jittered backoff.
+        let mut attempt = 0u32;
+        let (stream, status, remaining) = loop {
+            match self.request(peer, id, offset, at, deadline).await {
+                Ok(r) => break r,
+                Err(NetError::Io { .. } | NetError::Open { .. })
+                    if attempt < DROPPED_STREAM_RETRIES && Instant::now() < at =>
+                {
+                    attempt += 1;
+                    let jitter =
+                        u64::from(std::process::id() ^ attempt.wrapping_mul(2_654_435_761)) % 20;
+                    let wait = Duration::from_millis(20 * (1 << attempt) + jitter);
+                    tokio::time::sleep(wait.min(at.saturating_duration_since(Instant::now())))
+                        .await;
                 }
-            })?
-            .map_err(io)?;
+                Err(e) => return Err(e),
+            }
+        };
         let remaining = match (Status::from_byte(status), remaining) {
             (Some(Status::Ok), Some(r)) => r,
             (Some(Status::NotFound), _) => return Err(NetError::NotFound { peer }),
@@ -375,6 +367,53 @@ impl Client {
         Ok(Transfer::new(
             peer, stream, remaining, self.stall, started, deadline, permit,
         ))
+    }
+
+    /// Opens a blob stream to `peer`, sends the request and reads the response header.
+    async fn request(
+        &self,
+        peer: PeerId,
+        id: &BlobId,
+        offset: u64,
+        at: Instant,
+        deadline: Duration,
+    ) -> Result<(libp2p::Stream, u8, Option<u64>), NetError> {
+        let timeout = |what| NetError::Timeout {
+            what,
+            after: deadline,
+        };
+        let mut control = self.control.clone();
+        let mut stream = timeout_at(at, control.open_stream(peer, BLOB_PROTOCOL))
+            .await
+            .map_err(|_| timeout("opening a blob stream"))?
+            .map_err(|e| NetError::Open {
+                peer,
+                reason: e.to_string(),
+            })?;
+        let io = |e: std::io::Error| NetError::Io {
+            peer,
+            reason: e.to_string(),
+        };
+        timeout_at(at, blob::write_request(&mut stream, id, offset))
+            .await
+            .map_err(|_| timeout("sending a blob request"))?
+            .map_err(io)?;
+        let header_by = at.min(Instant::now() + self.stall);
+        let (status, remaining) = timeout_at(header_by, blob::read_header(&mut stream))
+            .await
+            .map_err(|_| {
+                if header_by == at {
+                    timeout("waiting for the blob header")
+                } else {
+                    NetError::Stalled {
+                        peer,
+                        after: self.stall,
+                        got: 0,
+                    }
+                }
+            })?
+            .map_err(io)?;
+        Ok((stream, status, remaining))
     }
 
     /// Sends a command that only touches local state, with [`COMMAND_TIMEOUT`].
