@@ -573,19 +573,30 @@ impl Fetcher {
 
     /// What the current packument says about tarball `file`, refreshing once if it is missing.
     async fn dist(self: &Arc<Self>, name: &PackageName, file: &str) -> Result<DistRef, FetchError> {
+        self.find_dist(name, |f, _| f == file)
+            .await?
+            .map(|(_, d)| d)
+            .ok_or_else(|| FetchError::NotFound(format!("{name} has no tarball {file}")))
+    }
+
+    /// The first (file, dist) of the current packument that `wanted` accepts; when none does,
+    /// the packument is revalidated once (a version published since) and searched again.
+    async fn find_dist(
+        self: &Arc<Self>,
+        name: &PackageName,
+        wanted: impl Fn(&str, &DistRef) -> bool,
+    ) -> Result<Option<(String, DistRef)>, FetchError> {
         for refresh in [false, true] {
             if refresh && self.upstream.is_none() {
                 break;
             }
             let p = self.packument(name, refresh).await?;
             let index = self.dist_index(name, &p).await?;
-            if let Some(d) = index.get(file) {
-                return Ok(d.clone());
+            if let Some((f, d)) = index.iter().find(|(f, d)| wanted(f, d)) {
+                return Ok(Some((f.clone(), d.clone())));
             }
         }
-        Err(FetchError::NotFound(format!(
-            "{name} has no tarball {file}"
-        )))
+        Ok(None)
     }
 
     /// Makes sure `version` of `name` is stored, fetching it if needed; returns its tarball file
@@ -595,27 +606,13 @@ impl Fetcher {
         name: &PackageName,
         version: &str,
     ) -> Result<(String, BlobId, u64), FetchError> {
-        for refresh in [false, true] {
-            if refresh && self.upstream.is_none() {
-                break;
-            }
-            let p = self.packument(name, refresh).await?;
-            let index = self.dist_index(name, &p).await?;
-            let Some(file) = index
-                .iter()
-                .find(|(_, d)| d.version == version)
-                .map(|(f, _)| f.clone())
-            else {
-                continue;
-            };
-            let parsed =
-                TarballFile::parse(&file).map_err(|e| FetchError::Invalid(e.to_string()))?;
-            let blob = self.tarball(name, &parsed).await?;
-            return Ok((file, blob.id, blob.len));
-        }
-        Err(FetchError::NotFound(format!(
-            "{name} has no version {version}"
-        )))
+        let (file, _) = self
+            .find_dist(name, |_, d| d.version == version)
+            .await?
+            .ok_or_else(|| FetchError::NotFound(format!("{name} has no version {version}")))?;
+        let parsed = TarballFile::parse(&file).map_err(|e| FetchError::Invalid(e.to_string()))?;
+        let blob = self.tarball(name, &parsed).await?;
+        Ok((file, blob.id, blob.len))
     }
 
     /// A verified tarball, streamed from the store.

@@ -79,19 +79,7 @@ impl P2pNode {
     /// and reads its peer id and p2p address.
     pub fn start(args: &[&str]) -> Result<P2pNode> {
         let node = NodeProcess::start(args)?;
-        let v = peers(&node)?;
-        let id = v["peer_id"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no peer_id in {v}"))?
-            .to_owned();
-        let listen = v["listen"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
-            .ok_or_else(|| anyhow!("no loopback TCP listen address in {v}"))?;
-        let addr = format!("{listen}/p2p/{id}");
+        let (id, addr) = crate::sync::p2p_addr(&node)?;
         eprintln!("[p2p] node {id} at {addr}, gateway {}", node.gateway);
         Ok(P2pNode { node, id, addr })
     }
