@@ -56,7 +56,11 @@ fn tarball_key(name: &PackageName, file: &str) -> Vec<u8> {
 impl Index {
     /// Opens the database at `path`.
     pub fn open(path: &std::path::Path) -> Result<Index, IndexError> {
-        let db = sled::Config::new().path(path).open()?;
+        // sled caches up to 1 GiB by default; the index is small and hot entries stay cached.
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(16 << 20)
+            .open()?;
         Ok(Index {
             packuments: db.open_tree("packuments")?,
             tarballs: db.open_tree("tarballs")?,
