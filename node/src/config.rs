@@ -121,7 +121,7 @@ pub struct Settings {
     )]
     pub p2p_listen: Option<Vec<String>>,
 
-    /// A peer to join the network through (repeatable; with or without /p2p/<id>)
+    /// A peer to join the network through (repeatable; with or without a /p2p/ suffix)
     #[arg(
         long,
         env = "OPEN_REGISTRY_BOOTSTRAP",
@@ -171,7 +171,7 @@ pub struct Settings {
     )]
     pub peer_stall_timeout: Option<String>,
 
-    /// A CouchDB-style changes feed of the upstream to follow (e.g. <upstream>/_changes)
+    /// A CouchDB-style changes feed of the upstream to follow (e.g. the upstream URL + /_changes)
     #[arg(long, env = "OPEN_REGISTRY_CHANGES_FEED", value_name = "URL")]
     pub changes_feed: Option<String>,
 

@@ -35,8 +35,10 @@ use crate::store::{Store, WriteError, now_ms};
 /// A record as it travelled, and as it verified.
 pub type Found = (Signed, Verified<Record>);
 
-/// How many providers a fetch asks for, and tries at most.
+/// How many untrusted providers a fetch tries at most (after the trusted operators).
 const MAX_PROVIDERS: usize = 8;
+/// How many provider records a fetch collects to choose from.
+const MAX_PROVIDER_RECORDS: usize = 20;
 /// How long finding providers or records may take.
 const FIND_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -328,12 +330,29 @@ impl P2p {
         let deadline = Instant::now() + self.timeout;
         let mut providers = self
             .net
-            .find_providers(id, MAX_PROVIDERS, FIND_DEADLINE)
+            .find_providers(id, MAX_PROVIDER_RECORDS, FIND_DEADLINE)
             .await
             .map_err(|e| FetchError::Peers(format!("finding providers of {id}: {e}")))?;
         // Spread load, and do not let one slow peer always be asked first.
         shuffle(&mut providers);
-        self.fetch_from(&providers, id, verifier, max_len, deadline)
+        // The trusted operators go first, listed or not: anyone can announce a blob (R15), and
+        // sybils must not crowd out the nodes whose records named it.
+        let me = self.net.local_peer_id();
+        let trusted: Vec<net::PeerId> = self
+            .policy
+            .trusted()
+            .iter()
+            .filter_map(|p| net::PeerId::from_bytes(&p.to_bytes()).ok())
+            .filter(|p| *p != me)
+            .collect();
+        let mut order: Vec<net::PeerId> = trusted.clone();
+        order.extend(
+            providers
+                .into_iter()
+                .filter(|p| !trusted.contains(p))
+                .take(MAX_PROVIDERS),
+        );
+        self.fetch_from(&order, id, verifier, max_len, deadline)
             .await
     }
 

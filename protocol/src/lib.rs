@@ -27,6 +27,9 @@ pub mod popularity;
 pub mod record;
 pub mod status;
 pub mod trust;
+
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod vectors;
 

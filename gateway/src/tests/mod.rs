@@ -6,10 +6,12 @@
 //! - `api`: the `/-/` routes, forwarding, writes, bad paths and error mapping.
 //! - `socket`: HTTP/1.1 over 127.0.0.1 with a hand-written client.
 //! - `fuzz`: proptest over paths.
+//! - `parsers`: proptest on the path parser and header readers themselves (R17).
 
 mod api;
 mod documents;
 mod fuzz;
+mod parsers;
 mod socket;
 mod tarballs;
 

@@ -2,16 +2,18 @@
 //!
 //! One task accepts inbound blob streams; each accepted stream is served on its own task,
 //! tracked by the node's `TaskTracker` and cancelled with the node. Bounds (R7, R16):
-//! at most `max_inbound_transfers` streams are served at once (the rest are reset on arrival,
-//! so a flood costs us nothing but the reset); the request must arrive within
-//! [`REQUEST_READ_TIMEOUT`]; every read from the store and every write to the peer must
+//! at most `max_inbound_transfers` streams are served at once, and at most half of them for
+//! any one peer, so a peer that opens streams and never reads them cannot lock the others out
+//! (the rest are reset on arrival, so a flood costs us nothing but the reset); the request must
+//! arrive within [`REQUEST_READ_TIMEOUT`] (or the stall timeout, if shorter); every read from the store and every write to the peer must
 //! progress within `stall_timeout` (a peer reading at 1 byte/s is cut off); and the whole
 //! transfer must end within `request_timeout`. Memory per transfer is one [`CHUNK`] buffer.
 //!
 //! Invariant: after an OK header we send exactly the announced number of bytes, or reset the
 //! stream; a source that yields more is cut at the length, one that yields fewer is a reset.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncWriteExt as _, StreamExt as _};
@@ -43,6 +45,8 @@ pub(crate) fn start(
     let server = Server {
         blobs,
         permits: Arc::new(Semaphore::new(limits.max_inbound_transfers)),
+        per_peer_max: (limits.max_inbound_transfers / 2).max(1),
+        per_peer: Mutex::new(HashMap::new()),
         stall: limits.stall_timeout,
         total: limits.request_timeout,
         tracker: tracker.clone(),
@@ -55,6 +59,9 @@ pub(crate) fn start(
 struct Server {
     blobs: Arc<dyn BlobSource>,
     permits: Arc<Semaphore>,
+    per_peer_max: usize,
+    /// Transfers being served per peer. std Mutex: never held across an await.
+    per_peer: Mutex<HashMap<PeerId, usize>>,
     stall: Duration,
     total: Duration,
     tracker: TaskTracker,
@@ -72,13 +79,44 @@ impl Server {
                     None => return,
                 },
             };
+            if !this.enter(peer) {
+                // Dropping the stream resets it; the peer retries or fails over.
+                tracing::debug!(%peer, "peer at its share of the blob server, stream reset");
+                continue;
+            }
             match this.permits.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let this2 = this.clone();
-                    this.tracker.spawn(this2.serve_one(peer, stream, permit));
+                    this.tracker.spawn(async move {
+                        this2.clone().serve_one(peer, stream, permit).await;
+                        this2.leave(peer);
+                    });
                 }
-                // Dropping the stream resets it; the peer fails over to another provider.
-                Err(_) => tracing::debug!(%peer, "blob server at capacity, stream reset"),
+                Err(_) => {
+                    this.leave(peer);
+                    tracing::debug!(%peer, "blob server at capacity, stream reset");
+                }
+            }
+        }
+    }
+
+    /// Counts a new transfer for `peer`, unless it already has its share.
+    fn enter(&self, peer: PeerId) -> bool {
+        let mut m = self.per_peer.lock().expect("per-peer map poisoned");
+        let n = m.entry(peer).or_default();
+        if *n >= self.per_peer_max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, peer: PeerId) {
+        let mut m = self.per_peer.lock().expect("per-peer map poisoned");
+        if let Some(n) = m.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&peer);
             }
         }
     }
@@ -103,7 +141,12 @@ impl Server {
 
     /// Serves one request; `Ok(Some(n))` after sending `n` bytes, `Ok(None)` after a refusal.
     async fn serve(&self, stream: &mut Stream) -> std::io::Result<Option<u64>> {
-        let req = match timeout(REQUEST_READ_TIMEOUT, blob::read_request(stream)).await {
+        let req = match timeout(
+            REQUEST_READ_TIMEOUT.min(self.stall),
+            blob::read_request(stream),
+        )
+        .await
+        {
             Ok(Ok(req)) => req,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
                 self.refuse(stream, Status::BadRequest).await?;

@@ -23,6 +23,7 @@ use crate::identity::Identity;
 
 mod blobs;
 mod dht;
+mod wire;
 
 const MIB: usize = 1024 * 1024;
 
