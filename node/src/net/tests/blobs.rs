@@ -177,6 +177,8 @@ async fn endless_and_slow_peers_are_cut_off() {
         cfg.limits.max_inbound_transfers = 2;
         let evil = start(30, cfg, Arc::new(liars)).await;
         let b = start(31, config(&[&evil]), Arc::new(NoBlobs)).await;
+        // A second client: with two slots, each peer gets at most one (its share is half).
+        let c = start(33, config(&[&evil]), Arc::new(NoBlobs)).await;
         let max = 16 * MIB as u64;
 
         // Claims 1 TiB: refused on the header.
@@ -217,7 +219,8 @@ async fn endless_and_slow_peers_are_cut_off() {
         assert!(matches!(e, NetError::Timeout { .. }), "{e}");
         assert!(took < Duration::from_secs(3), "deadline cut after {took:?}");
 
-        // Inbound concurrency: two hanging transfers hold both slots; a third is reset at once.
+        // Inbound concurrency: two hanging transfers (one per peer: each peer's share is half
+        // the slots) hold both slots; a third is reset at once.
         // (First let the server notice that the trickle's reader went away: its next write
         // fails within one 200 ms tick.)
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -226,7 +229,7 @@ async fn endless_and_slow_peers_are_cut_off() {
             .fetch(evil.peer, &hang, max, Duration::from_secs(20))
             .await
             .unwrap();
-        let t2 = b
+        let t2 = c
             .client
             .fetch(evil.peer, &hang, max, Duration::from_secs(20))
             .await
