@@ -4,6 +4,8 @@
 //! the admin token, a random secret the node writes to `admin.token` in its data dir (mode 0600)
 //! on first start, which the `pin` CLI reads from there. Routes:
 //!
+//! - `GET /-/open-registry/`: an HTML dashboard (packages served and cached, errors now, lag,
+//!   peers, popularity, pins), drawn from the JSON routes.
 //! - `GET /-/open-registry/pins`: `{"pins": [{"name", "versions": {version: file}, "size",
 //!   "since"}]}`
 //! - `GET /-/open-registry/peers`: the peer-to-peer view (connected peers, routing table).
@@ -64,6 +66,7 @@ struct Admin {
 /// The admin routes, to merge with the gateway's router.
 pub fn router(node: Arc<Node>, token: String) -> Router {
     Router::new()
+        .route("/-/open-registry/", get(dashboard))
         .route("/-/open-registry/pins", get(list))
         .route("/-/open-registry/peers", get(peers))
         .route("/-/open-registry/popular", get(popular))
@@ -113,6 +116,13 @@ fn internal(e: impl std::fmt::Display) -> AdminError {
 
 async fn list(State(admin): State<Arc<Admin>>) -> Answer {
     admin.node.pin_list().await.map(Json).map_err(internal)
+}
+
+/// The dashboard: one static page that reads the JSON routes below.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(DASHBOARD)
 }
 
 async fn peers(State(admin): State<Arc<Admin>>) -> Answer {
