@@ -105,6 +105,8 @@ pub struct Fetcher {
     tarballs: Flights<TarballKey, Result<Fetched, FetchError>>,
     /// Hot packuments by name, so a fresh hit reads neither sled nor disk.
     hot: quick_cache::sync::Cache<PackageName, (PackumentEntry, Packument), Weight>,
+    /// Small blobs (tarballs) kept in memory for serving.
+    small: quick_cache::sync::Cache<BlobId, Bytes, BytesWeight>,
     /// Tarball file → dist, per packument revision: parsed once, not per cold tarball.
     dists: quick_cache::sync::Cache<BlobId, Arc<HashMap<String, DistRef>>>,
     /// Woken after every blob stored, so the cache cap is enforced promptly.
@@ -112,6 +114,19 @@ pub struct Fetcher {
     /// Packages whose tarball ids no trusted record on the network named, recently: bounded in
     /// size and in time, so a miss is not looked up again for every file.
     misses: quick_cache::sync::Cache<PackageName, std::time::Instant>,
+}
+
+/// Blobs this small are served from memory.
+const SMALL_BLOB: u64 = 256 << 10;
+
+/// Weighs cached blobs by their length.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesWeight;
+
+impl quick_cache::Weighter<BlobId, Bytes> for BytesWeight {
+    fn weight(&self, _: &BlobId, v: &Bytes) -> u64 {
+        v.len() as u64 + 64
+    }
 }
 
 /// Weighs cache entries by their bytes.
@@ -135,7 +150,10 @@ impl Fetcher {
         metrics: Arc<Metrics>,
         tracker: TaskTracker,
     ) -> Arc<Fetcher> {
-        let hot_bytes = (config.memory_cache_size / 2).max(1 << 20);
+        // The memory budget: half to the gateway's rendered packuments, a quarter each to raw
+        // hot packuments and to small tarballs.
+        let hot_bytes = (config.memory_cache_size / 4).max(1 << 20);
+        let small_bytes = (config.memory_cache_size / 4).max(1 << 20);
         Arc::new(Fetcher {
             store,
             upstream,
@@ -148,7 +166,20 @@ impl Fetcher {
             max_tarball: config.max_tarball_size,
             packuments: Flights::new(tracker.clone()),
             tarballs: Flights::new(tracker.clone()),
-            hot: quick_cache::sync::Cache::with_weighter(4096, hot_bytes, Weight),
+            hot: quick_cache::sync::Cache::with_options(
+                quick_cache::OptionsBuilder::new()
+                    .estimated_items_capacity(4096)
+                    .weight_capacity(hot_bytes)
+                    // One shard: a shard holds at most its share of the budget, and a popular
+                    // packument is megabytes (react: 4 MB); split in 8, it would never fit.
+                    .shards(1)
+                    .build()
+                    .expect("valid cache options"),
+                Weight,
+                Default::default(),
+                Default::default(),
+            ),
+            small: quick_cache::sync::Cache::with_weighter(8192, small_bytes, BytesWeight),
             dists: quick_cache::sync::Cache::new(256),
             ingested: Arc::new(tokio::sync::Notify::new()),
             misses: quick_cache::sync::Cache::new(1024),
@@ -665,11 +696,39 @@ impl Fetcher {
         }
     }
 
+    /// A stored blob for serving: small ones from memory (read once, then a lookup: the hot
+    /// path of a warm install), large ones streamed from disk so they are never held whole.
     async fn open(&self, id: &BlobId) -> Result<Option<Blob>, FetchError> {
+        if let Some(bytes) = self.small.get(id) {
+            self.store.index.touch(id, now_ms());
+            return Ok(Some(Blob {
+                id: *id,
+                len: bytes.len() as u64,
+                body: Body::Bytes(bytes),
+            }));
+        }
         let Some((file, len)) = self.store.blobs.open_read(id).await.map_err(io_err)? else {
             return Ok(None);
         };
         self.store.index.touch(id, now_ms());
+        if len <= SMALL_BLOB {
+            let mut buf = Vec::with_capacity(len as usize);
+            let mut file = file;
+            tokio::io::AsyncReadExt::read_to_end(&mut file, &mut buf)
+                .await
+                .map_err(io_err)?;
+            let bytes = Bytes::from(buf);
+            // The file can only be the verified blob (content-addressed); a length that changed
+            // under us means it was evicted and replaced mid-read: do not cache that.
+            if bytes.len() as u64 == len {
+                self.small.insert(*id, bytes.clone());
+            }
+            return Ok(Some(Blob {
+                id: *id,
+                len: bytes.len() as u64,
+                body: Body::Bytes(bytes),
+            }));
+        }
         let stream = ReaderStream::with_capacity(file, 64 << 10);
         Ok(Some(Blob {
             id: *id,

@@ -468,6 +468,10 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     }
     let stop = cancel.clone();
     tracker.spawn(async move {
+        // Without TCP_NODELAY a streamed response waits ~40 ms on Nagle and delayed ACKs.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let serve =
             axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
         if let Err(e) = serve.await {
@@ -485,7 +489,9 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {
-                    if let Err(e) = st.index.persist_access() {
+                    let index = st.clone();
+                    let persisted = tokio::task::spawn_blocking(move || index.index.persist_access()).await;
+                    if let Ok(Err(e)) = persisted {
                         tracing::warn!(error = %e, "could not record access times");
                     }
                 }

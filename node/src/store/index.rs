@@ -183,11 +183,12 @@ impl Index {
     pub fn persist_access(&self) -> Result<(), IndexError> {
         let pending =
             std::mem::take(&mut *self.pending_access.lock().expect("access map poisoned"));
-        let mut batch = sled::Batch::default();
+        // Plain inserts, not `apply_batch`: a batch takes sled's global lock exclusively, and
+        // queued behind sled's own flusher that deadlocked a node under a cold `npm ci`. The
+        // access times need no atomicity.
         for (id, at) in pending {
-            batch.insert(id.to_bytes(), &at.to_be_bytes());
+            self.access.insert(id.to_bytes(), &at.to_be_bytes())?;
         }
-        self.access.apply_batch(batch)?;
         Ok(())
     }
 
