@@ -18,6 +18,7 @@ use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use open_registry_protocol::PackageName;
+use open_registry_protocol::derive;
 use open_registry_protocol::packument::{self, ABBREVIATED_MEDIA_TYPE};
 use serde_json::Value;
 
@@ -105,20 +106,25 @@ pub(crate) fn render(
     base: &str,
     form: &Form,
 ) -> Result<Option<Rendered>, Error> {
-    let mut doc = packument::parse(name, bytes)
-        .map_err(|e| Error::BadGateway(format!("the packument of {name} is unusable: {e}")))?;
-    let rendered = match form {
+    let unusable = |e: packument::PackumentError| {
+        Error::BadGateway(format!("the packument of {name} is unusable: {e}"))
+    };
+    // The two forms npm installs from are derived from the bytes directly (no JSON tree: a
+    // popular packument is megabytes, and its tree many times that).
+    match form {
         Form::Full => {
-            packument::rewrite_tarballs(&mut doc, name, base);
-            Rendered::new(&doc, "application/json")?
+            let json = derive::full_json(name, bytes, base).map_err(unusable)?;
+            return Rendered::from_bytes(Bytes::from(json), "application/json").map(Some);
         }
         Form::Abbreviated => {
-            // Abbreviate first: the rewrite then walks the smaller document.
-            let mut abbreviated = packument::abbreviate(&doc);
-            drop(doc);
-            packument::rewrite_tarballs(&mut abbreviated, name, base);
-            Rendered::new(&abbreviated, ABBREVIATED_MEDIA_TYPE)?
+            let json = derive::abbreviated_json(name, bytes, base).map_err(unusable)?;
+            return Rendered::from_bytes(Bytes::from(json), ABBREVIATED_MEDIA_TYPE).map(Some);
         }
+        Form::Version(_) | Form::DistTags => {}
+    }
+    let mut doc = packument::parse(name, bytes).map_err(unusable)?;
+    let rendered = match form {
+        Form::Full | Form::Abbreviated => unreachable!("derived above"),
         Form::Version(spec) => {
             packument::rewrite_tarballs(&mut doc, name, base);
             match packument::resolve(&doc, spec) {

@@ -81,7 +81,7 @@ pub struct Settings {
     #[arg(long, env = "OPEN_REGISTRY_MAX_PACKUMENT_SIZE", value_name = "SIZE")]
     pub max_packument_size: Option<String>,
 
-    /// Memory for hot packuments in their served, encoded forms [default: 64MiB]
+    /// Memory for hot packuments and small tarballs, kept in their served forms [default: 24MiB]
     #[arg(long, env = "OPEN_REGISTRY_MEMORY_CACHE_SIZE", value_name = "SIZE")]
     pub memory_cache_size: Option<String>,
 
@@ -306,7 +306,7 @@ impl Config {
             retries: 2,
             max_tarball_size: 1 << 30,
             max_packument_size: 256 << 20,
-            memory_cache_size: 64 << 20,
+            memory_cache_size: 24 << 20,
             trust: Vec::new(),
             trust_threshold: 1,
             record_ttl: Duration::from_secs(7 * 86400),

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use open_registry_gateway::{self as gateway, Blob, Body, Packument};
-use open_registry_protocol::packument::{self as doc, DistRef};
+use open_registry_protocol::packument::DistRef;
 use open_registry_protocol::{BlobId, Integrity, PackageName, TarballFile, Verifier};
 use tokio::time::Instant;
 use tokio_util::io::ReaderStream;
@@ -1008,8 +1008,8 @@ async fn parse_dists(
 ) -> Result<Arc<HashMap<String, DistRef>>, String> {
     let (n, b) = (name.clone(), bytes.clone());
     tokio::task::spawn_blocking(move || {
-        doc::parse(&n, &b)
-            .map(|d| Arc::new(doc::tarball_index(&n, &d)))
+        open_registry_protocol::derive::tarball_index_json(&n, &b)
+            .map(Arc::new)
             .map_err(|e| e.to_string())
     })
     .await

@@ -5,6 +5,8 @@
 //! - [`integrity`]: npm's integrity strings and the one-pass [`Verifier`] that checks a blob
 //!   against them and computes its id.
 //! - [`packument`]: parsing packuments and deriving the abbreviated and rewritten forms.
+//! - [`derive`]: the same derivations straight from the bytes, without a JSON tree (the hot
+//!   path: multi-megabyte packuments).
 //! - [`npm_sig`]: npm's own ECDSA registry signatures, checked against pinned keys.
 //! - [`peer`]: operator identities ([`PeerId`], the libp2p id of the operator's ed25519 key).
 //! - [`record`]: signed mirror records; [`Verified`] values come only from [`Signed::verify`].
@@ -16,6 +18,7 @@
 //! No tokio, no sockets, no disk: everything here is a pure function of its input, so it is
 //! tested exhaustively and can be reimplemented from docs/protocol.md.
 
+pub mod derive;
 pub mod id;
 pub mod integrity;
 pub mod name;
