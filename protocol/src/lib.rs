@@ -5,7 +5,7 @@
 //! - [`integrity`]: npm's integrity strings and the one-pass [`Verifier`] that checks a blob
 //!   against them and computes its id.
 //! - [`packument`]: parsing packuments and deriving the abbreviated and rewritten forms.
-//! - [`derive`]: the same derivations straight from the bytes, without a JSON tree (the hot
+//! - [`mod@derive`]: the same derivations straight from the bytes, without a JSON tree (the hot
 //!   path: multi-megabyte packuments).
 //! - [`npm_sig`]: npm's own ECDSA registry signatures, checked against pinned keys.
 //! - [`peer`]: operator identities ([`PeerId`], the libp2p id of the operator's ed25519 key).
