@@ -370,7 +370,10 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         Some(net_config) => {
             let source = Arc::new(StoreSource::new(store.clone(), records.clone()));
             let (client, bound) = net::spawn(
-                net_config.clone(),
+                net::Config {
+                    metrics: Some(metrics.clone()),
+                    ..net_config.clone()
+                },
                 &identity,
                 source,
                 Arc::new(PointerValidator),

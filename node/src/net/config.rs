@@ -6,12 +6,14 @@
 //!
 //! Invariant: after `check`, every limit is non-zero and there is at least one listen address.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
 use super::NetError;
+use crate::metrics::Metrics;
 
 /// The port of the default listen addresses (TCP and UDP/QUIC).
 pub const DEFAULT_PORT: u16 = 7374;
@@ -37,6 +39,9 @@ pub struct Config {
     pub kad_server: Option<bool>,
     /// Resource limits and deadlines.
     pub limits: Limits,
+    /// Where the swarm counts its DHT lookups (`dht_queries`, `dht_requests`, ...): the node's
+    /// counters. `None` counts nothing.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Caps and deadlines (RELIABILITY R7, R15, R16).
@@ -107,6 +112,7 @@ impl Default for Config {
             external: Vec::new(),
             kad_server: None,
             limits: Limits::default(),
+            metrics: None,
         }
     }
 }

@@ -36,6 +36,7 @@ use super::behaviour::{
 };
 use super::client::{Command, FoundRecord, Reply};
 use super::{Limits, NetError, RecordValidator, is_loopback, split_peer};
+use crate::metrics::Metrics;
 
 mod commands;
 mod dht;
@@ -72,6 +73,8 @@ pub(crate) struct EventLoop {
     commands: mpsc::Receiver<Command>,
     validator: Arc<dyn RecordValidator>,
     limits: Limits,
+    /// The node's counters, for DHT lookups (see [`EventLoop::count_lookup`]).
+    metrics: Option<Arc<Metrics>>,
     cancel: CancellationToken,
     connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
     find_providers: HashMap<QueryId, FindProviders>,
@@ -95,6 +98,7 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         validator: Arc<dyn RecordValidator>,
         limits: Limits,
+        metrics: Option<Arc<Metrics>>,
         cancel: CancellationToken,
     ) -> EventLoop {
         EventLoop {
@@ -102,6 +106,7 @@ impl EventLoop {
             commands,
             validator,
             limits,
+            metrics,
             cancel,
             connections: HashMap::new(),
             find_providers: HashMap::new(),

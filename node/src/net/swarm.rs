@@ -124,7 +124,14 @@ pub async fn spawn(
 
     let local = *swarm.local_peer_id();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let mut event_loop = EventLoop::new(swarm, rx, validator, config.limits.clone(), cancel);
+    let mut event_loop = EventLoop::new(
+        swarm,
+        rx,
+        validator,
+        config.limits.clone(),
+        config.metrics.clone(),
+        cancel,
+    );
     event_loop.bootstrap_from(config.bootstrap.clone());
     tracker.spawn(event_loop.run());
     Ok((Client::new(tx, control, local, &config.limits), bound))

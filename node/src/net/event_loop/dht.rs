@@ -13,6 +13,7 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use open_registry_protocol::BlobId;
 
 use super::{EventLoop, Expired};
+use crate::metrics::Metrics;
 use crate::net::NetError;
 use crate::net::client::FoundRecord;
 use crate::net::dht_store::ANNOUNCE_RETRY;
@@ -27,6 +28,15 @@ impl EventLoop {
                 stats,
                 ..
             } => {
+                // A lookup's last step carries its whole statistics (they accumulate over steps).
+                if step.last
+                    && matches!(
+                        result,
+                        QueryResult::GetProviders(_) | QueryResult::GetRecord(_)
+                    )
+                {
+                    self.count_lookup(&stats);
+                }
                 match result {
                     QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
                         providers,
@@ -83,6 +93,23 @@ impl EventLoop {
             },
             _ => {}
         }
+    }
+
+    /// Counts a finished lookup (providers of a blob, or values under a key): one query, the
+    /// requests it sent, how many peers answered, how long it took. Queries that we finish
+    /// early (enough providers, or our deadline) end with such a last step too, once.
+    fn count_lookup(&self, stats: &kad::QueryStats) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        Metrics::inc(&m.dht_queries);
+        Metrics::add(&m.dht_requests, u64::from(stats.num_requests()));
+        Metrics::add(&m.dht_request_successes, u64::from(stats.num_successes()));
+        let micros = stats.duration().map_or(0, |d| d.as_micros());
+        Metrics::add(
+            &m.dht_query_micros,
+            u64::try_from(micros).unwrap_or(u64::MAX),
+        );
     }
 
     fn found_providers(&mut self, qid: QueryId, providers: HashSet<PeerId>) {

@@ -247,3 +247,54 @@ async fn gossip_reaches_subscribed_peers_and_drops_oversized() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn finished_lookups_are_counted_with_their_requests() {
+    bounded(async {
+        let blob = pattern(100);
+        let id = BlobId::of(&blob);
+        let a = start(70, config(&[]), MemBlobs::with(&[&blob])).await;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let cfg = Config {
+            metrics: Some(metrics.clone()),
+            ..config(&[&a])
+        };
+        let b = start(71, cfg, Arc::new(NoBlobs)).await;
+        wait_for("B's routing table", || async {
+            b.routing_table().await >= 1
+        })
+        .await;
+        a.client.provide(&id).await.unwrap();
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let before = (count(&metrics.dht_queries), count(&metrics.dht_requests));
+
+        // The query ends by itself (one provider, limit 5): counted before the answer comes.
+        let found = b
+            .client
+            .find_providers(&id, 5, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(found, vec![a.peer]);
+        assert_eq!(count(&metrics.dht_queries), before.0 + 1);
+        let requests = count(&metrics.dht_requests) - before.1;
+        assert!(requests >= 1, "A was asked");
+        assert!(count(&metrics.dht_request_successes) >= 1);
+
+        // A value lookup counts too; a node without metrics counts nothing and still works.
+        let _ = b
+            .client
+            .get_records(b"no-such-key".to_vec(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(count(&metrics.dht_queries), before.0 + 2);
+        assert!(
+            a.client
+                .find_providers(&id, 5, Duration::from_secs(2))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(count(&metrics.dht_queries), before.0 + 2);
+    })
+    .await;
+}
