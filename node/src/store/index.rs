@@ -59,7 +59,7 @@ impl Index {
         // sled caches up to 1 GiB by default; the index is small and hot entries stay cached.
         let db = sled::Config::new()
             .path(path)
-            .cache_capacity(16 << 20)
+            .cache_capacity(4 << 20)
             .open()?;
         Ok(Index {
             packuments: db.open_tree("packuments")?,
