@@ -9,7 +9,7 @@
 use std::{
     io::{Read, Write},
     net::{TcpStream, ToSocketAddrs},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -54,6 +54,28 @@ pub fn request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<Response> {
+    request_timed(method, url, headers, body, timeout).map(|t| t.response)
+}
+
+/// A response with its timing, measured from just before the connection is opened.
+#[derive(Debug, Clone)]
+pub struct Timed {
+    /// The response.
+    pub response: Response,
+    /// Until the first byte of the response arrived (time to first byte).
+    pub first_byte: Duration,
+    /// Until the whole response was read.
+    pub total: Duration,
+}
+
+/// [`request`], also timing the first byte of the answer and the whole of it.
+pub fn request_timed(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Timed> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("only http:// URLs are supported: {url}"))?;
@@ -66,6 +88,7 @@ pub fn request(
         .with_context(|| format!("resolving {authority}"))?
         .next()
         .ok_or_else(|| anyhow!("no address for {authority}"))?;
+    let started = Instant::now();
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to {authority}"))?;
     stream.set_read_timeout(Some(timeout))?;
@@ -80,11 +103,21 @@ pub fn request(
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
     stream.write_all(body)?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading the answer to {method} {url}"))?;
-    parse(&raw).with_context(|| format!("parsing the answer to {method} {url}"))
+    let reading = || format!("reading the answer to {method} {url}");
+    let mut raw = vec![0u8; 64 * 1024];
+    let n = stream.read(&mut raw).with_context(reading)?;
+    let first_byte = started.elapsed();
+    raw.truncate(n);
+    if n > 0 {
+        stream.read_to_end(&mut raw).with_context(reading)?;
+    }
+    let total = started.elapsed();
+    let response = parse(&raw).with_context(|| format!("parsing the answer to {method} {url}"))?;
+    Ok(Timed {
+        response,
+        first_byte,
+        total,
+    })
 }
 
 fn parse(raw: &[u8]) -> Result<Response> {

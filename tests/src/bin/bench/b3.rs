@@ -110,7 +110,7 @@ pub(crate) fn setup(ctx: &Ctx, up: &FakeUpstream) -> Result<(Vec<Variant>, usize
 }
 
 /// `npm ci ARGS` in `dir`; its wall time in seconds.
-fn ci(npm: &Npm, dir: &Path, extra: &[&str]) -> Result<f64> {
+pub(crate) fn ci(npm: &Npm, dir: &Path, extra: &[&str]) -> Result<f64> {
     let mut args = CI_ARGS.to_vec();
     args.extend_from_slice(extra);
     let out = npm.run(dir, &args)?.ok()?;
@@ -124,13 +124,7 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
     let mut report = Report::new();
     let up = FakeUpstream::start()?;
     let (variants, entries, graph) = setup(ctx, &up)?;
-    report.note(format!(
-        "lockfile: {entries} packages installed ({} packages / {} versions published, {:.1} MB of tarballs)",
-        graph.packages,
-        graph.versions,
-        graph.tarball_bytes as f64 / 1e6
-    ));
-    report.note(format!("npm {}", npm_version()));
+    describe(&mut report, entries, &graph);
     let node = targets::start_node(ctx, up.url(), &[])?;
     println!("   node {} (pid {:?})", node.gateway(), node.pid());
     let verdaccio = if Verdaccio::wanted(ctx, &mut report) {
@@ -264,6 +258,17 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
     Ok(report)
 }
 
+/// Notes the lockfile's size and npm's version in the report.
+pub(crate) fn describe(report: &mut Report, entries: usize, graph: &synth::Graph) {
+    report.note(format!(
+        "lockfile: {entries} packages installed ({} packages / {} versions published, {:.1} MB of tarballs)",
+        graph.packages,
+        graph.versions,
+        graph.tarball_bytes as f64 / 1e6
+    ));
+    report.note(format!("npm {}", npm_version()));
+}
+
 /// The lockfile's tarballs as (URL path, bytes), for nginx.
 fn tarball_files(up: &FakeUpstream, dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let lock: Value = serde_json::from_slice(&fs::read(dir.join("package-lock.json"))?)?;
@@ -284,11 +289,17 @@ fn tarball_files(up: &FakeUpstream, dir: &Path) -> Result<Vec<(String, Vec<u8>)>
     Ok(out)
 }
 
-/// GETs every packument and tarball of the lockfile in `dir` from `base`, 16 at a time;
-/// returns the number of requests.
+/// GETs every packument and tarball of the lockfile in `dir` from `base`, 16 packages at a
+/// time, each package's packument first and then its tarballs one after the other; returns the
+/// number of requests.
+///
+/// One package's tarballs are never fetched at once: a node re-signs its record for the
+/// package after each tarball it stores, and two concurrent re-signs can lose one tarball's id
+/// from the record (the peers then cannot find that tarball; B3p and B4 need them all).
 pub(crate) fn warm(base: &str, dir: &Path) -> Result<usize> {
     let lock: Value = serde_json::from_slice(&fs::read(dir.join("package-lock.json"))?)?;
-    let mut paths = std::collections::BTreeSet::new();
+    let mut packages =
+        std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
     for (key, p) in lock["packages"].as_object().into_iter().flatten() {
         let Some(name) = key.rsplit("node_modules/").next().filter(|n| !n.is_empty()) else {
             continue;
@@ -296,11 +307,16 @@ pub(crate) fn warm(base: &str, dir: &Path) -> Result<usize> {
         let Some(version) = p["version"].as_str() else {
             continue;
         };
-        paths.insert(format!("/{name}"));
         let file = name.rsplit('/').next().unwrap_or(name);
-        paths.insert(format!("/{name}/-/{file}-{version}.tgz"));
+        packages
+            .entry(format!("/{name}"))
+            .or_default()
+            .insert(format!("/{name}/-/{file}-{version}.tgz"));
     }
-    let paths: Vec<String> = paths.into_iter().collect();
+    let groups: Vec<Vec<String>> = packages
+        .into_iter()
+        .map(|(packument, tarballs)| std::iter::once(packument).chain(tarballs).collect())
+        .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -308,25 +324,25 @@ pub(crate) fn warm(base: &str, dir: &Path) -> Result<usize> {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(p) = paths.get(i) else { break };
-                    let r = targets::get(
-                        &format!("{base}{p}"),
-                        &[
-                            ("Accept", crate::load::NPM_ACCEPT),
-                            ("Accept-Encoding", "gzip"),
-                        ],
-                        std::time::Duration::from_secs(60),
-                    );
-                    match r {
-                        Ok(r) if r.status == 200 => {}
-                        Ok(r) => failed
+                    let Some(group) = groups.get(i) else { break };
+                    for p in group {
+                        let r = targets::get(
+                            &format!("{base}{p}"),
+                            &[
+                                ("Accept", crate::load::NPM_ACCEPT),
+                                ("Accept-Encoding", "gzip"),
+                            ],
+                            std::time::Duration::from_secs(60),
+                        );
+                        let problem = match r {
+                            Ok(r) if r.status == 200 => continue,
+                            Ok(r) => format!("{p}: {} {}", r.status, r.text()),
+                            Err(e) => format!("{p}: {e:#}"),
+                        };
+                        failed
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .push(format!("{p}: {} {}", r.status, r.text())),
-                        Err(e) => failed
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(format!("{p}: {e:#}")),
+                            .push(problem);
                     }
                 }
             });
@@ -340,10 +356,11 @@ pub(crate) fn warm(base: &str, dir: &Path) -> Result<usize> {
             failed[0]
         );
     }
-    Ok(paths.len())
+    Ok(groups.iter().map(Vec::len).sum())
 }
 
-fn npm_version() -> String {
+/// `npm --version`.
+pub(crate) fn npm_version() -> String {
     std::process::Command::new("npm")
         .arg("--version")
         .output()

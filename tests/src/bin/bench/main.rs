@@ -12,14 +12,19 @@
 //! its fixtures (a [`FakeUpstream`](open_registry_tests::FakeUpstream) in this process, with
 //! generated packages), starts what it compares (the node, nginx, Verdaccio), measures them
 //! back to back, and returns a [`report::Report`] that is printed and written as JSON.
-//! The peer benchmarks (B3p, B4, B5) slot in as further entries.
+//! The peer benchmarks (B3p, B4, B5) start several nodes on loopback (`targets::start_peer`)
+//! and compare with B3 and with in-process transport references (`perf`).
 
 mod b1;
 mod b2;
 mod b3;
+mod b3p;
+mod b4;
+mod b5;
 mod b6;
 mod b7;
 mod load;
+mod perf;
 mod profile;
 mod report;
 mod synth;
@@ -38,8 +43,8 @@ use crate::report::Report;
 /// A benchmark: id, one-line description, entry point.
 type Bench = (&'static str, &'static str, fn(&Ctx) -> Result<Report>);
 
-/// Every benchmark this binary runs. B3p, B4 and B5 (peers) are added here once the P2P layer
-/// has landed.
+/// Every benchmark this binary runs, in `tests/bench/run all` order. Ids match
+/// case-insensitively (`b3p`, `B3P`).
 const BENCHMARKS: &[Bench] = &[
     (
         "B1",
@@ -51,6 +56,21 @@ const BENCHMARKS: &[Bench] = &[
         "B3",
         "npm ci through a warm node vs the offline floor and Verdaccio",
         b3::run,
+    ),
+    (
+        "B3p",
+        "npm ci through a cold node that gets everything from a peer vs B3",
+        b3p::run,
+    ),
+    (
+        "B4",
+        "peer to peer: one big blob and many small tarballs vs loopback TCP and libp2p",
+        b4::run,
+    ),
+    (
+        "B5",
+        "a cold miss resolved through the DHT in a network of nodes vs round trips",
+        b5::run,
     ),
     (
         "B6",
@@ -181,7 +201,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some((id, what, run)) = BENCHMARKS.iter().find(|(b, _, _)| *b == id) else {
+    let Some((id, what, run)) = BENCHMARKS
+        .iter()
+        .find(|(b, _, _)| b.eq_ignore_ascii_case(&id))
+    else {
         eprintln!("unknown benchmark {id}\n{}", usage());
         return ExitCode::from(2);
     };

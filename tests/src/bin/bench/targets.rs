@@ -3,6 +3,7 @@
 //! in-process FakeUpstream as its uplink. Each runs in its own process group in a temporary
 //! directory, on 127.0.0.1, and is killed on drop.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,127 @@ pub(crate) fn start_node(ctx: &Ctx, upstream: &str, extra: &[&str]) -> Result<No
     let node = b.start()?;
     sys::register_pid(node.pid());
     Ok(node)
+}
+
+/// A node on the peer-to-peer network (TCP on 127.0.0.1, the OS's port): the process, its
+/// operator id (= libp2p PeerId) and its dialable `/ip4/127.0.0.1/tcp/PORT/p2p/ID` address.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) node: NodeProcess,
+    pub(crate) id: String,
+    pub(crate) addr: String,
+}
+
+/// Starts a node on a fresh data dir that joins the network: with `upstream`, or
+/// `--no-upstream` (everything then comes from peers); dialing `bootstrap` (`…/p2p/ID`
+/// addresses); trusting the records of the operators `trust`.
+pub(crate) fn start_peer(
+    ctx: &Ctx,
+    upstream: Option<&str>,
+    bootstrap: &[&str],
+    trust: &[&str],
+) -> Result<Peer> {
+    let mut b = NodeProcess::builder()
+        .binary(&ctx.node_bin)
+        .args(["--max-age", "1h"])
+        .env("RUST_LOG", "warn");
+    b = match upstream {
+        Some(u) => b.args(["--upstream", u]),
+        None => b.arg("--no-upstream"),
+    };
+    if !bootstrap.is_empty() {
+        b = b.arg("--bootstrap").arg(bootstrap.join(","));
+    }
+    if !trust.is_empty() {
+        b = b.arg("--trust").arg(trust.join(","));
+    }
+    let node = b.start()?;
+    sys::register_pid(node.pid());
+    let (id, addr) = open_registry_tests::sync::p2p_addr(&node)?;
+    Ok(Peer { node, id, addr })
+}
+
+impl Peer {
+    pub(crate) fn gateway(&self) -> &str {
+        self.node.gateway()
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.node.pid()
+    }
+
+    /// `GET /-/open-registry/peers`, parsed.
+    pub(crate) fn peers(&self) -> Result<serde_json::Value> {
+        open_registry_tests::p2p::peers(&self.node)
+    }
+
+    /// Peers in the Kademlia routing table.
+    pub(crate) fn routing_table(&self) -> Result<u64> {
+        self.peers()?["routing_table_size"]
+            .as_u64()
+            .context("no routing_table_size in the peers document")
+    }
+
+    /// The peer ids it has a connection to.
+    pub(crate) fn connected(&self) -> Result<Vec<String>> {
+        Ok(self.peers()?["connected"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["peer_id"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// Waits until the routing table holds at least `n` peers.
+    pub(crate) fn wait_routing_table(&self, n: u64, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let size = self.routing_table()?;
+            if size >= n {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}'s routing table holds {size} peers after {within:?}, not {n}",
+                    self.id
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The node's counters and gauges from `/-/metrics` (Prometheus text), by their short
+    /// name: `open_registry_peer_bytes_total` is `peer_bytes`, `open_registry_store_blobs` is
+    /// `store_blobs`.
+    pub(crate) fn metrics(&self) -> Result<BTreeMap<String, u64>> {
+        let r = self.node.get("/-/metrics", &[])?;
+        if r.status != 200 {
+            bail!("{}/-/metrics answered {}", self.gateway(), r.status);
+        }
+        Ok(parse_metrics(&r.text()))
+    }
+}
+
+/// Prometheus text → short name → value (comments and non-integer values skipped).
+pub(crate) fn parse_metrics(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(name, v)| {
+            let name = name.strip_prefix("open_registry_")?;
+            let name = name.strip_suffix("_total").unwrap_or(name);
+            Some((name.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// `after[k] - before[k]` (0 when missing).
+pub(crate) fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, k: &str) -> u64 {
+    after
+        .get(k)
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(before.get(k).copied().unwrap_or(0))
 }
 
 /// nginx on a docroot of given files, `gzip_static on`, no access log.
@@ -331,4 +453,25 @@ pub(crate) fn get(
     timeout: Duration,
 ) -> Result<http::Response> {
     http::request("GET", url, headers, &[], timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_read_by_short_name() {
+        let text = "# HELP open_registry_peer_bytes_total Blob bytes.\n\
+                    # TYPE open_registry_peer_bytes_total counter\n\
+                    open_registry_peer_bytes_total 42\n\
+                    open_registry_store_blobs 7\n\
+                    something_else 1\n";
+        let m = parse_metrics(text);
+        assert_eq!(m.get("peer_bytes"), Some(&42));
+        assert_eq!(m.get("store_blobs"), Some(&7));
+        assert_eq!(m.len(), 2);
+        let before = BTreeMap::from([("peer_bytes".to_owned(), 40)]);
+        assert_eq!(delta(&before, &m, "peer_bytes"), 2);
+        assert_eq!(delta(&before, &m, "missing"), 0);
+    }
 }
