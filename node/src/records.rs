@@ -30,8 +30,9 @@ pub struct Records {
     blobs: sled::Tree,
     seqs: sled::Tree,
     seen: sled::Tree,
-    /// Serializes signing: each signature reads and bumps a sequence number. tokio Mutex: held
-    /// across the flush that makes the new sequence durable.
+    /// Serializes signing: each signature reads and bumps a sequence number, and a re-signature
+    /// reads the record it changes. tokio Mutex: held across the flush that makes the new
+    /// sequence durable.
     signing: Mutex<()>,
 }
 
@@ -88,6 +89,9 @@ impl Records {
         dists: &HashMap<String, DistRef>,
         fetched_at: u64,
     ) -> Result<Signed, IndexError> {
+        // Under the signing lock, so that the tarball ids read here cannot be overtaken by a
+        // concurrent `add_tarball` signing from an older record.
+        let _guard = self.signing.lock().await;
         let mut versions = std::collections::BTreeMap::new();
         for (file, d) in dists {
             let Some(integrity) = record_integrity(d) else {
@@ -116,6 +120,9 @@ impl Records {
         version: &str,
         id: BlobId,
     ) -> Result<Option<Signed>, IndexError> {
+        // Read, change and sign under one lock: two tarballs of one package stored at once
+        // must both end up in the record (the second signature starts from the first).
+        let _guard = self.signing.lock().await;
         let Some(ours) = self.own_record(name)? else {
             return Ok(None);
         };
@@ -143,8 +150,9 @@ impl Records {
         }
     }
 
+    /// Signs `record` with the next sequence number and stores it. The caller holds the
+    /// signing lock from before it read anything the record is built from.
     async fn publish(&self, index: &Index, mut record: Record) -> Result<Signed, IndexError> {
-        let _guard = self.signing.lock().await;
         let last = self
             .seqs
             .get(record.name.as_str())?
@@ -376,6 +384,52 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn tarballs_stored_at_once_all_end_up_in_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("db")).unwrap();
+        let r = Records::open(
+            &index,
+            Identity::from_seed([3; 32]),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let name = PackageName::parse("many").unwrap();
+        let versions: Vec<String> = (0..8).map(|i| format!("1.0.{i}")).collect();
+        let dists: HashMap<String, DistRef> = versions
+            .iter()
+            .map(|v| {
+                let d = DistRef {
+                    version: v.clone(),
+                    integrity: Some(Integrity::sha512_sri(v.as_bytes())),
+                    shasum: None,
+                    tarball: None,
+                };
+                (format!("many-{v}.tgz"), d)
+            })
+            .collect();
+        r.sign_packument(&index, &name, BlobId::of(b"doc"), &dists, now_ms())
+            .await
+            .unwrap();
+        // Every re-signature reads the record before it waits for the others: each must start
+        // from the one signed before it, or all but the last tarball are lost.
+        let signed = futures::future::join_all(
+            versions
+                .iter()
+                .map(|v| r.add_tarball(&index, &name, v, BlobId::of(v.as_bytes()))),
+        )
+        .await;
+        assert!(signed.iter().all(|s| matches!(s, Ok(Some(_)))));
+        let record = r.own_record(&name).unwrap().unwrap();
+        for v in &versions {
+            assert_eq!(
+                record.versions[v].tarball,
+                Some(BlobId::of(v.as_bytes())),
+                "{v} lost from the record"
+            );
+        }
     }
 
     #[tokio::test]
