@@ -5,7 +5,8 @@
 //! it: (a) one GET of the big tarball, (b) every small tarball, 16 GETs at a time. Each run
 //! starts a new B (cold). B first fetches each packument (untimed), so the timed GETs are
 //! tarball transfers: per tarball a provider lookup, a blob stream from A, B's verification and
-//! durable write, and B's HTTP answer.
+//! durable write, and B's HTTP answer. As a diagnostic, the same GETs are then repeated, now
+//! answered from B's own store: what B's HTTP side alone costs.
 //!
 //! References in the same run, interleaved ([`perf`]): loopback TCP and a bare
 //! libp2p connection on the node's transport stack (TCP + noise + yamux, one stream per
@@ -33,8 +34,9 @@ const CONCURRENCY: usize = 16;
 /// How long B may take to see A.
 const JOIN: Duration = Duration::from_secs(15);
 
-/// How long one GET may take.
+/// How long one GET may take (the big tarball) and one small tarball's GET may take.
 const GET_TIMEOUT: Duration = Duration::from_secs(300);
+const SMALL_GET_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One tarball: its URL path and the bytes the upstream published.
 struct Item {
@@ -97,9 +99,12 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
     let lp = perf::Libp2p::start()?;
     let mut t = BTreeMap::<&str, Vec<f64>>::new();
     let mut dht = Vec::new();
+    let mut key = None;
     for run in 0..ctx.runs {
-        // The node: a fresh B, then the references, back to back.
-        let b = targets::start_peer(ctx, None, &[&a.addr], &[&a.id])?;
+        // The node: a fresh, empty B (the same identity every run), then the references, back
+        // to back.
+        let b = targets::start_peer_as(ctx, key.as_deref(), None, &[&a.addr], &[&a.id])?;
+        key = Some(b.key()?);
         b.wait_routing_table(1, JOIN)?;
         prepare(b.gateway(), &["/bench-b4-bulk", "/bench-b4-many"])?;
         let before = b.metrics()?;
@@ -107,14 +112,21 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
         let mid = b.metrics()?;
         let node_many = fetch_all(b.gateway(), &smalls, CONCURRENCY)?;
         let after = b.metrics()?;
+        // Diagnostic: the same GETs again, now answered from B's own store (B's HTTP side).
+        let hot_bulk = fetch_all(b.gateway(), std::slice::from_ref(&bulk), 1)?;
+        let hot_many = fetch_all(b.gateway(), &smalls, CONCURRENCY)?;
         check_from_peer(&mut report, &b, &before, &mid, bulk_bytes, 1, "bulk");
         check_from_peer(&mut report, &b, &mid, &after, small_bytes, many, "many");
         let lookups = targets::delta(&mid, &after, "dht_queries");
         let requests = targets::delta(&mid, &after, "dht_requests");
+        let micros = targets::delta(&mid, &after, "dht_query_micros");
+        let lookup_ms = micros as f64 / 1000.0 / lookups.max(1) as f64;
         dht.push(
             json!({"bulk": {"dht_queries": targets::delta(&before, &mid, "dht_queries"),
-            "dht_requests": targets::delta(&before, &mid, "dht_requests")},
-            "many": {"dht_queries": lookups, "dht_requests": requests}}),
+            "dht_requests": targets::delta(&before, &mid, "dht_requests"),
+            "dht_query_micros": targets::delta(&before, &mid, "dht_query_micros")},
+            "many": {"dht_queries": lookups, "dht_requests": requests,
+            "dht_query_micros": micros}}),
         );
         drop(b);
 
@@ -126,6 +138,8 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
         let tps = |d: Duration| many as f64 / d.as_secs_f64();
         for (k, v) in [
             ("node_bulk", mbs(node_bulk)),
+            ("hot_bulk", mbs(hot_bulk)),
+            ("hot_many", tps(hot_many)),
             ("lp_bulk", mbs(lp_bulk)),
             ("tcp_bulk", mbs(tcp_bulk)),
             ("node_many", tps(node_many)),
@@ -135,15 +149,17 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
             t.entry(k).or_default().push(v);
         }
         println!(
-            "   run {}/{} bulk MB/s: node {:.0}  libp2p {:.0}  TCP {:.0} | many tarballs/s: node \
-             {:.0}  libp2p {:.0}  TCP {:.0} | B's DHT lookups for the many: {lookups} \
-             ({requests} requests)",
+            "   run {}/{} bulk MB/s: node {:.0} (again {:.0})  libp2p {:.0}  TCP {:.0} | many \
+             tarballs/s: node {:.0} (again {:.0})  libp2p {:.0}  TCP {:.0} | B's DHT lookups for \
+             the many: {lookups} ({requests} requests, {lookup_ms:.1} ms each)",
             run + 1,
             ctx.runs,
             mbs(node_bulk),
+            mbs(hot_bulk),
             mbs(lp_bulk),
             mbs(tcp_bulk),
             tps(node_many),
+            tps(hot_many),
             tps(lp_many),
             tps(tcp_many),
         );
@@ -157,12 +173,14 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
     let m = |k: &str| median(t.get(k).map_or(&[][..], Vec::as_slice));
     let (nb, lb, tb) = (m("node_bulk"), m("lp_bulk"), m("tcp_bulk"));
     let (nm, lm, tm) = (m("node_many"), m("lp_many"), m("tcp_many"));
+    let (hb, hm) = (m("hot_bulk"), m("hot_many"));
     let per = small_bytes as f64 / many as f64 / 1e6;
     let mut table = Table::new(
         "B4 peer → peer through B's gateway vs the transports alone (medians)",
         &[
             "case",
-            "node B ← A",
+            "node B ← A (cold)",
+            "B again (from its store)",
             "libp2p (same stack)",
             "loopback TCP",
             "node / libp2p",
@@ -172,6 +190,7 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
     table.row(vec![
         format!("(a) 1 × {}, MB/s", report::fmt_bytes(bulk_bytes)),
         format!("{nb:.0}"),
+        format!("{hb:.0}"),
         format!("{lb:.0}"),
         format!("{tb:.0}"),
         fmt_ratio(report::ratio(nb, lb)),
@@ -183,6 +202,7 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
             report::fmt_bytes(small_bytes / many as u64)
         ),
         format!("{} ({:.1})", fmt_rate(nm), nm * per),
+        format!("{} ({:.1})", fmt_rate(hm), hm * per),
         format!("{} ({:.1})", fmt_rate(lm), lm * per),
         format!("{} ({:.1})", fmt_rate(tm), tm * per),
         fmt_ratio(report::ratio(nm, lm)),
@@ -230,13 +250,24 @@ fn prepare(base: &str, paths: &[&str]) -> Result<()> {
 /// GETs every item through `base`, `concurrency` at a time, and checks each answer's bytes;
 /// returns the wall time of the whole batch.
 fn fetch_all(base: &str, items: &[Item], concurrency: usize) -> Result<Duration> {
+    let timeout = if items.len() > 1 {
+        SMALL_GET_TIMEOUT
+    } else {
+        GET_TIMEOUT
+    };
     let next = AtomicUsize::new(0);
     let failed = Mutex::new(Vec::new());
+    // After the first failure no new GET starts: a node that stopped answering fails the run
+    // within one timeout, not one timeout per remaining tarball.
+    let stop = std::sync::atomic::AtomicBool::new(false);
     let t0 = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..concurrency.clamp(1, items.len().max(1)) {
             s.spawn(|| {
                 loop {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(item) = items.get(i) else { break };
                     let url = format!("{base}{}", item.path);
@@ -245,7 +276,7 @@ fn fetch_all(base: &str, items: &[Item], concurrency: usize) -> Result<Duration>
                         &url,
                         &[("Accept-Encoding", "gzip")],
                         &[],
-                        GET_TIMEOUT,
+                        timeout,
                     ) {
                         Ok(r) if r.status == 200 && r.body[..] == item.bytes[..] => continue,
                         Ok(r) if r.status == 200 => format!(
@@ -256,6 +287,7 @@ fn fetch_all(base: &str, items: &[Item], concurrency: usize) -> Result<Duration>
                         Ok(r) => format!("{url}: {} {}", r.status, r.text()),
                         Err(e) => format!("{url}: {e:#}"),
                     };
+                    stop.store(true, Ordering::Relaxed);
                     failed
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -268,7 +300,7 @@ fn fetch_all(base: &str, items: &[Item], concurrency: usize) -> Result<Duration>
     let failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
     if let Some(first) = failed.first() {
         bail!(
-            "{} of {} GETs failed, e.g. {first}",
+            "{} of {} GETs failed (no new one was sent after the first failure), e.g. {first}",
             failed.len(),
             items.len()
         );

@@ -38,6 +38,8 @@ pub(crate) struct Peer {
     pub(crate) node: NodeProcess,
     pub(crate) id: String,
     pub(crate) addr: String,
+    /// The data dir, removed after the node (fields drop in order).
+    _dir: TempDir,
 }
 
 /// Starts a node on a fresh data dir that joins the network: with `upstream`, or
@@ -49,8 +51,29 @@ pub(crate) fn start_peer(
     bootstrap: &[&str],
     trust: &[&str],
 ) -> Result<Peer> {
+    start_peer_as(ctx, None, upstream, bootstrap, trust)
+}
+
+/// [`start_peer`] with a given operator key (the bytes of another node's `operator.key`,
+/// [`Peer::key`]): a fresh, empty node under an identity the network already knows. A new
+/// node per run with a new identity each time would leave every earlier one, dead, in the
+/// other nodes' routing tables, and later runs would pay for asking them.
+pub(crate) fn start_peer_as(
+    ctx: &Ctx,
+    key: Option<&[u8]>,
+    upstream: Option<&str>,
+    bootstrap: &[&str],
+    trust: &[&str],
+) -> Result<Peer> {
+    let dir = tempfile::Builder::new().prefix("bench-peer-").tempdir()?;
+    if let Some(key) = key {
+        let path = dir.path().join(open_registry_node::identity::KEY_FILE);
+        fs::write(&path, key)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+    }
     let mut b = NodeProcess::builder()
         .binary(&ctx.node_bin)
+        .data_dir(dir.path())
         .args(["--max-age", "1h"])
         .env("RUST_LOG", "warn");
     b = match upstream {
@@ -66,7 +89,12 @@ pub(crate) fn start_peer(
     let node = b.start()?;
     sys::register_pid(node.pid());
     let (id, addr) = open_registry_tests::sync::p2p_addr(&node)?;
-    Ok(Peer { node, id, addr })
+    Ok(Peer {
+        node,
+        id,
+        addr,
+        _dir: dir,
+    })
 }
 
 impl Peer {
@@ -76,6 +104,15 @@ impl Peer {
 
     pub(crate) fn pid(&self) -> Option<u32> {
         self.node.pid()
+    }
+
+    /// Its operator key (`operator.key`), for [`start_peer_as`].
+    pub(crate) fn key(&self) -> Result<Vec<u8>> {
+        let path = self
+            .node
+            .data_dir
+            .join(open_registry_node::identity::KEY_FILE);
+        fs::read(&path).with_context(|| format!("reading {}", path.display()))
     }
 
     /// `GET /-/open-registry/peers`, parsed.
