@@ -222,6 +222,11 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
         format!("{} tarballs/s", fmt_rate(nm)),
         None,
     );
+    report.note(format!(
+        "the libp2p reference sent {} requests again whose stream its server had dropped \
+         unanswered (libp2p-stream drops inbound streams its acceptor is not ready for)",
+        perf::dropped_streams()
+    ));
     report.data("mb_per_s_and_tarballs_per_s", json!(t));
     report.data("b_dht", json!(dht));
     report.data(

@@ -346,7 +346,16 @@ async fn libp2p_serve(mut stream: libp2p::Stream, payload: Arc<Vec<u8>>) -> Resu
 /// hands inbound streams to the acceptor through a channel with no room to spare and drops the
 /// ones that find it full; the node's blob client retries those too
 /// (`open_registry_node::net::client::DROPPED_STREAM_RETRIES`).
-const DROPPED_STREAM_RETRIES: usize = 8;
+const DROPPED_STREAM_RETRIES: u64 = 16;
+
+/// Streams the libp2p reference server dropped unanswered (and the client sent again).
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many requests of the libp2p reference were sent again so far (see
+/// [`DROPPED_STREAM_RETRIES`]).
+pub(crate) fn dropped_streams() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
 
 /// Opens a stream to `peer`, asks for `size` bytes and reads them to the end (again on a new
 /// stream when the server dropped the first one unanswered).
@@ -357,7 +366,12 @@ async fn libp2p_fetch(
     buf: &mut [u8],
 ) -> Result<()> {
     let mut got = 0;
-    for _ in 0..=DROPPED_STREAM_RETRIES {
+    for attempt in 0..=DROPPED_STREAM_RETRIES {
+        if attempt > 0 {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            // Let the server's acceptor drain its queue before asking again.
+            tokio::time::sleep(Duration::from_millis(attempt)).await;
+        }
         got = libp2p_fetch_once(control.clone(), peer, size, buf).await?;
         if got > 0 || size == 0 {
             break;
