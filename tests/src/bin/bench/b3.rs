@@ -294,8 +294,9 @@ fn tarball_files(up: &FakeUpstream, dir: &Path) -> Result<Vec<(String, Vec<u8>)>
 /// number of requests.
 ///
 /// One package's tarballs are never fetched at once: a node re-signs its record for the
-/// package after each tarball it stores, and two concurrent re-signs can lose one tarball's id
-/// from the record (the peers then cannot find that tarball; B3p and B4 need them all).
+/// package after each tarball it stores, and before `c3d9b34` two concurrent re-signs could
+/// lose one tarball's id from the record (peers then cannot find that tarball; B3p needs them
+/// all).
 pub(crate) fn warm(base: &str, dir: &Path) -> Result<usize> {
     let lock: Value = serde_json::from_slice(&fs::read(dir.join("package-lock.json"))?)?;
     let mut packages =

@@ -89,8 +89,9 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
     let t0 = Instant::now();
     prepare(a.gateway(), &["/bench-b4-bulk", "/bench-b4-many"])?;
     fetch_all(a.gateway(), std::slice::from_ref(&bulk), 1)?;
-    // One at a time: A re-signs the package's record after each tarball it stores, and
-    // concurrent re-signs can drop a tarball's id from the record (see b3::warm).
+    // One at a time: A re-signs the package's record after each tarball it stores (concurrent
+    // re-signs lost tarball ids before `c3d9b34`, see b3::warm), and many ingests at once can
+    // hang a node's index flushes (docs/benchmarks.md, B4); A's fill is not what is measured.
     fetch_all(a.gateway(), &smalls, 1)?;
     println!("   filled A in {:.1}s", t0.elapsed().as_secs_f64());
     up.reset_hits();
