@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use open_registry_protocol::{BlobId, PackageName};
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,15 @@ pub struct Index {
     /// Accesses not yet written: recording every hit in sled would put a write on the hot path.
     /// std Mutex: never held across an await.
     pending_access: Mutex<HashMap<BlobId, u64>>,
+    /// Group commit: one sled flush at a time, covering every caller that asked before it
+    /// began. sled 0.34.7 hangs for good when seven or more `flush_async` calls overlap (every
+    /// `sled-io` thread waits in the flush; reproduced with sled alone), which concurrent
+    /// ingests used to do. tokio Mutex: held across the flush.
+    flushing: tokio::sync::Mutex<()>,
+    /// Flushes asked for so far (a ticket is taken after the caller's writes).
+    flush_asked: AtomicU64,
+    /// Every ticket up to this one is durable.
+    flush_done: AtomicU64,
 }
 
 fn tarball_key(name: &PackageName, file: &str) -> Vec<u8> {
@@ -67,6 +77,9 @@ impl Index {
             access: db.open_tree("access")?,
             db,
             pending_access: Mutex::new(HashMap::new()),
+            flushing: tokio::sync::Mutex::new(()),
+            flush_asked: AtomicU64::new(0),
+            flush_done: AtomicU64::new(0),
         })
     }
 
@@ -75,9 +88,23 @@ impl Index {
         Ok(self.db.open_tree(name)?)
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable. Concurrent callers share flushes: one runs at a
+    /// time, and a caller whose writes an already finished flush covered returns at once.
     pub async fn flush(&self) -> Result<(), IndexError> {
-        self.db.flush_async().await?;
+        let ticket = self.flush_asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let _one = self.flushing.lock().await;
+        if self.flush_done.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Every ticket taken so far belongs to writes made before this flush starts.
+        let covers = self.flush_asked.load(Ordering::SeqCst);
+        // sled's flush waits for the disk inside the call, async or not: keep it off the
+        // runtime's workers.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| IndexError::Corrupt(format!("flush task failed: {e}")))??;
+        self.flush_done.fetch_max(covers, Ordering::SeqCst);
         Ok(())
     }
 
@@ -277,5 +304,42 @@ mod tests {
         assert_eq!(idx.repair(|id| *id == a).await.unwrap(), 1);
         assert_eq!(idx.tarball(&name, "p-1.0.0.tgz").unwrap(), None);
         assert_eq!(idx.counts(), (1, 0));
+    }
+
+    #[test]
+    fn many_concurrent_flushes_finish() {
+        // On a thread of its own: a hung flush must fail this test, not hang the suite.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let ok = rt.block_on(async move {
+                let idx = std::sync::Arc::new(Index::open(&path).unwrap());
+                let name = PackageName::parse("p").unwrap();
+                let tasks = (0..32u32).map(|i| {
+                    let (idx, name) = (idx.clone(), name.clone());
+                    tokio::spawn(async move {
+                        let id = BlobId::of(&i.to_be_bytes());
+                        let file = format!("p-{i}.tgz");
+                        idx.set_tarball(&name, &file, &id).await.unwrap();
+                        idx.tarball(&name, &file).unwrap() == Some(id)
+                    })
+                });
+                futures::future::join_all(tasks)
+                    .await
+                    .into_iter()
+                    .all(|r| r.unwrap())
+            });
+            let _ = tx.send(ok);
+        });
+        let ok = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("32 concurrent index writes with their flushes hung");
+        assert!(ok);
     }
 }
