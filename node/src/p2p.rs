@@ -241,7 +241,11 @@ impl P2p {
                 .chain(hinted)
                 .max_by_key(|p| p.get().seq)?;
             let wire = self
-                .fetch_small(&best.get().record, pointer_record_cap())
+                .fetch_small(
+                    &best.get().record,
+                    pointer_record_cap(),
+                    net::PeerId::from_bytes(&signer.to_bytes()).ok(),
+                )
                 .await?;
             let signed = Signed::from_bytes(&wire).ok()?;
             let seen = self.records.seen(name, signer).ok().flatten();
@@ -294,16 +298,40 @@ impl P2p {
     }
 
     /// Fetches a small blob (a record) into memory, checking its id.
-    async fn fetch_small(&self, id: &BlobId, cap: u64) -> Option<Vec<u8>> {
+    /// `first` (the operator that signed the pointer naming it) is asked before any provider
+    /// lookup: it serves its own records, and asking it costs one round trip, not a DHT query.
+    async fn fetch_small(
+        &self,
+        id: &BlobId,
+        cap: u64,
+        first: Option<net::PeerId>,
+    ) -> Option<Vec<u8>> {
         if let Ok(Some(b)) = self.records.blob(id) {
             return Some(b);
         }
-        let providers = self
+        let me = self.net.local_peer_id();
+        let first: Vec<net::PeerId> = first.into_iter().filter(|p| *p != me).collect();
+        if let Some(b) = self.fetch_small_from(&first, id, cap).await {
+            return Some(b);
+        }
+        let providers: Vec<net::PeerId> = self
             .net
             .find_providers(id, MAX_PROVIDERS, FIND_DEADLINE)
             .await
-            .ok()?;
-        for peer in providers {
+            .ok()?
+            .into_iter()
+            .filter(|p| !first.contains(p))
+            .collect();
+        self.fetch_small_from(&providers, id, cap).await
+    }
+
+    async fn fetch_small_from(
+        &self,
+        providers: &[net::PeerId],
+        id: &BlobId,
+        cap: u64,
+    ) -> Option<Vec<u8>> {
+        for &peer in providers {
             let Ok(t) = self.net.fetch(peer, id, cap, FIND_DEADLINE).await else {
                 continue;
             };
@@ -328,15 +356,10 @@ impl P2p {
         max_len: u64,
     ) -> Result<BlobId, FetchError> {
         let deadline = Instant::now() + self.timeout;
-        let mut providers = self
-            .net
-            .find_providers(id, MAX_PROVIDER_RECORDS, FIND_DEADLINE)
-            .await
-            .map_err(|e| FetchError::Peers(format!("finding providers of {id}: {e}")))?;
-        // Spread load, and do not let one slow peer always be asked first.
-        shuffle(&mut providers);
-        // The trusted operators go first, listed or not: anyone can announce a blob (R15), and
-        // sybils must not crowd out the nodes whose records named it.
+        // The trusted operators first, listed or not: anyone can announce a blob (R15), and
+        // sybils must not crowd out the nodes whose records named it. They are asked before any
+        // provider lookup: when one of them has the blob (the usual case: it signed the record
+        // naming it), the fetch costs no DHT query at all (benchmark B5).
         let me = self.net.local_peer_id();
         let trusted: Vec<net::PeerId> = self
             .policy
@@ -345,14 +368,42 @@ impl P2p {
             .filter_map(|p| net::PeerId::from_bytes(&p.to_bytes()).ok())
             .filter(|p| *p != me)
             .collect();
-        let mut order: Vec<net::PeerId> = trusted.clone();
-        order.extend(
-            providers
-                .into_iter()
-                .filter(|p| !trusted.contains(p))
-                .take(MAX_PROVIDERS),
-        );
-        self.fetch_from(&order, id, verifier, max_len, deadline)
+        let first = if trusted.is_empty() {
+            None
+        } else {
+            match self
+                .fetch_from(&trusted, id, &verifier, max_len, deadline)
+                .await
+            {
+                Ok(got) => return Ok(got),
+                Err(e) => Some(e),
+            }
+        };
+        let mut providers = match self
+            .net
+            .find_providers(id, MAX_PROVIDER_RECORDS, FIND_DEADLINE)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(first.unwrap_or_else(|| {
+                    FetchError::Peers(format!("finding providers of {id}: {e}"))
+                }));
+            }
+        };
+        // Spread load, and do not let one slow peer always be asked first.
+        shuffle(&mut providers);
+        let others: Vec<net::PeerId> = providers
+            .into_iter()
+            .filter(|p| !trusted.contains(p) && *p != me)
+            .take(MAX_PROVIDERS)
+            .collect();
+        if others.is_empty()
+            && let Some(e) = first
+        {
+            return Err(e);
+        }
+        self.fetch_from(&others, id, &verifier, max_len, deadline)
             .await
     }
 
