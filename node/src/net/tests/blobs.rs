@@ -192,7 +192,9 @@ async fn endless_and_slow_peers_are_cut_off() {
         assert!(matches!(e, NetError::TooLarge { .. }), "{e}");
         assert!(t0.elapsed() < Duration::from_secs(2));
 
-        // 10 bytes then silence: the stall deadline (1 s) cuts it.
+        // 10 bytes then silence: a stall deadline (1 s) cuts it. Both ends have one: either
+        // this client's ends it (Stalled) or the liar's own, waiting on its silent source,
+        // gives up first and closes the stream (Truncated); a loaded machine shows both.
         let t0 = Instant::now();
         let e = b
             .client
@@ -203,7 +205,13 @@ async fn endless_and_slow_peers_are_cut_off() {
             .await
             .unwrap_err();
         let took = t0.elapsed();
-        assert!(matches!(e, NetError::Stalled { got: 10, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                NetError::Stalled { got: 10, .. } | NetError::Truncated { got: 10, .. }
+            ),
+            "{e}"
+        );
         assert!(took < Duration::from_secs(3), "stall cut after {took:?}");
 
         // 5 bytes/s never stalls, but the 2 s deadline cuts it.
