@@ -7,7 +7,7 @@
 //! Two lockfile variants, both run by default:
 //! - `resolved`: as real lockfiles are, with `resolved` tarball URLs (made against the
 //!   FakeUpstream) that npm points at the registry under test (`--replace-registry-host=always`,
-//!   as it does for registry.npmjs.org by default): npm downloads tarballs only.
+//!   as it does for npm's public registry by default): npm downloads tarballs only.
 //! - `no-resolved`: without `resolved` (`omit-lockfile-registry-resolved`): npm fetches every
 //!   abbreviated packument, then the tarball.
 
