@@ -18,32 +18,9 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::name::PackageName;
-use crate::packument::{DistRef, PackumentError, tarball_file_of};
-
-/// Version fields the abbreviated document keeps (see [`crate::packument::abbreviate`]).
-const ABBREVIATED_VERSION_FIELDS: &[&str] = &[
-    "name",
-    "version",
-    "deprecated",
-    "dependencies",
-    "optionalDependencies",
-    "devDependencies",
-    "peerDependencies",
-    "peerDependenciesMeta",
-    "bundleDependencies",
-    "bundledDependencies",
-    "acceptDependencies",
-    "bin",
-    "directories",
-    "dist",
-    "engines",
-    "os",
-    "cpu",
-    "libc",
-    "funding",
-    "_hasShrinkwrap",
-    "hasInstallScript",
-];
+use crate::packument::{
+    ABBREVIATED_VERSION_FIELDS, DistRef, INSTALL_SCRIPTS, PackumentError, tarball_file_of,
+};
 
 /// A JSON object's members in document order, values left as raw text.
 struct Entries<'a>(Vec<(String, &'a RawValue)>);
@@ -221,11 +198,7 @@ fn has_install_script(fields: &Entries<'_>) -> bool {
     let Some(scripts) = fields.get("scripts") else {
         return false;
     };
-    Entries::parse(scripts.get()).is_ok_and(|s| {
-        ["preinstall", "install", "postinstall"]
-            .iter()
-            .any(|k| s.get(k).is_some())
-    })
+    Entries::parse(scripts.get()).is_ok_and(|s| INSTALL_SCRIPTS.iter().any(|k| s.get(k).is_some()))
 }
 
 /// The abbreviated document npm installs from, tarballs pointing at `base`.

@@ -20,7 +20,7 @@ use crate::name::{PackageName, TarballFile};
 pub const ABBREVIATED_MEDIA_TYPE: &str = "application/vnd.npm.install-v1+json";
 
 /// Version fields the abbreviated document keeps: what npm's installer reads.
-const ABBREVIATED_VERSION_FIELDS: &[&str] = &[
+pub(crate) const ABBREVIATED_VERSION_FIELDS: &[&str] = &[
     "name",
     "version",
     "deprecated",
@@ -45,7 +45,7 @@ const ABBREVIATED_VERSION_FIELDS: &[&str] = &[
 ];
 
 /// Lifecycle scripts that make npm run something at install time.
-const INSTALL_SCRIPTS: &[&str] = &["preinstall", "install", "postinstall"];
+pub(crate) const INSTALL_SCRIPTS: &[&str] = &["preinstall", "install", "postinstall"];
 
 /// Why a document is not a usable packument.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -28,6 +28,27 @@ use crate::{
 /// How long Verdaccio may take to answer its first ping.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Writes `config` as `dir/config.yaml` and starts `bin` with it on 127.0.0.1:`port`, in its
+/// own process group, its output going to `dir/verdaccio.log`.
+pub fn spawn(bin: &Path, dir: &Path, config: &str, port: u16) -> Result<Child> {
+    let config_path = dir.join("config.yaml");
+    fs::write(&config_path, config)?;
+    let log = fs::File::create(dir.join("verdaccio.log"))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
+        .arg(&config_path)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .current_dir(dir)
+        .env("NODE_ENV", "production")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    process::own_group(&mut cmd)
+        .spawn()
+        .context("spawning verdaccio")
+}
+
 /// A running Verdaccio with one user.
 #[derive(Debug)]
 pub struct Verdaccio {
@@ -46,22 +67,7 @@ impl Verdaccio {
             .tempdir()
             .context("creating Verdaccio's directory")?;
         let port = tools::free_port()?;
-        let config = dir.path().join("config.yaml");
-        fs::write(&config, config_yaml(dir.path()))?;
-        let log = fs::File::create(dir.path().join("verdaccio.log"))?;
-        let mut cmd = Command::new(&tools.verdaccio);
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .current_dir(dir.path())
-            .env("NODE_ENV", "production")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = process::own_group(&mut cmd)
-            .spawn()
-            .context("spawning verdaccio")?;
+        let child = spawn(&tools.verdaccio, dir.path(), &config_yaml(dir.path()), port)?;
         let mut v = Verdaccio {
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),

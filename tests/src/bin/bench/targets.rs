@@ -409,22 +409,7 @@ log:
   level: error
 "#
         );
-        let conf_path = dir.path().join("config.yaml");
-        fs::write(&conf_path, config)?;
-        let log = fs::File::create(dir.path().join("verdaccio.log"))?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("--config")
-            .arg(&conf_path)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .current_dir(dir.path())
-            .env("NODE_ENV", "production")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = process::own_group(&mut cmd)
-            .spawn()
-            .context("spawning verdaccio")?;
+        let child = open_registry_tests::verdaccio::spawn(&bin, dir.path(), &config, port)?;
         sys::register_pid(Some(child.id()));
         let mut v = Verdaccio {
             url: format!("http://127.0.0.1:{port}"),
