@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::negotiate;
 use crate::registry::{Error, Packument, Registry};
 use crate::render::{self, Form, Rendered};
-use crate::router::Shared;
+use crate::shared::Shared;
 
 /// Packuments change when a version is published: clients may reuse one for five minutes.
 const CACHE_CONTROL: HeaderValue = HeaderValue::from_static("public, max-age=300");

@@ -8,6 +8,7 @@
 //! - [`mod@router`]: [`router()`] and its [`Config`]; dispatches every request by method and path.
 //! - `path`: raw request paths → routes, with npm's name rules and traversal checks.
 //! - `negotiate`: Accept, Accept-Encoding, If-None-Match and Host → what to send.
+//! - `shared`: what every handler reads (the registry, the render cache, the counters).
 //! - `documents`: packuments, versions and dist-tags (the hot path), from the render cache.
 //! - `render` and `cache`: deriving a document's final bytes (JSON, gzip, ETag) once per
 //!   revision, and keeping them in a byte-bounded LRU that renders each key once.
@@ -29,6 +30,7 @@ mod metrics;
 mod negotiate;
 mod path;
 mod render;
+mod shared;
 mod tarball;
 
 #[cfg(test)]

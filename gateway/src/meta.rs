@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::error::{ApiError, json_response};
 use crate::registry::{Error, Forward, ForwardMethod, Registry};
-use crate::router::Shared;
+use crate::shared::Shared;
 
 /// The largest body forwarded: npm's bulk advisory request for a big lockfile is a few MiB.
 pub const MAX_FORWARD_BODY: usize = 10 * 1024 * 1024;

@@ -22,6 +22,7 @@ use crate::error::ApiError;
 use crate::metrics::{Metrics, RouteClass};
 use crate::path::{self, Route};
 use crate::registry::{ForwardMethod, Registry};
+use crate::shared::Shared;
 use crate::{documents, meta, tarball};
 
 /// The default render cache budget: enough for the hot set of a busy mirror (react's two forms
@@ -45,16 +46,6 @@ impl Default for Config {
             render_cache_bytes: DEFAULT_RENDER_CACHE_BYTES,
         }
     }
-}
-
-/// What every request handler shares.
-#[derive(Debug)]
-pub(crate) struct Shared<R> {
-    pub(crate) registry: Arc<R>,
-    /// `Config::public_url` without a trailing `/`; `None` if unset or empty.
-    pub(crate) public_url: Option<String>,
-    pub(crate) cache: RenderCache,
-    pub(crate) metrics: Metrics,
 }
 
 /// The npm registry API over `registry`.

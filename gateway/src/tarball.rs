@@ -15,7 +15,7 @@ use open_registry_protocol::{PackageName, TarballFile};
 use crate::error::ApiError;
 use crate::negotiate;
 use crate::registry::{Body, Error, Registry};
-use crate::router::Shared;
+use crate::shared::Shared;
 
 const CACHE_CONTROL: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");

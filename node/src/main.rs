@@ -11,8 +11,8 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = open_registry_node::cli::Cli::parse();
-    match open_registry_node::cli::run(cli).await {
+    let cli = open_registry_node::client::cli::Cli::parse();
+    match open_registry_node::client::cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -16,20 +16,21 @@ use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin;
 use crate::config::{Config, gateway_url};
-use crate::fetcher::Fetcher;
-use crate::gossip;
-use crate::identity::Identity;
+use crate::fetch::Fetcher;
+use crate::fetch::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::net;
-use crate::p2p::{P2p, PointerValidator, StoreSource};
-use crate::pins::Pins;
-use crate::popularity::Popularity;
+use crate::peer::popularity::Popularity;
+use crate::peer::{P2p, PointerValidator, StoreSource};
 use crate::records::Records;
+use crate::records::identity::Identity;
 use crate::store::Store;
-use crate::sync::Sync;
-use crate::upstream::Upstream;
-use crate::{admin, evict};
+use crate::store::evict;
+use crate::store::pins::Pins;
+use crate::tasks::gossip;
+use crate::tasks::sync::Sync;
 
 /// The file in the data dir naming the running node's gateway, for `status` and for tests.
 pub const RUN_FILE: &str = "node.json";
@@ -50,7 +51,7 @@ pub async fn pin_keys(dir: &Path, upstream: Option<&Upstream>) -> anyhow::Result
     };
     let b = match upstream.keys().await {
         Ok(b) => b,
-        Err(crate::upstream::UpstreamError::NotFound(_)) => return Ok(None),
+        Err(crate::fetch::upstream::UpstreamError::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     open_registry_protocol::npm_sig::Keys::parse(&b)
@@ -268,7 +269,7 @@ impl Registry for Node {
             Some(u) => Ok(u
                 .forward(req)
                 .await
-                .map_err(crate::fetcher::FetchError::from)?),
+                .map_err(crate::fetch::FetchError::from)?),
             None => Err(gateway::Error::Unavailable(
                 "this node has no upstream configured for search and audit".into(),
             )),

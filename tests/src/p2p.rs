@@ -34,9 +34,9 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use open_registry_node::{
-    identity::Identity,
     net::{self, Blob, BlobSource, Client, Multiaddr, PeerId, RecordValidator},
-    p2p::PointerValidator,
+    peer::PointerValidator,
+    records::identity::Identity,
 };
 use open_registry_protocol::{
     BlobId, PackageName, pointer,

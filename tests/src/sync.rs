@@ -11,9 +11,9 @@ use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use open_registry_node::{
-    identity::Identity,
     net::{self, Client, Multiaddr},
-    p2p::PointerValidator,
+    peer::PointerValidator,
+    records::identity::Identity,
 };
 use open_registry_protocol::{
     BlobId,

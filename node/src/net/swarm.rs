@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::event_loop::EventLoop;
 use super::{BlobSource, Client, Config, NetError, RecordValidator, behaviour::Behaviour, serve};
-use crate::identity::Identity;
+use crate::records::identity::Identity;
 
 /// Commands queued for the swarm task before callers wait.
 pub const COMMAND_QUEUE: usize = 256;

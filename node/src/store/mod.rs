@@ -4,7 +4,9 @@
 //! without re-hashing. Blobs are made durable before any index entry names them.
 
 pub mod blobs;
+pub mod evict;
 pub mod index;
+pub mod pins;
 
 use std::path::Path;
 

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::*;
-use crate::identity::Identity;
+use crate::records::identity::Identity;
 
 mod blobs;
 mod dht;

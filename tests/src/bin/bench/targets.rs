@@ -67,7 +67,9 @@ pub(crate) fn start_peer_as(
 ) -> Result<Peer> {
     let dir = tempfile::Builder::new().prefix("bench-peer-").tempdir()?;
     if let Some(key) = key {
-        let path = dir.path().join(open_registry_node::identity::KEY_FILE);
+        let path = dir
+            .path()
+            .join(open_registry_node::records::identity::KEY_FILE);
         fs::write(&path, key)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
     }
@@ -111,7 +113,7 @@ impl Peer {
         let path = self
             .node
             .data_dir
-            .join(open_registry_node::identity::KEY_FILE);
+            .join(open_registry_node::records::identity::KEY_FILE);
         fs::read(&path).with_context(|| format!("reading {}", path.display()))
     }
 

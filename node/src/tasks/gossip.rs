@@ -12,12 +12,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::fetcher::Fetcher;
-use crate::identity::Identity;
+use crate::fetch::Fetcher;
 use crate::net;
-use crate::p2p::P2p;
-use crate::pins::Pins;
-use crate::popularity::Popularity;
+use crate::peer::P2p;
+use crate::peer::popularity::Popularity;
+use crate::records::identity::Identity;
+use crate::store::pins::Pins;
 
 /// Subscribes to the topics and starts the tasks.
 #[allow(clippy::too_many_arguments)]

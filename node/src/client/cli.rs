@@ -14,12 +14,12 @@ use std::process::ExitCode;
 
 use open_registry_protocol::{PeerId, Policy};
 
+use crate::client::pinning::{self, NodeApi};
+use crate::client::verify;
+use crate::config::units::format_size;
 use crate::config::{self, CONFIG_FILE, Config, Settings};
-use crate::identity::Identity;
 use crate::node::{self, RUN_FILE};
-use crate::pinning::{self, NodeApi};
-use crate::units::format_size;
-use crate::verify;
+use crate::records::identity::Identity;
 use futures::StreamExt as _;
 use open_registry_protocol::PackageName;
 
@@ -602,9 +602,9 @@ async fn init(a: InitArgs) -> anyhow::Result<()> {
     println!(
         "operator: {} (key in {})",
         identity.peer_id(),
-        dir.join(crate::identity::KEY_FILE).display()
+        dir.join(crate::records::identity::KEY_FILE).display()
     );
-    let upstream = crate::upstream::Upstream::new(&c, Default::default())?;
+    let upstream = crate::fetch::upstream::Upstream::new(&c, Default::default())?;
     match node::pin_keys(&dir, upstream.as_ref()).await {
         Ok(Some(_)) => println!(
             "registry keys: pinned in {}",

@@ -14,6 +14,8 @@
 //! Nothing a peer sends is believed: pointers and records are verified against trusted keys,
 //! and blob bytes against their CID (and npm integrity for tarballs) before they are stored.
 
+pub mod popularity;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,7 @@ use open_registry_protocol::{BlobId, PackageName, Policy, Verifier};
 use tokio::io::AsyncSeekExt as _;
 use tokio::time::Instant;
 
-use crate::fetcher::FetchError;
+use crate::fetch::FetchError;
 use crate::metrics::Metrics;
 use crate::net::{self, BlobSource, Client, NetError, RecordValidator};
 use crate::records::Records;

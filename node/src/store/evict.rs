@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use open_registry_protocol::{BlobId, PackageName};
 
-use crate::pins::Pins;
+use crate::store::pins::Pins;
 use crate::store::{IndexError, Store};
 
 /// What a pass did.

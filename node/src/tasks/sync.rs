@@ -10,7 +10,7 @@
 //! - **Interval refresh** (without a feed): pinned packuments are revalidated on an interval,
 //!   with conditional requests.
 //! - Either way, every refresh that changes a packument is signed, announced in the DHT and
-//!   gossiped (see [`crate::p2p`]); nodes that hear of it fetch the new revision from peers.
+//!   gossiped (see [`crate::peer`]); nodes that hear of it fetch the new revision from peers.
 //! - **Lag**: the feed's newest sequence against the processed one, and the age of the oldest
 //!   pinned packument, reported in the status.
 
@@ -24,8 +24,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::fetcher::Fetcher;
-use crate::pins::Pins;
+use crate::fetch::Fetcher;
+use crate::store::pins::Pins;
 use crate::store::{IndexError, now_ms};
 
 /// The sled key of the last processed feed sequence.

@@ -113,7 +113,7 @@ impl Report {
 
 /// Expands `name`, `name@version`, `name@tag` or `name@range` into targets, using the packument.
 pub async fn targets_for_spec(v: &Verify, spec: &str) -> anyhow::Result<Vec<Target>> {
-    let (name, want) = crate::pinning::split_spec(spec)?;
+    let (name, want) = crate::client::pinning::split_spec(spec)?;
     let doc = v.packument(&name).await?;
     let versions: Vec<String> = doc
         .get("versions")
@@ -703,8 +703,8 @@ mod tests {
 
     #[test]
     fn trust_defaults() {
-        let a = crate::identity::Identity::from_seed([1; 32]).peer_id();
-        let b = crate::identity::Identity::from_seed([2; 32]).peer_id();
+        let a = crate::records::identity::Identity::from_seed([1; 32]).peer_id();
+        let b = crate::records::identity::Identity::from_seed([2; 32]).peer_id();
         assert_eq!(trusted(&[a], &[b], Some(b)), vec![a]);
         assert_eq!(trusted(&[], &[a], Some(b)), vec![a, b]);
         assert_eq!(trusted(&[], &[], None), Vec::<PeerId>::new());

@@ -14,7 +14,7 @@ use open_registry_protocol::popularity::Summary;
 use open_registry_protocol::record::{Signable as _, Signed};
 use open_registry_protocol::{PackageName, PeerId, Policy};
 
-use crate::identity::Identity;
+use crate::records::identity::Identity;
 use crate::store::now_ms;
 
 /// Packages counted at most; beyond, the least requested are dropped.

@@ -7,6 +7,8 @@
 //! one configured, the node takes the npm client's own registry (`npm config get registry`), or
 //! runs without an upstream.
 
+pub mod units;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,8 +19,8 @@ use url::Url;
 
 use open_registry_protocol::{PeerId, Policy};
 
+use crate::config::units::{parse_duration, parse_size};
 use crate::net;
-use crate::units::{parse_duration, parse_size};
 
 /// The gateway's default address: loopback only, so a fresh node is never exposed by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7373";
@@ -534,7 +536,7 @@ fn quoted<T: std::fmt::Display>(v: Vec<T>) -> String {
 
 /// The commented config.toml that `init` writes.
 pub fn render_toml(c: &Config) -> String {
-    use crate::units::{format_duration, format_size_exact};
+    use crate::config::units::{format_duration, format_size_exact};
     let upstream = match &c.upstream {
         Some(u) => format!("upstream = \"{u}\""),
         None => "no_upstream = true".to_owned(),
@@ -767,8 +769,8 @@ mod tests {
 
     #[test]
     fn trust_settings() {
-        let a = crate::identity::Identity::from_seed([1; 32]).peer_id();
-        let b = crate::identity::Identity::from_seed([2; 32]).peer_id();
+        let a = crate::records::identity::Identity::from_seed([1; 32]).peer_id();
+        let b = crate::records::identity::Identity::from_seed([2; 32]).peer_id();
         let s = Settings {
             trust: Some(vec![a.to_string(), b.to_string(), a.to_string()]),
             trust_threshold: Some(2),

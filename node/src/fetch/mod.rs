@@ -11,6 +11,9 @@
 //! stored only once its bytes match both the integrity its packument promises and its content
 //! id, and it is served only from the store, so no unverified byte ever reaches a client.
 
+pub mod flight;
+pub mod upstream;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,12 +28,12 @@ use tokio_util::io::ReaderStream;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::flight::{Flights, Role};
+use crate::fetch::flight::{Flights, Role};
+use crate::fetch::upstream::{PackumentAnswer, Upstream, UpstreamError};
 use crate::metrics::Metrics;
-use crate::p2p::P2p;
+use crate::peer::P2p;
 use crate::records::{Records, record_integrity};
 use crate::store::{PackumentEntry, Store, WriteError, now_ms};
-use crate::upstream::{PackumentAnswer, Upstream, UpstreamError};
 use open_registry_protocol::pointer::Pointer;
 use open_registry_protocol::record::Verified;
 
@@ -919,7 +922,7 @@ impl Fetcher {
                     buf.extend_from_slice(&chunk);
                 }
                 Some(Err(e)) => {
-                    return Err(UpstreamError::Body(crate::upstream::error_chain(&e)).into());
+                    return Err(UpstreamError::Body(crate::fetch::upstream::error_chain(&e)).into());
                 }
             }
         }
@@ -963,7 +966,7 @@ impl Fetcher {
                 }
                 Some(Err(e)) => {
                     Metrics::inc(&self.metrics.upstream_errors);
-                    return Err(UpstreamError::Body(crate::upstream::error_chain(&e)).into());
+                    return Err(UpstreamError::Body(crate::fetch::upstream::error_chain(&e)).into());
                 }
             }
         }

@@ -10,6 +10,8 @@
 //! record by the id a DHT pointer names), `record_seq` (name → our last sequence),
 //! `record_seen` (name, 0x00, signer key → highest sequence seen, for rollback checks).
 
+pub mod identity;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use open_registry_protocol::record::{Record, Signed, VersionEntry};
 use open_registry_protocol::{BlobId, Integrity, PackageName, PeerId};
 use tokio::sync::Mutex;
 
-use crate::identity::Identity;
+use crate::records::identity::Identity;
 use crate::store::{Index, IndexError, now_ms};
 
 /// The signer and record store of one node.

@@ -1,0 +1,19 @@
+//! [`Shared`]: what every request handler reads, built once by [`crate::router()`].
+//!
+//! It lives apart from the router so that the handlers (documents, tarballs, meta routes) depend
+//! on it and the router depends on them, never the other way round.
+
+use std::sync::Arc;
+
+use crate::cache::RenderCache;
+use crate::metrics::Metrics;
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub(crate) struct Shared<R> {
+    pub(crate) registry: Arc<R>,
+    /// `Config::public_url` without a trailing `/`; `None` if unset or empty.
+    pub(crate) public_url: Option<String>,
+    pub(crate) cache: RenderCache,
+    pub(crate) metrics: Metrics,
+}

@@ -1,0 +1,5 @@
+//! The client side.
+
+pub mod cli;
+pub mod pinning;
+pub mod verify;

@@ -1,0 +1,4 @@
+//! Background tasks.
+
+pub mod gossip;
+pub mod sync;
