@@ -51,6 +51,7 @@ impl ApiError {
             ApiError::Registry(e) => match e {
                 Error::NotFound(_) => StatusCode::NOT_FOUND,
                 Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+                Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
                 Error::BadGateway(_) => StatusCode::BAD_GATEWAY,
                 Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -130,6 +131,7 @@ mod tests {
         for (e, code) in [
             (Error::NotFound("x".into()), 404),
             (Error::BadRequest("x".into()), 400),
+            (Error::Unauthorized("x".into()), 401),
             (Error::BadGateway("x".into()), 502),
             (Error::Timeout("x".into()), 504),
             (Error::Unavailable("x".into()), 503),

@@ -109,6 +109,9 @@ pub enum Error {
     /// 400: the request itself is wrong.
     #[error("{0}")]
     BadRequest(String),
+    /// 401: the request needs a credential it lacks (the operator's admin token).
+    #[error("{0}")]
+    Unauthorized(String),
     /// 502: the upstream or every peer failed, or sent bytes that did not verify, and there is
     /// no cached copy. Retriable.
     #[error("{0}")]

@@ -1,4 +1,4 @@
-//! RELIABILITY R17, no unbounded allocation on the wire: a peer whose blob header announces
+//! R17 in docs/security.md, no unbounded allocation on the wire: a peer whose blob header announces
 //! 4 GiB costs the fetching node memory in proportion to the bytes that actually arrive, not
 //! to the announcement, whether the announcement is over the caller's cap (refused before a
 //! byte is read) or within it (read into a buffer whose capacity is bounded).

@@ -1,5 +1,5 @@
-//! Malformed input everywhere (RELIABILITY R17): property tests that feed every decoder in this
-//! crate bytes and documents no honest peer or registry would send.
+//! Malformed input everywhere (R17 in docs/security.md): property tests that feed every decoder in
+//! this crate bytes and documents no honest peer or registry would send.
 //!
 //! Each decoder gets both kinds of garbage: arbitrary input, which exercises the first checks,
 //! and valid input with mutations (flipped, cut, inserted, enlarged length fields; documents

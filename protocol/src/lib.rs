@@ -13,11 +13,12 @@
 //! - [`pointer`](mod@pointer): the small signed pointers the DHT holds to find a package's newest records.
 //! - [`popularity`]: signed summaries of the packages a node serves most.
 //! - [`trust`]: the trust policy (trusted signers, threshold) and its distinct rejections.
-//! - [`status`]: the node's JSON self-report.
+//! - [`status`]: the node's JSON self-report; [`admin`]: the JSON of its operator routes.
 //!
 //! No tokio, no sockets, no disk: everything here is a pure function of its input, so it is
 //! tested exhaustively and can be reimplemented from docs/protocol.md.
 
+pub mod admin;
 pub mod derive;
 pub mod id;
 pub mod integrity;

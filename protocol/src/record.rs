@@ -22,7 +22,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer as _, SigningKey};
 
 use crate::id::BlobId;
+use crate::integrity::Integrity;
 use crate::name::PackageName;
+use crate::packument::DistRef;
 use crate::peer::PeerId;
 
 /// Prefix of every signed message: the domain, so signatures cannot be replayed elsewhere.
@@ -75,6 +77,18 @@ pub enum RecordError {
 
 fn malformed(s: impl Into<String>) -> RecordError {
     RecordError::Malformed(s.into())
+}
+
+/// The integrity string a record attests for a version: `dist.integrity` verbatim, or the sha1
+/// `dist.shasum` as an SRI string (`sha1-<base64>`). `None` when the metadata promises nothing
+/// verifiable.
+pub fn attested_integrity(d: &DistRef) -> Option<String> {
+    Integrity::for_dist(d.integrity.as_deref(), d.shasum.as_deref())
+        .ok()
+        .map(|i| match &d.integrity {
+            Some(s) if !s.trim().is_empty() => s.clone(),
+            _ => i.to_string(),
+        })
 }
 
 impl Record {

@@ -1,6 +1,6 @@
-//! RELIABILITY R17, no unbounded allocation: whatever bytes a decoder is handed, it allocates
-//! in proportion to them, never to a length or count the bytes merely claim (a record that
-//! says it lists 100 000 versions, a string that says it is 64 KiB long, a body past the size
+//! R17 in docs/security.md, no unbounded allocation: whatever bytes a decoder is handed, it
+//! allocates in proportion to them, never to a length or count the bytes merely claim (a record
+//! that says it lists 100 000 versions, a string that says it is 64 KiB long, a body past the size
 //! cap).
 //!
 //! This file is its own test binary so that it can count every allocation: the global

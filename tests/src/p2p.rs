@@ -492,7 +492,7 @@ impl EvilPeer {
         config.limits.stall_timeout = Duration::from_secs(300);
         config.limits.request_timeout = Duration::from_secs(600);
         let validator: Arc<dyn RecordValidator> = match values {
-            Values::Pointers => Arc::new(PointerValidator),
+            Values::Pointers => Arc::new(PointerValidator::default()),
             Values::Anything => Arc::new(AcceptAll),
         };
         let cancel = CancellationToken::new();

@@ -67,7 +67,7 @@ impl DhtProbe {
                 config,
                 &identity,
                 Arc::new(net::NoBlobs),
-                Arc::new(PointerValidator),
+                Arc::new(PointerValidator::default()),
                 TaskTracker::new(),
                 cancel.clone(),
             ))

@@ -1,4 +1,4 @@
-//! RELIABILITY.md R11, crash during write: a store killed with SIGKILL at any moment while it
+//! R11 in docs/security.md, crash during write: a store killed with SIGKILL at any moment while it
 //! ingests comes back with no blob whose bytes differ from its id, no index entry naming a
 //! missing blob, and every acknowledged entry in place.
 //!
@@ -23,7 +23,7 @@ use open_registry_tests::{
     FakeUpstream, Fault, NodeProcess, PackageSpec, Published, Target, probe, process,
 };
 
-/// Kill-and-check rounds of the fast loop (RELIABILITY asks for at least 1000).
+/// Kill-and-check rounds of the fast loop (R11 in docs/security.md asks for at least 1000).
 const TRIALS: u64 = 1000;
 /// Crashes on top of each other in one data dir.
 const TRIALS_PER_DIR: u64 = 50;
@@ -108,7 +108,8 @@ fn check_store(
             .join(id.to_string())
     };
     {
-        let index = Index::open(&dir.join("db")).map_err(|e| anyhow!("index: {e}"))?;
+        let index = Index::open(&dir.join("db"), open_registry_node::clock::Clock::system())
+            .map_err(|e| anyhow!("index: {e}"))?;
         for (key, id) in index.tarball_entries()? {
             ensure!(
                 blob_path(&id).is_file(),
@@ -125,7 +126,7 @@ fn check_store(
         }
     }
     let store = rt
-        .block_on(Store::open(dir))
+        .block_on(Store::open(dir, open_registry_node::clock::Clock::system()))
         .map_err(|e| anyhow!("the store does not open after a crash: {e}"))?;
     let tmp = std::fs::read_dir(dir.join("tmp"))?.count();
     ensure!(tmp == 0, "{tmp} files left in tmp/ after open");

@@ -1,5 +1,5 @@
 //! Fault injection against the real `open-registry` binary: a [`FakeUpstream`] that truncates,
-//! empties, corrupts, fails, hangs or goes away (RELIABILITY.md R2 and R14).
+//! empties, corrupts, fails, hangs or goes away (R2 and R14 in docs/security.md).
 //!
 //! Pass criterion throughout: no unverified byte is ever served or stored, a failure the client
 //! sees is a retriable 5xx with a JSON error, the node keeps answering, and once the fault is

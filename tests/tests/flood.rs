@@ -1,4 +1,4 @@
-//! RELIABILITY.md R16, connection and stream flood: one peer opens thousands of connections,
+//! R16 in docs/security.md, connection and stream flood: one peer opens thousands of connections,
 //! then thousands of blob streams, to a node on loopback.
 //!
 //! The node is the real `open-registry` process; the attacker is a libp2p peer of our network

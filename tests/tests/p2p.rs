@@ -7,8 +7,8 @@
 //! the honest origin is stopped once the liar has copied (and announced) what it holds, so the
 //! liar is the only live provider and the outcome does not depend on the fetcher's shuffle.
 //!
-//! RELIABILITY.md rows: R1 (corrupted bytes), R3 (forged metadata), R4 (rollback), R7 (endless
-//! or slow data), R13 (provider churn).
+//! Rows of the fault table in docs/security.md: R1 (corrupted bytes), R3 (forged metadata), R4
+//! (rollback), R7 (endless or slow data), R13 (provider churn).
 
 use std::{
     fs,

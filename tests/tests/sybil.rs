@@ -1,4 +1,4 @@
-//! RELIABILITY.md R15, sybil providers: many peers announce blobs they do not have.
+//! R15 in docs/security.md, sybil providers: many peers announce blobs they do not have.
 //!
 //! The sybils are libp2p peers of our network in this process (the node's own network layer,
 //! `open_registry_node::net`), dozens on one runtime, in Kademlia client mode so that every

@@ -1,5 +1,5 @@
-//! Malformed input to the gateway's own parsers, called directly (RELIABILITY R17): the path
-//! parser on strings no HTTP client could send (any Unicode, thousands of segments), and the
+//! Malformed input to the gateway's own parsers, called directly (R17 in docs/security.md): the
+//! path parser on strings no HTTP client could send (any Unicode, thousands of segments), and the
 //! header readers on any bytes a header may carry.
 //!
 //! `fuzz` drives the whole router with requests; this file checks what it cannot reach, and

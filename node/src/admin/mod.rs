@@ -1,70 +1,53 @@
-//! The operator's API, next to the public npm API on the same port: pinning.
+//! The operator's API, next to the public npm API on the same port: the dashboard, pins,
+//! peers and popularity.
 //!
-//! Reading the pin list is public (what a community node keeps is no secret); changing it needs
-//! the admin token, a random secret the node writes to `admin.token` in its data dir (mode 0600)
-//! on first start, which the `pin` CLI reads from there. Routes:
+//! Reading is public (what a community node keeps is no secret); changing pins needs the admin
+//! token ([`token`]). Answers are the typed views of `open_registry_protocol::admin`; failures
+//! go through the gateway's one error mapping (`ApiError`), so a client gets a status and a
+//! message and internal details stay in the log. Routes:
 //!
 //! - `GET /-/open-registry/`: an HTML dashboard (packages served and cached, errors now, lag,
 //!   peers, popularity, pins), drawn from the JSON routes.
-//! - `GET /-/open-registry/pins`: `{"pins": [{"name", "versions": {version: file}, "size",
-//!   "since"}]}`
-//! - `GET /-/open-registry/peers`: the peer-to-peer view (connected peers, routing table).
-//! - `GET /-/open-registry/popular?limit=N`: the most requested packages, here and at
-//!   trusted operators' nodes (from their signed gossip summaries).
+//! - `GET /-/open-registry/pins`: [`PinList`](open_registry_protocol::admin::PinList).
+//! - `GET /-/open-registry/peers`: [`Peers`](open_registry_protocol::admin::Peers), 404 without
+//!   the network.
+//! - `GET /-/open-registry/popular?limit=N`: [`Popular`](open_registry_protocol::admin::Popular),
+//!   here and at trusted operators' nodes (from their signed gossip summaries).
 //! - `POST /-/open-registry/admin/pin` `{"name", "version"}`: fetch, verify, store, pin.
 //! - `POST /-/open-registry/admin/unpin` `{"name"}`: unpin every version of a package.
 
-use std::path::Path;
+pub mod token;
+mod views;
+
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use open_registry_gateway::{ApiError, Error};
 use open_registry_protocol::PackageName;
+use open_registry_protocol::admin::{Peers as PeersView, PinAdded, PinList, Popular, Unpinned};
 use serde::Deserialize;
-use serde_json::json;
 
-use crate::node::Node;
+use crate::fetch::Fetcher;
+use crate::peer::Peers;
+use crate::peer::popularity::Popularity;
+use crate::store::pins::Pins;
 
-/// The admin token's file name in the data dir.
-pub const TOKEN_FILE: &str = "admin.token";
-
-/// Reads the admin token, creating it on first use.
-pub fn load_or_create_token(dir: &Path) -> anyhow::Result<String> {
-    let path = dir.join(TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-    let mut b = [0u8; 32];
-    let mut f = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
-    std::io::Read::read_exact(&mut f, &mut b)?;
-    let token = hex::encode(b);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut f, token.as_bytes())?;
-    f.sync_all()?;
-    Ok(token)
-}
-
+/// What the operator routes work with.
 #[derive(Debug)]
-struct Admin {
-    node: Arc<Node>,
-    token: String,
+pub struct Admin {
+    pub fetcher: Arc<Fetcher>,
+    pub pins: Arc<Pins>,
+    pub peers: Option<Arc<Peers>>,
+    pub popularity: Arc<Popularity>,
+    /// The admin token (see [`token`]).
+    pub token: String,
 }
 
 /// The admin routes, to merge with the gateway's router.
-pub fn router(node: Arc<Node>, token: String) -> Router {
+pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/-/open-registry/", get(dashboard))
         .route("/-/open-registry/pins", get(list))
@@ -72,67 +55,44 @@ pub fn router(node: Arc<Node>, token: String) -> Router {
         .route("/-/open-registry/popular", get(popular))
         .route("/-/open-registry/admin/pin", post(pin))
         .route("/-/open-registry/admin/unpin", post(unpin))
-        .with_state(Arc::new(Admin { node, token }))
+        .with_state(admin)
 }
 
-/// An admin API failure: a status and a message, sent as `{"error": ...}`.
-#[derive(Debug)]
-struct AdminError(StatusCode, String);
+type Answer<T> = Result<Json<T>, ApiError>;
 
-impl IntoResponse for AdminError {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": self.1}))).into_response()
-    }
-}
-
-type Answer = Result<Json<serde_json::Value>, AdminError>;
-
-fn authorized(admin: &Admin, headers: &HeaderMap) -> Result<(), AdminError> {
+fn authorized(admin: &Admin, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    // Compare without an early exit: the token is a secret.
-    let ok = given.is_some_and(|g| {
-        g.len() == admin.token.len()
-            && g.bytes()
-                .zip(admin.token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    if ok {
+    if token::matches(&admin.token, given) {
         Ok(())
     } else {
-        Err(AdminError(
-            StatusCode::UNAUTHORIZED,
+        Err(Error::Unauthorized(
             "changing pins needs the node's admin token (admin.token in its data dir)".into(),
-        ))
+        )
+        .into())
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> AdminError {
-    AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
-
-async fn list(State(admin): State<Arc<Admin>>) -> Answer {
-    admin.node.pin_list().await.map(Json).map_err(internal)
-}
-
-/// The dashboard: one static page that reads the JSON routes below.
+/// The dashboard: one static page that reads the JSON routes.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 async fn dashboard() -> axum::response::Html<&'static str> {
     axum::response::Html(DASHBOARD)
 }
 
-async fn peers(State(admin): State<Arc<Admin>>) -> Answer {
-    match admin.node.peers().await {
-        Ok(Some(v)) => Ok(Json(v)),
-        Ok(None) => Err(AdminError(
-            StatusCode::NOT_FOUND,
+async fn list(State(admin): State<Arc<Admin>>) -> Answer<PinList> {
+    Ok(Json(admin.pin_list().await?))
+}
+
+async fn peers(State(admin): State<Arc<Admin>>) -> Answer<PeersView> {
+    match admin.peers().await? {
+        Some(v) => Ok(Json(v)),
+        None => Err(Error::NotFound(
             "this node does not take part in the peer-to-peer network (no_p2p)".into(),
-        )),
-        Err(e) => Err(internal(e)),
+        )
+        .into()),
     }
 }
 
@@ -141,11 +101,8 @@ struct Limit {
     limit: Option<usize>,
 }
 
-async fn popular(
-    State(admin): State<Arc<Admin>>,
-    axum::extract::Query(q): axum::extract::Query<Limit>,
-) -> Answer {
-    Ok(Json(admin.node.popular(q.limit.unwrap_or(20).min(1000))))
+async fn popular(State(admin): State<Arc<Admin>>, Query(q): Query<Limit>) -> Answer<Popular> {
+    Ok(Json(admin.popular(q.limit.unwrap_or(20).min(1000))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,70 +111,29 @@ struct PinRequest {
     version: Option<String>,
 }
 
-fn parse_name(s: &str) -> Result<PackageName, AdminError> {
-    PackageName::parse(s).map_err(|e| AdminError(StatusCode::BAD_REQUEST, e.to_string()))
+fn parse_name(s: &str) -> Result<PackageName, ApiError> {
+    PackageName::parse(s).map_err(|e| Error::BadRequest(e.to_string()).into())
 }
 
 async fn pin(
     State(admin): State<Arc<Admin>>,
     headers: HeaderMap,
     Json(req): Json<PinRequest>,
-) -> Answer {
+) -> Answer<PinAdded> {
     authorized(&admin, &headers)?;
     let name = parse_name(&req.name)?;
-    let version = req.version.ok_or_else(|| {
-        AdminError(
-            StatusCode::BAD_REQUEST,
-            "a pin names an exact version".into(),
-        )
-    })?;
-    admin
-        .node
-        .pin(&name, &version)
-        .await
-        .map(Json)
-        .map_err(|e| {
-            use open_registry_gateway::Error as E;
-            let status = match &e {
-                E::NotFound(_) => StatusCode::NOT_FOUND,
-                E::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                E::BadGateway(_) => StatusCode::BAD_GATEWAY,
-                E::BadRequest(_) => StatusCode::BAD_REQUEST,
-                E::Unavailable(_) | E::Internal(_) => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            AdminError(status, e.to_string())
-        })
+    let version = req
+        .version
+        .ok_or_else(|| Error::BadRequest("a pin names an exact version".into()))?;
+    Ok(Json(admin.pin(&name, &version).await?))
 }
 
 async fn unpin(
     State(admin): State<Arc<Admin>>,
     headers: HeaderMap,
     Json(req): Json<PinRequest>,
-) -> Answer {
+) -> Answer<Unpinned> {
     authorized(&admin, &headers)?;
     let name = parse_name(&req.name)?;
-    let removed = admin.node.unpin(&name).await.map_err(internal)?;
-    Ok(Json(json!({"name": name, "removed": removed})))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_is_created_once_and_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = load_or_create_token(dir.path()).unwrap();
-        assert_eq!(a.len(), 64);
-        assert_eq!(load_or_create_token(dir.path()).unwrap(), a);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(dir.path().join(TOKEN_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-    }
+    Ok(Json(admin.unpin(&name).await?))
 }

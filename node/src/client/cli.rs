@@ -232,7 +232,7 @@ struct Failed;
 
 fn node_api(n: &NodeRef) -> anyhow::Result<NodeApi> {
     let dir = n.dir.path();
-    let token = std::fs::read_to_string(dir.join(crate::admin::TOKEN_FILE))
+    let token = std::fs::read_to_string(dir.join(crate::admin::token::TOKEN_FILE))
         .ok()
         .map(|t| t.trim().to_owned());
     NodeApi::new(&registry_url(n.registry.as_deref(), &dir), token)
@@ -522,7 +522,10 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
             trusted.len()
         );
     }
-    let keys_path = a.keys.clone().unwrap_or_else(|| dir.join(node::KEYS_FILE));
+    let keys_path = a
+        .keys
+        .clone()
+        .unwrap_or_else(|| dir.join(crate::fetch::keys::KEYS_FILE));
     let keys = verify::load_keys(&keys_path)?;
     if keys.is_none() && a.keys.is_some() {
         bail!("{} does not exist", keys_path.display());
@@ -604,11 +607,18 @@ async fn init(a: InitArgs) -> anyhow::Result<()> {
         identity.peer_id(),
         dir.join(crate::records::identity::KEY_FILE).display()
     );
-    let upstream = crate::fetch::upstream::Upstream::new(&c, Default::default())?;
-    match node::pin_keys(&dir, upstream.as_ref()).await {
+    let upstream = crate::fetch::upstream::Client::new(&c, Default::default())?;
+    match crate::fetch::keys::pin_keys(
+        &dir,
+        upstream
+            .as_ref()
+            .map(|u| u as &dyn crate::fetch::upstream::Source),
+    )
+    .await
+    {
         Ok(Some(_)) => println!(
             "registry keys: pinned in {}",
-            dir.join(node::KEYS_FILE).display()
+            dir.join(crate::fetch::keys::KEYS_FILE).display()
         ),
         Ok(None) if upstream.is_some() => println!(
             "registry keys: the upstream publishes none (/-/npm/v1/keys); npm registry signatures cannot be verified"

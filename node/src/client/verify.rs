@@ -22,15 +22,14 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use open_registry_protocol::npm_sig::Keys;
 use open_registry_protocol::packument::{self as doc, DistRef};
-use open_registry_protocol::record::Signed;
+use open_registry_protocol::record::{Signed, attested_integrity};
 use open_registry_protocol::{
     BlobId, Integrity, PackageName, PeerId, Policy, TrustError, Verifier,
 };
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::records::record_integrity;
-use crate::store::now_ms;
+use crate::clock::now_ms;
 
 /// The file remembering the highest record sequence seen per package and signer.
 pub const SEEN_FILE: &str = "verify-seen.json";
@@ -319,7 +318,7 @@ impl Verify {
             shasum: dist_s("shasum").map(str::to_owned),
             tarball: dist_s("tarball").map(str::to_owned),
         };
-        let meta_integrity = record_integrity(&dist)
+        let meta_integrity = attested_integrity(&dist)
             .ok_or_else(|| anyhow::anyhow!("the metadata has no integrity for {}", t.version))?;
 
         // 1. npm's registry signature over the metadata, under pinned keys only.
@@ -511,7 +510,7 @@ impl Verify {
         let listed = doc::tarball_index(name, &d)
             .into_values()
             .find(|x| x.version == version)
-            .and_then(|x| record_integrity(&x));
+            .and_then(|x| attested_integrity(&x));
         match listed {
             Some(i) if i == integrity => Ok(()),
             other => Err(TrustError::Disagrees {

@@ -19,6 +19,7 @@ use url::Url;
 
 use open_registry_protocol::{PeerId, Policy};
 
+use crate::clock::Clock;
 use crate::config::units::{parse_duration, parse_size};
 use crate::net;
 
@@ -291,6 +292,8 @@ pub struct Config {
     pub pin_refresh: Duration,
     /// Interval of popularity summaries.
     pub popularity_interval: Duration,
+    /// What "now" is for every calendar decision (the system clock; tests inject a manual one).
+    pub clock: Clock,
 }
 
 impl Config {
@@ -326,6 +329,7 @@ impl Config {
             changes_poll: Duration::from_secs(5),
             pin_refresh: Duration::from_secs(600),
             popularity_interval: Duration::from_secs(300),
+            clock: Clock::system(),
         }
     }
 

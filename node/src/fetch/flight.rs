@@ -1,6 +1,6 @@
 //! Single-flight: any number of concurrent requests for the same key share one computation.
 //!
-//! This is what turns 200 identical cold requests into one upstream fetch (RELIABILITY.md R10).
+//! This is what turns 200 identical cold requests into one upstream fetch (R10 in docs/security.md).
 //! The computation runs in its own task, tracked by the node's [`TaskTracker`], so a client
 //! that disconnects does not cancel the fetch that the other 199 are waiting for. The key is
 //! removed from the in-flight map before the result is published: a request arriving after that

@@ -44,7 +44,7 @@ pub struct Config {
     pub metrics: Option<Arc<Metrics>>,
 }
 
-/// Caps and deadlines (RELIABILITY R7, R15, R16).
+/// Caps and deadlines (R7, R15 and R16 in docs/security.md).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// The largest blob we fetch or serve, in bytes; a caller's `max_len` is clamped to it.

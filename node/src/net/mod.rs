@@ -8,7 +8,8 @@
 //!
 //! What `net` does not do: verify bytes (the Fetcher checks every blob against its CID),
 //! decide whom to trust (the [`RecordValidator`] hook does), or choose among providers
-//! (the Fetcher fails over). It does bound everything it touches (RELIABILITY R7, R15, R16).
+//! (the Fetcher fails over). It does bound everything it touches (R7, R15 and R16 in
+//! docs/security.md).
 //!
 //! - [`config`]: listen and bootstrap addresses, Kademlia mode, [`Limits`].
 //! - [`swarm`]: [`spawn`] builds the Swarm, binds, and starts the tasks.

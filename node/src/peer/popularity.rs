@@ -14,8 +14,8 @@ use open_registry_protocol::popularity::Summary;
 use open_registry_protocol::record::{Signable as _, Signed};
 use open_registry_protocol::{PackageName, PeerId, Policy};
 
+use crate::clock::Clock;
 use crate::records::identity::Identity;
-use crate::store::now_ms;
 
 /// Packages counted at most; beyond, the least requested are dropped.
 pub const MAX_TRACKED: usize = 100_000;
@@ -26,18 +26,19 @@ pub struct Popularity {
     // std Mutex, not tokio: never held across an await.
     counts: Mutex<HashMap<PackageName, u64>>,
     summaries: Mutex<HashMap<PeerId, Summary>>,
-}
-
-impl Default for Popularity {
-    fn default() -> Self {
-        Popularity {
-            counts: Mutex::new(HashMap::new()),
-            summaries: Mutex::new(HashMap::new()),
-        }
-    }
+    clock: Clock,
 }
 
 impl Popularity {
+    /// Empty counts; summaries are dated by `clock`.
+    pub fn new(clock: Clock) -> Popularity {
+        Popularity {
+            counts: Mutex::new(HashMap::new()),
+            summaries: Mutex::new(HashMap::new()),
+            clock,
+        }
+    }
+
     /// Counts one request for `name`.
     pub fn count(&self, name: &PackageName) {
         let mut c = self.counts.lock().expect("counts poisoned");
@@ -64,7 +65,7 @@ impl Popularity {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        Summary::top(now_ms(), counts).sign(identity.signing_key())
+        Summary::top(self.clock.now_ms(), counts).sign(identity.signing_key())
     }
 
     /// Takes a summary heard on gossip if a trusted operator signed it and it is newer than
@@ -119,12 +120,12 @@ mod tests {
         let me = Identity::from_seed([1; 32]);
         let friend = Identity::from_seed([2; 32]);
         let stranger = Identity::from_seed([3; 32]);
-        let p = Popularity::default();
+        let p = Popularity::new(Clock::system());
         for _ in 0..3 {
             p.count(&n("a"));
         }
         p.count(&n("b"));
-        let theirs = Popularity::default();
+        let theirs = Popularity::new(Clock::system());
         for _ in 0..5 {
             theirs.count(&n("b"));
         }
@@ -132,7 +133,7 @@ mod tests {
         let policy = Policy::new([friend.peer_id()], 1);
         assert!(p.receive(&theirs.summary(&friend).to_bytes(), &policy));
         // A stranger's summary does not count, however loud.
-        let loud = Popularity::default();
+        let loud = Popularity::new(Clock::system());
         for _ in 0..100 {
             loud.count(&n("spam"));
         }

@@ -16,18 +16,21 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use open_registry_protocol::packument::DistRef;
-use open_registry_protocol::record::{Record, Signed, VersionEntry};
-use open_registry_protocol::{BlobId, Integrity, PackageName, PeerId};
+use open_registry_protocol::record::{Record, Signed, VersionEntry, attested_integrity};
+use open_registry_protocol::{BlobId, PackageName, PeerId};
 use tokio::sync::Mutex;
 
-use crate::records::identity::Identity;
-use crate::store::{Index, IndexError, now_ms};
+pub use identity::{Identity, KEY_FILE};
+
+use crate::clock::Clock;
+use crate::store::{Index, IndexError};
 
 /// The signer and record store of one node.
 #[derive(Debug)]
 pub struct Records {
     identity: Identity,
     ttl: Duration,
+    clock: Clock,
     records: sled::Tree,
     blobs: sled::Tree,
     seqs: sled::Tree,
@@ -51,23 +54,18 @@ fn prefix(name: &PackageName) -> Vec<u8> {
     k
 }
 
-/// The integrity string a record attests for a version: `dist.integrity` verbatim, or the sha1
-/// shasum as an SRI string.
-pub fn record_integrity(d: &DistRef) -> Option<String> {
-    Integrity::for_dist(d.integrity.as_deref(), d.shasum.as_deref())
-        .ok()
-        .map(|i| match &d.integrity {
-            Some(s) if !s.trim().is_empty() => s.clone(),
-            _ => i.to_string(),
-        })
-}
-
 impl Records {
-    /// Opens the record trees in the node's index.
-    pub fn open(index: &Index, identity: Identity, ttl: Duration) -> Result<Records, IndexError> {
+    /// Opens the record trees in the node's index; sequences are read off `clock`.
+    pub fn open(
+        index: &Index,
+        identity: Identity,
+        ttl: Duration,
+        clock: Clock,
+    ) -> Result<Records, IndexError> {
         Ok(Records {
             identity,
             ttl,
+            clock,
             records: index.tree("records")?,
             blobs: index.tree("record_blobs")?,
             seqs: index.tree("record_seq")?,
@@ -96,7 +94,7 @@ impl Records {
         let _guard = self.signing.lock().await;
         let mut versions = std::collections::BTreeMap::new();
         for (file, d) in dists {
-            let Some(integrity) = record_integrity(d) else {
+            let Some(integrity) = attested_integrity(d) else {
                 continue;
             };
             let tarball = index.tarball(name, file)?;
@@ -160,7 +158,7 @@ impl Records {
             .get(record.name.as_str())?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
-        record.seq = (last + 1).max(now_ms());
+        record.seq = (last + 1).max(self.clock.now_ms());
         // The sequence is durable before any record carrying it exists.
         self.seqs
             .insert(record.name.as_str(), &record.seq.to_be_bytes())?;
@@ -300,7 +298,8 @@ impl Records {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use open_registry_protocol::Policy;
+    use crate::clock::now_ms;
+    use open_registry_protocol::{Integrity, Policy};
 
     fn dists() -> HashMap<String, DistRef> {
         let mut m = HashMap::new();
@@ -333,8 +332,14 @@ mod tests {
         let policy = Policy::new([id.peer_id()], 1);
         let first_seq;
         {
-            let index = Index::open(&dir.path().join("db")).unwrap();
-            let r = Records::open(&index, id.clone(), Duration::from_secs(3600)).unwrap();
+            let index = Index::open(&dir.path().join("db"), crate::clock::Clock::system()).unwrap();
+            let r = Records::open(
+                &index,
+                id.clone(),
+                Duration::from_secs(3600),
+                Clock::system(),
+            )
+            .unwrap();
             let s1 = r
                 .sign_packument(&index, &name, BlobId::of(b"doc"), &dists(), now_ms())
                 .await
@@ -370,8 +375,8 @@ mod tests {
             );
             assert_eq!(r.list(&name).unwrap().len(), 1);
         }
-        let index = Index::open(&dir.path().join("db")).unwrap();
-        let r = Records::open(&index, id, Duration::from_secs(3600)).unwrap();
+        let index = Index::open(&dir.path().join("db"), crate::clock::Clock::system()).unwrap();
+        let r = Records::open(&index, id, Duration::from_secs(3600), Clock::system()).unwrap();
         let s3 = r
             .sign_packument(&index, &name, BlobId::of(b"doc2"), &dists(), 0)
             .await
@@ -391,11 +396,12 @@ mod tests {
     #[tokio::test]
     async fn tarballs_stored_at_once_all_end_up_in_the_record() {
         let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("db")).unwrap();
+        let index = Index::open(&dir.path().join("db"), crate::clock::Clock::system()).unwrap();
         let r = Records::open(
             &index,
             Identity::from_seed([3; 32]),
             Duration::from_secs(60),
+            Clock::system(),
         )
         .unwrap();
         let name = PackageName::parse("many").unwrap();
@@ -437,11 +443,12 @@ mod tests {
     #[tokio::test]
     async fn foreign_records_keep_the_newest_sequence() {
         let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("db")).unwrap();
+        let index = Index::open(&dir.path().join("db"), crate::clock::Clock::system()).unwrap();
         let r = Records::open(
             &index,
             Identity::from_seed([1; 32]),
             Duration::from_secs(60),
+            Clock::system(),
         )
         .unwrap();
         let other = Identity::from_seed([2; 32]);

@@ -7,6 +7,7 @@
 //! entry names (old packument revisions) go first, then the rest by last access.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use open_registry_protocol::{BlobId, PackageName};
 
@@ -29,6 +30,8 @@ pub enum EvictError {
     Index(#[from] IndexError),
     #[error("store I/O during eviction: {0}")]
     Io(#[from] std::io::Error),
+    #[error("an eviction task stopped: {0}")]
+    Task(String),
 }
 
 enum Ref {
@@ -42,14 +45,48 @@ pub fn low_water(cap: u64) -> u64 {
 }
 
 /// Evicts unpinned blobs until the store holds at most [`low_water`]`(cap)` bytes, if it holds
-/// more than `cap`. A `cap` of 0 means unbounded.
-pub async fn evict(store: &Store, pins: &Pins, cap: u64) -> Result<Report, EvictError> {
-    let mut report = Report::default();
+/// more than `cap`. A `cap` of 0 means unbounded. The scans (the blob directory, the index,
+/// the pins) and the deletions run on the blocking pool.
+pub async fn evict(store: &Arc<Store>, pins: &Arc<Pins>, cap: u64) -> Result<Report, EvictError> {
     let (used, _) = store.blobs.usage();
     if cap == 0 || used <= cap {
-        return Ok(report);
+        return Ok(Report::default());
     }
-    let target = low_water(cap);
+    let (s, p) = (store.clone(), pins.clone());
+    let victims = blocking(move || choose(&s, &p, used, low_water(cap))).await??;
+    // Index entries go first, durably: a crash before the files are deleted leaves orphan
+    // files (evicted by a later pass), never an entry naming nothing.
+    store.index.flush().await?;
+    let s = store.clone();
+    let report = blocking(move || {
+        let mut report = Report::default();
+        for (id, len) in victims {
+            if s.blobs.remove(&id)? {
+                report.freed += len;
+                report.evicted.push(id);
+            }
+        }
+        Ok::<_, std::io::Error>(report)
+    })
+    .await??;
+    if !report.evicted.is_empty() {
+        tracing::info!(
+            evicted = report.evicted.len(),
+            freed = report.freed,
+            "evicted least recently used blobs to stay under the cache cap"
+        );
+    }
+    Ok(report)
+}
+
+/// Picks the blobs to evict (unreferenced first, then least recently used, never pinned) until
+/// `used` would reach `target`, and removes the index entries naming them (not yet flushed).
+fn choose(
+    store: &Store,
+    pins: &Pins,
+    used: u64,
+    target: u64,
+) -> Result<Vec<(BlobId, u64)>, EvictError> {
     store.index.persist_access()?;
     let protected = pins.protected(&store.index)?;
     let mut refs: HashMap<BlobId, Vec<Ref>> = HashMap::new();
@@ -68,9 +105,9 @@ pub async fn evict(store: &Store, pins: &Pins, cap: u64) -> Result<Report, Evict
         let last = store.index.last_access(&id)?.unwrap_or(0);
         candidates.push((referenced, last, id, len));
     }
-    // Unreferenced first, then least recently used.
     candidates.sort_by_key(|&(referenced, last, _, _)| (referenced, last));
     let mut used = used;
+    let mut victims = Vec::new();
     for (_, _, id, len) in candidates {
         if used <= target {
             break;
@@ -81,21 +118,19 @@ pub async fn evict(store: &Store, pins: &Pins, cap: u64) -> Result<Report, Evict
                 Ref::Packument(name) => store.index.remove_packument(&name)?,
             }
         }
-        store.index.flush().await?;
-        if store.blobs.remove(&id)? {
-            used = used.saturating_sub(len);
-            report.freed += len;
-            report.evicted.push(id);
-        }
+        used = used.saturating_sub(len);
+        victims.push((id, len));
     }
-    if !report.evicted.is_empty() {
-        tracing::info!(
-            evicted = report.evicted.len(),
-            freed = report.freed,
-            "evicted least recently used blobs to stay under the cache cap"
-        );
-    }
-    Ok(report)
+    Ok(victims)
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, EvictError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EvictError::Task(e.to_string()))
 }
 
 #[cfg(test)]
@@ -106,8 +141,12 @@ mod tests {
     #[tokio::test]
     async fn evicts_unpinned_lru_first_and_keeps_pins() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let pins = Pins::open(&store.index).unwrap();
+        let store = Arc::new(
+            Store::open(dir.path(), crate::clock::Clock::system())
+                .await
+                .unwrap(),
+        );
+        let pins = Arc::new(Pins::open(&store.index, crate::clock::Clock::system()).unwrap());
         let name = PackageName::parse("p").unwrap();
         let mut ids = Vec::new();
         for i in 0..5u8 {
@@ -144,15 +183,21 @@ mod tests {
         );
         // After a restart the size is still right.
         drop((pins, store));
-        let store = Store::open(dir.path()).await.unwrap();
+        let store = Store::open(dir.path(), crate::clock::Clock::system())
+            .await
+            .unwrap();
         assert_eq!(store.blobs.usage(), (2000, 2));
     }
 
     #[tokio::test]
     async fn unreferenced_blobs_go_first() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let pins = Pins::open(&store.index).unwrap();
+        let store = Arc::new(
+            Store::open(dir.path(), crate::clock::Clock::system())
+                .await
+                .unwrap(),
+        );
+        let pins = Arc::new(Pins::open(&store.index, crate::clock::Clock::system()).unwrap());
         let name = PackageName::parse("p").unwrap();
         let used = store
             .blobs

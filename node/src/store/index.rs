@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use open_registry_protocol::{BlobId, PackageName};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Clock;
+
 /// A packument revision as the index remembers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackumentEntry {
@@ -42,6 +44,8 @@ pub enum IndexError {
 #[derive(Debug)]
 pub struct Index {
     db: sled::Db,
+    /// What "now" is for access times.
+    clock: Clock,
     packuments: sled::Tree,
     tarballs: sled::Tree,
     access: sled::Tree,
@@ -64,8 +68,8 @@ fn tarball_key(name: &PackageName, file: &str) -> Vec<u8> {
 }
 
 impl Index {
-    /// Opens the database at `path`.
-    pub fn open(path: &std::path::Path) -> Result<Index, IndexError> {
+    /// Opens the database at `path`; access times are read off `clock`.
+    pub fn open(path: &std::path::Path, clock: Clock) -> Result<Index, IndexError> {
         // sled caches up to 1 GiB by default; the index is small and hot entries stay cached.
         let db = sled::Config::new()
             .path(path)
@@ -76,6 +80,7 @@ impl Index {
             tarballs: db.open_tree("tarballs")?,
             access: db.open_tree("access")?,
             db,
+            clock,
             pending_access: Mutex::new(HashMap::new()),
             flushing: tokio::sync::Mutex::new(()),
             flush_asked: AtomicU64::new(0),
@@ -126,7 +131,7 @@ impl Index {
     ) -> Result<(), IndexError> {
         let v = serde_json::to_vec(entry).expect("entries serialize");
         self.packuments.insert(name.as_str(), v)?;
-        self.touch(&entry.id, now_ms());
+        self.touch(&entry.id, self.clock.now_ms());
         self.flush().await
     }
 
@@ -149,7 +154,7 @@ impl Index {
     ) -> Result<(), IndexError> {
         self.tarballs
             .insert(tarball_key(name, file), id.to_bytes())?;
-        self.touch(id, now_ms());
+        self.touch(id, self.clock.now_ms());
         self.flush().await
     }
 
@@ -241,8 +246,8 @@ impl Index {
     }
 
     /// Removes entries that point at blobs `exists` says are gone, and entries that do not
-    /// parse. Returns how many were removed.
-    pub async fn repair(&self, exists: impl Fn(&BlobId) -> bool) -> Result<usize, IndexError> {
+    /// parse. Returns how many were removed; the caller flushes. Blocking (a scan of sled).
+    pub fn repair(&self, exists: impl Fn(&BlobId) -> bool) -> Result<usize, IndexError> {
         let mut removed = 0;
         for kv in self.packuments.iter() {
             let (k, v) = kv?;
@@ -259,18 +264,8 @@ impl Index {
                 removed += 1;
             }
         }
-        if removed > 0 {
-            self.flush().await?;
-        }
         Ok(removed)
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -284,7 +279,7 @@ mod tests {
         let a = BlobId::of(b"a");
         let b = BlobId::of(b"b");
         {
-            let idx = Index::open(&dir.path().join("db")).unwrap();
+            let idx = Index::open(&dir.path().join("db"), Clock::system()).unwrap();
             let e = PackumentEntry {
                 id: a,
                 etag: Some("\"x\"".into()),
@@ -296,12 +291,12 @@ mod tests {
             idx.persist_access().unwrap();
             idx.flush().await.unwrap();
         }
-        let idx = Index::open(&dir.path().join("db")).unwrap();
+        let idx = Index::open(&dir.path().join("db"), Clock::system()).unwrap();
         assert_eq!(idx.packument(&name).unwrap().unwrap().id, a);
         assert_eq!(idx.tarball(&name, "p-1.0.0.tgz").unwrap(), Some(b));
         assert!(idx.last_access(&b).unwrap().is_some());
         assert_eq!(idx.counts(), (1, 1));
-        assert_eq!(idx.repair(|id| *id == a).await.unwrap(), 1);
+        assert_eq!(idx.repair(|id| *id == a).unwrap(), 1);
         assert_eq!(idx.tarball(&name, "p-1.0.0.tgz").unwrap(), None);
         assert_eq!(idx.counts(), (1, 0));
     }
@@ -319,7 +314,7 @@ mod tests {
                 .build()
                 .unwrap();
             let ok = rt.block_on(async move {
-                let idx = std::sync::Arc::new(Index::open(&path).unwrap());
+                let idx = std::sync::Arc::new(Index::open(&path, Clock::system()).unwrap());
                 let name = PackageName::parse("p").unwrap();
                 let tasks = (0..32u32).map(|i| {
                     let (idx, name) = (idx.clone(), name.clone());

@@ -11,8 +11,10 @@ pub mod pins;
 use std::path::Path;
 
 pub use blobs::{Blobs, WriteError, Writer};
-pub use index::{Index, IndexError, PackumentEntry, now_ms};
+pub use index::{Index, IndexError, PackumentEntry};
 use open_registry_protocol::status::StoreStats;
+
+use crate::clock::Clock;
 
 /// Blobs plus indexes.
 #[derive(Debug)]
@@ -33,31 +35,45 @@ pub enum OpenError {
     },
     #[error("cannot open the index in {path}: {source}")]
     Index { path: String, source: IndexError },
+    #[error("opening the store stopped: {0}")]
+    Task(String),
 }
 
 impl Store {
-    /// Opens the store in `dir`, removing interrupted writes and index entries whose blob is gone.
-    pub async fn open(dir: &Path) -> Result<Store, OpenError> {
-        let blobs = Blobs::open(dir).map_err(|source| OpenError::Blobs {
-            path: dir.display().to_string(),
-            source,
-        })?;
+    /// Opens the store in `dir`, removing interrupted writes and index entries whose blob is
+    /// gone; access times are read off `clock`. The directory walk and the index scan this
+    /// takes run on the blocking pool, not on the runtime's workers.
+    pub async fn open(dir: &Path, clock: Clock) -> Result<Store, OpenError> {
+        let dir = dir.to_owned();
         let db = dir.join("db");
-        let index = Index::open(&db).map_err(|source| OpenError::Index {
-            path: db.display().to_string(),
-            source,
-        })?;
-        let removed = index
-            .repair(|id| blobs.contains(id))
-            .await
-            .map_err(|source| OpenError::Index {
-                path: db.display().to_string(),
+        let db_path = db.display().to_string();
+        let (store, removed) = tokio::task::spawn_blocking(move || {
+            let blobs = Blobs::open(&dir).map_err(|source| OpenError::Blobs {
+                path: dir.display().to_string(),
                 source,
             })?;
+            let index_err = |source| OpenError::Index {
+                path: db.display().to_string(),
+                source,
+            };
+            let index = Index::open(&db, clock).map_err(index_err)?;
+            let removed = index.repair(|id| blobs.contains(id)).map_err(index_err)?;
+            Ok::<_, OpenError>((Store { blobs, index }, removed))
+        })
+        .await
+        .map_err(|e| OpenError::Task(e.to_string()))??;
         if removed > 0 {
+            store
+                .index
+                .flush()
+                .await
+                .map_err(|source| OpenError::Index {
+                    path: db_path,
+                    source,
+                })?;
             tracing::warn!(removed, "dropped index entries whose blobs are missing");
         }
-        Ok(Store { blobs, index })
+        Ok(store)
     }
 
     /// Sizes for the status report.

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, HashSet};
 use open_registry_protocol::{BlobId, PackageName};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Index, IndexError, now_ms};
+use crate::clock::Clock;
+use crate::store::{Index, IndexError};
 
 /// What is pinned of one package.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,13 +28,15 @@ pub struct PinEntry {
 #[derive(Debug)]
 pub struct Pins {
     tree: sled::Tree,
+    clock: Clock,
 }
 
 impl Pins {
-    /// Opens the `pins` tree of the node's index.
-    pub fn open(index: &Index) -> Result<Pins, IndexError> {
+    /// Opens the `pins` tree of the node's index; pin times are read off `clock`.
+    pub fn open(index: &Index, clock: Clock) -> Result<Pins, IndexError> {
         Ok(Pins {
             tree: index.tree("pins")?,
+            clock,
         })
     }
 
@@ -56,7 +59,7 @@ impl Pins {
     ) -> Result<(), IndexError> {
         let mut e = self.get(name)?.unwrap_or_else(|| PinEntry {
             versions: BTreeMap::new(),
-            since: now_ms(),
+            since: self.clock.now_ms(),
         });
         e.versions.insert(version.to_owned(), file.to_owned());
         self.tree
@@ -120,8 +123,8 @@ mod tests {
         let name = PackageName::parse("@s/p").unwrap();
         let (tgz, doc) = (BlobId::of(b"tgz"), BlobId::of(b"doc"));
         {
-            let index = Index::open(&dir.path().join("db")).unwrap();
-            let pins = Pins::open(&index).unwrap();
+            let index = Index::open(&dir.path().join("db"), Clock::system()).unwrap();
+            let pins = Pins::open(&index, Clock::system()).unwrap();
             index.set_tarball(&name, "p-1.0.0.tgz", &tgz).await.unwrap();
             index
                 .set_packument(
@@ -142,8 +145,8 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let index = Index::open(&dir.path().join("db")).unwrap();
-        let pins = Pins::open(&index).unwrap();
+        let index = Index::open(&dir.path().join("db"), Clock::system()).unwrap();
+        let pins = Pins::open(&index, Clock::system()).unwrap();
         let list = pins.list().unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].1.versions.len(), 2);

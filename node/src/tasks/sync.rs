@@ -18,20 +18,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use open_registry_protocol::PackageName;
 use open_registry_protocol::status::SyncStatus;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use super::every;
+use crate::clock::Clock;
 use crate::fetch::Fetcher;
+use crate::store::IndexError;
 use crate::store::pins::Pins;
-use crate::store::{IndexError, now_ms};
 
 /// The sled key of the last processed feed sequence.
 const SEQ_KEY: &str = "changes_seq";
 /// Changes asked for per request.
 const BATCH: usize = 100;
+/// The largest feed page read: a hundred changes are a few KiB; a feed that sends more is
+/// broken or hostile.
+pub const FEED_PAGE_CAP: u64 = 16 << 20;
 
 /// What the sync tasks report.
 #[derive(Debug, Default)]
@@ -51,19 +57,20 @@ pub struct Sync {
     feed: Option<Url>,
     poll: Duration,
     pin_refresh: Duration,
-    http: reqwest::Client,
+    clock: Clock,
     progress: Progress,
 }
 
 impl Sync {
-    /// Sync for `fetcher`'s store; follows `feed` if given, else refreshes pins every
-    /// `pin_refresh`.
+    /// Sync for `fetcher`'s store; follows `feed` if given (through the fetcher's upstream),
+    /// else refreshes pins every `pin_refresh`.
     pub fn new(
         fetcher: Arc<Fetcher>,
         pins: Arc<Pins>,
         feed: Option<Url>,
         poll: Duration,
         pin_refresh: Duration,
+        clock: Clock,
     ) -> Result<Sync, IndexError> {
         let meta = fetcher.store().index.tree("meta")?;
         let progress = Progress::default();
@@ -78,11 +85,7 @@ impl Sync {
             feed,
             poll,
             pin_refresh,
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("a plain HTTP client builds"),
+            clock,
             progress,
         })
     }
@@ -124,11 +127,15 @@ impl Sync {
         url.query_pairs_mut()
             .append_pair("since", &since)
             .append_pair("limit", &BATCH.to_string());
-        let resp = self.http.get(url).send().await?;
-        if !resp.status().is_success() {
-            anyhow::bail!("changes feed answered {}", resp.status());
-        }
-        let body: Value = serde_json::from_slice(&resp.bytes().await?)?;
+        let upstream = self
+            .fetcher
+            .upstream()
+            .context("a changes feed needs an upstream")?;
+        let page = upstream.feed(&url, FEED_PAGE_CAP).await?;
+        let body: Value = tokio::task::spawn_blocking(move || serde_json::from_slice(&page))
+            .await
+            .context("parsing the feed page stopped")?
+            .context("the changes feed did not answer JSON")?;
         let results = body
             .get("results")
             .and_then(Value::as_array)
@@ -220,31 +227,25 @@ impl Sync {
     }
 
     async fn refresh_pins(&self, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(self.pin_refresh);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let Ok(pins) = self.pins.list() else { continue };
+        every(self.pin_refresh, &cancel, None, |_| async move {
+            let Ok(pins) = self.pins.list() else { return };
             for (name, _) in pins {
                 match self.fetcher.packument(&name, true).await {
                     Ok(_) => self.progress.refreshed.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
-                        tracing::warn!(%name, error = %e, "pinned packument refresh failed");
+                        tracing::warn!(%name, error = %crate::errors::chain(&e), "pinned packument refresh failed");
                         self.progress.errors.fetch_add(1, Ordering::Relaxed)
                     }
                 };
             }
-        }
+        })
+        .await;
     }
 
     /// The lag report.
     pub fn status(&self) -> SyncStatus {
         let index = &self.fetcher.store().index;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let oldest = self
             .pins
             .list()

@@ -21,7 +21,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow};
-use open_registry_node::store::{PackumentEntry, Store, now_ms};
+use open_registry_node::clock::{Clock, now_ms};
+use open_registry_node::store::{PackumentEntry, Store};
 use open_registry_protocol::{Integrity, PackageName, Verifier};
 use open_registry_tests::fixtures::pseudo_random_bytes;
 
@@ -49,7 +50,7 @@ fn main() -> Result<()> {
 
 async fn run(dir: PathBuf, seed: u64) -> Result<()> {
     let store = Arc::new(
-        Store::open(&dir)
+        Store::open(&dir, Clock::system())
             .await
             .map_err(|e| anyhow!("opening the store: {e}"))?,
     );

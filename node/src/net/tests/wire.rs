@@ -1,4 +1,4 @@
-//! Malformed input on the blob protocol (RELIABILITY R17): the request and response header
+//! Malformed input on the blob protocol (R17 in docs/security.md): the request and response header
 //! codecs on arbitrary bytes, split anywhere, and a real server fed hundreds of garbage
 //! streams by a bare peer.
 //!

@@ -19,7 +19,7 @@ use crate::synth::{self, Rng};
 use crate::targets::{self, Nginx, Verdaccio};
 use crate::{Ctx, profile, sys};
 
-/// Connections, as BENCH.md's `wrk -c50`.
+/// Connections, as docs/benchmarks.md's `wrk -c50`.
 pub(crate) const CONNECTIONS: usize = 50;
 
 /// One URL path measured on every target, with the request headers.

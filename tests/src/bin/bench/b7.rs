@@ -2,7 +2,7 @@
 //! tarball) with every upstream answer delayed 50 ms: how many fetches reach the upstream (the
 //! FakeUpstream counts them), the latency distribution, and the node's peak RSS (VmHWM). Then
 //! the B1, B2 and B3 workloads run against the same node and its RSS is read again (target
-//! ≤ 64 MB). Verdaccio gets 100 cold GETs (BENCH.md: 100 upstream fetches) and the same
+//! ≤ 64 MB). Verdaccio gets 100 cold GETs (docs/benchmarks.md: 100 upstream fetches) and the same
 //! workloads, for its RSS.
 
 use std::time::Duration;

@@ -1,6 +1,6 @@
-//! HTTP load: `wrk -t1 -cN --latency` when installed (BENCH.md's generator), else a built-in
-//! generator with the same shape (one thread, N keep-alive connections, a fixed duration, a
-//! per-request timeout of 2 s like wrk's default), so the smoke runs work on machines without
+//! HTTP load: `wrk -t1 -cN --latency` when installed (docs/benchmarks.md's generator), else a
+//! built-in generator with the same shape (one thread, N keep-alive connections, a fixed duration,
+//! a per-request timeout of 2 s like wrk's default), so the smoke runs work on machines without
 //! wrk. Both report requests per second, latency percentiles and errors.
 
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! `open-registry-bench`: runs one benchmark of `shared/BENCH.md` and its references back to
+//! `open-registry-bench`: runs one benchmark of `docs/benchmarks.md` and its references back to
 //! back, and prints the ratios. `tests/bench/run` installs the references and builds this
 //! binary and the node; run it through that script.
 //!

@@ -466,7 +466,7 @@ impl Drop for Libp2p {
     }
 }
 
-/// MB/s (decimal megabytes, as BENCH.md writes sizes) for `bytes` in `d`.
+/// MB/s (decimal megabytes, as docs/benchmarks.md writes sizes) for `bytes` in `d`.
 pub(crate) fn mb_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
 }

@@ -1,5 +1,5 @@
-//! What a benchmark returns: tables of figures, the checks against BENCH.md's targets, notes
-//! (skipped references), and plumbing failures. Printed as text and saved as JSON.
+//! What a benchmark returns: tables of figures, the checks against docs/benchmarks.md's targets,
+//! notes (skipped references), and plumbing failures. Printed as text and saved as JSON.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -62,7 +62,7 @@ impl Table {
     }
 }
 
-/// A target from BENCH.md and what was measured against it.
+/// A target from docs/benchmarks.md and what was measured against it.
 #[derive(Debug, Clone)]
 pub(crate) struct Check {
     what: String,
@@ -140,7 +140,7 @@ impl Report {
         }
         if !self.checks.is_empty() {
             let mut t = Table::new(
-                "targets (shared/BENCH.md)",
+                "targets (docs/benchmarks.md)",
                 &["check", "measured", "target", "verdict"],
             );
             for c in &self.checks {
@@ -269,7 +269,7 @@ pub(crate) fn fmt_ms(ms: f64) -> String {
     }
 }
 
-/// Formats a byte count: `4.8 KB`, `2.10 MB` (decimal, as BENCH.md writes them).
+/// Formats a byte count: `4.8 KB`, `2.10 MB` (decimal, as docs/benchmarks.md writes them).
 pub(crate) fn fmt_bytes(n: u64) -> String {
     let x = n as f64;
     if x >= 1e6 {

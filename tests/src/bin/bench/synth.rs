@@ -3,7 +3,7 @@
 //! - packuments of a chosen abbreviated size: many versions shaped like real npm manifests
 //!   (dependencies, devDependencies, engines, scripts, repository, maintainers, signed `dist`
 //!   with incompressible integrity/shasum/signatures), so the gzip ratio is close to real ones
-//!   (BENCH.md: 4.8 KB → 1.3 KB, 111 KB → 20 KB, 2.1 MB → 450 KB);
+//!   (docs/benchmarks.md's reference figures: 4.8 KB → 1.3 KB, 111 KB → 20 KB, 2.1 MB → 450 KB);
 //! - tarballs of a chosen size (incompressible content, as a `.tgz` is);
 //! - a dependency graph of a few hundred packages for `npm ci` (B3).
 //!

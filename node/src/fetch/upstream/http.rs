@@ -1,15 +1,12 @@
-//! The upstream registry client: the only code that talks HTTP to another registry.
-//!
-//! Goals: every wait has a deadline (connect, and a total budget per operation that retries
-//! share); failures are retried a bounded number of times with backoff; bodies are size-capped.
-//! Only the configured upstream is ever contacted: a tarball URL found in metadata contributes
-//! its path, never its host (RELIABILITY.md R9).
+//! [`Client`]: the upstream over HTTP (reqwest), with deadlines, retries, size caps and
+//! redirects confined to the upstream's origin.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
+use futures::future::BoxFuture;
 use open_registry_gateway::{Forward, ForwardMethod, Forwarded};
 use open_registry_protocol::{PackageName, packument};
 use reqwest::StatusCode;
@@ -17,55 +14,17 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use tokio::time::Instant;
 use url::Url;
 
+use super::{Budget, Download, PackumentAnswer, Source, UpstreamError, backoff};
 use crate::config::Config;
+use crate::errors::chain as error_chain;
 use crate::metrics::Metrics;
 
-/// Why the upstream did not deliver.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("upstream has no {0}")]
-    NotFound(String),
-    #[error("upstream answered {status} for {what}")]
-    Status { status: u16, what: String },
-    #[error("upstream did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("upstream unreachable: {0}")]
-    Unreachable(String),
-    #[error("upstream body was cut short or unreadable: {0}")]
-    Body(String),
-    #[error("upstream body exceeds the {0}-byte cap")]
-    TooLarge(u64),
-    #[error("{0}")]
-    Refused(String),
-}
+/// What `send` calls a changes-feed request.
+const FEED: &str = "changes feed";
 
-impl UpstreamError {
-    /// Whether trying again may help.
-    pub fn retriable(&self) -> bool {
-        match self {
-            UpstreamError::Status { status, .. } => *status >= 500 || *status == 429,
-            UpstreamError::Unreachable(_) | UpstreamError::Body(_) => true,
-            _ => false,
-        }
-    }
-}
-
-/// A packument as the upstream answered a (conditional) request.
+/// The upstream over HTTP.
 #[derive(Debug, Clone)]
-pub enum PackumentAnswer {
-    /// 304: the revision we hold is current.
-    NotModified,
-    /// 200: a document.
-    Document {
-        bytes: Bytes,
-        etag: Option<String>,
-        last_modified: Option<String>,
-    },
-}
-
-/// The upstream client.
-#[derive(Debug, Clone)]
-pub struct Upstream {
+pub struct Client {
     base: Url,
     http: reqwest::Client,
     timeout: Duration,
@@ -74,9 +33,9 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
 }
 
-impl Upstream {
+impl Client {
     /// A client for `config.upstream`; `None` when no upstream is configured.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Option<Upstream>> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Option<Client>, reqwest::Error> {
         let Some(base) = config.upstream.clone() else {
             return Ok(None);
         };
@@ -87,7 +46,7 @@ impl Upstream {
             .user_agent(concat!("open-registry/", env!("CARGO_PKG_VERSION")))
             .redirect(same_origin_redirects(&base))
             .build()?;
-        Ok(Some(Upstream {
+        Ok(Some(Client {
             base,
             http,
             timeout: config.upstream_timeout,
@@ -95,28 +54,6 @@ impl Upstream {
             max_packument: config.max_packument_size,
             metrics,
         }))
-    }
-
-    /// The upstream's base URL.
-    pub fn base(&self) -> &Url {
-        &self.base
-    }
-
-    /// The total budget for one operation (all its attempts).
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// How many retries follow a failed attempt.
-    pub fn retries(&self) -> u32 {
-        self.retries
-    }
-
-    /// Waits before retry number `attempt` (1-based): 100 ms, 400 ms, 1.6 s..., never past
-    /// `deadline`.
-    pub async fn backoff(&self, attempt: u32, deadline: Instant) {
-        let wait = Duration::from_millis(100 * 4u64.pow(attempt.saturating_sub(1).min(5)));
-        tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
 
     /// Sends a request built by `build` with retries and backoff inside one deadline; returns the
@@ -134,7 +71,12 @@ impl Upstream {
             if left.is_zero() {
                 return Err(UpstreamError::Timeout(self.timeout));
             }
-            Metrics::inc(&self.metrics.upstream_requests);
+            // Feed polls are counted apart: they are the node's own schedule, not traffic.
+            if what == FEED {
+                Metrics::inc(&self.metrics.feed_requests);
+            } else {
+                Metrics::inc(&self.metrics.upstream_requests);
+            }
             let result = match tokio::time::timeout(left, build().timeout(left).send()).await {
                 Err(_) => Err(UpstreamError::Timeout(self.timeout)),
                 Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(self.timeout)),
@@ -154,7 +96,7 @@ impl Upstream {
                     Metrics::inc(&self.metrics.upstream_errors);
                     attempt += 1;
                     tracing::debug!(%e, attempt, "upstream request failed; retrying");
-                    self.backoff(attempt, deadline).await;
+                    backoff(attempt, deadline).await;
                 }
                 Err(e) => {
                     Metrics::inc(&self.metrics.upstream_errors);
@@ -164,9 +106,7 @@ impl Upstream {
         }
     }
 
-    /// Fetches the full packument of `name`, conditionally when `etag` or `last_modified` is
-    /// known. Retries cover cut-short bodies too.
-    pub async fn packument(
+    async fn get_packument(
         &self,
         name: &PackageName,
         etag: Option<&str>,
@@ -202,7 +142,7 @@ impl Upstream {
                 Ok(r) => r,
                 Err(e) if e.retriable() && attempt < self.retries => {
                     attempt += 1;
-                    self.backoff(attempt, deadline).await;
+                    backoff(attempt, deadline).await;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -224,7 +164,7 @@ impl Upstream {
                     attempt += 1;
                     Metrics::inc(&self.metrics.upstream_errors);
                     tracing::debug!(%e, "packument body failed; retrying");
-                    self.backoff(attempt, deadline).await;
+                    backoff(attempt, deadline).await;
                 }
                 Err(e) => {
                     Metrics::inc(&self.metrics.upstream_errors);
@@ -236,7 +176,7 @@ impl Upstream {
 
     /// The upstream URL of a tarball: the path of `dist_tarball` (as the packument wrote it) on
     /// the configured upstream, or the registry's conventional path when it is absent or unusable.
-    pub fn tarball_url(
+    fn tarball_url(
         &self,
         name: &PackageName,
         file: &str,
@@ -256,20 +196,26 @@ impl Upstream {
         Ok(url)
     }
 
-    /// Starts one tarball download attempt (the caller retries, counting body failures too) and
-    /// streams the body (with `deadline`).
-    pub async fn tarball(
+    async fn start_tarball(
         &self,
-        url: &Url,
-        what: &str,
+        name: &PackageName,
+        file: &str,
+        dist_tarball: Option<&str>,
         deadline: Instant,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        self.send(what, deadline, 0, || self.http.get(url.clone()))
-            .await
+    ) -> Result<Download, UpstreamError> {
+        let url = self.tarball_url(name, file, dist_tarball)?;
+        let r = self
+            .send(url.path(), deadline, 0, || self.http.get(url.clone()))
+            .await?;
+        let len = r.content_length();
+        let body = r
+            .bytes_stream()
+            .map(|c| c.map_err(|e| UpstreamError::Body(error_chain(&e))))
+            .boxed();
+        Ok(Download { len, body })
     }
 
-    /// The registry signing keys document.
-    pub async fn keys(&self) -> Result<Bytes, UpstreamError> {
+    async fn get_keys(&self) -> Result<Bytes, UpstreamError> {
         let url = self
             .base
             .join("-/npm/v1/keys")
@@ -283,8 +229,7 @@ impl Upstream {
         read_capped(r, 1 << 20, deadline, &self.metrics).await
     }
 
-    /// Forwards a search or audit request.
-    pub async fn forward(&self, req: Forward) -> Result<Forwarded, UpstreamError> {
+    async fn pass_on(&self, req: Forward) -> Result<Forwarded, UpstreamError> {
         let path = req.path_and_query.trim_start_matches('/');
         let url = self
             .base
@@ -321,6 +266,56 @@ impl Upstream {
             status,
             content_type,
             body,
+        })
+    }
+}
+
+impl Source for Client {
+    fn base(&self) -> &Url {
+        &self.base
+    }
+
+    fn budget(&self) -> Budget {
+        Budget {
+            timeout: self.timeout,
+            retries: self.retries,
+        }
+    }
+
+    fn packument<'a>(
+        &'a self,
+        name: &'a PackageName,
+        etag: Option<&'a str>,
+        last_modified: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<PackumentAnswer, UpstreamError>> {
+        Box::pin(self.get_packument(name, etag, last_modified))
+    }
+
+    fn tarball<'a>(
+        &'a self,
+        name: &'a PackageName,
+        file: &'a str,
+        dist_tarball: Option<&'a str>,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<Download, UpstreamError>> {
+        Box::pin(self.start_tarball(name, file, dist_tarball, deadline))
+    }
+
+    fn keys(&self) -> BoxFuture<'_, Result<Bytes, UpstreamError>> {
+        Box::pin(self.get_keys())
+    }
+
+    fn forward(&self, req: Forward) -> BoxFuture<'_, Result<Forwarded, UpstreamError>> {
+        Box::pin(self.pass_on(req))
+    }
+
+    fn feed<'a>(&'a self, url: &'a Url, cap: u64) -> BoxFuture<'a, Result<Bytes, UpstreamError>> {
+        Box::pin(async move {
+            let deadline = Instant::now() + self.timeout;
+            let r = self
+                .send(FEED, deadline, 0, || self.http.get(url.clone()))
+                .await?;
+            read_capped(r, cap, deadline, &self.metrics).await
         })
     }
 }
@@ -378,25 +373,13 @@ fn header_string(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// An error and its causes on one line (reqwest's Display hides the cause).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn upstream(base: &str) -> Upstream {
+    fn upstream(base: &str) -> Client {
         let c = Config::new("/x", Some(Url::parse(base).unwrap()));
-        Upstream::new(&c, Arc::default()).unwrap().unwrap()
+        Client::new(&c, Arc::default()).unwrap().unwrap()
     }
 
     #[test]

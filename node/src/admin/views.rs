@@ -1,0 +1,160 @@
+//! The operator routes' answers, built as the typed views of `open_registry_protocol::admin`.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use open_registry_gateway::Error;
+use open_registry_protocol::admin::{
+    Connected, Peers, PinAdded, PinList, Pinned, Popular, PopularPackage, Unpinned,
+};
+use open_registry_protocol::{BlobId, PackageName};
+
+use super::Admin;
+
+/// How long the provider count of one pinned tarball may take.
+const PROVIDERS_DEADLINE: Duration = Duration::from_secs(2);
+
+/// An internal failure: its detail goes to the log (through the gateway's error), not the client.
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::Internal(e.to_string())
+}
+
+impl Admin {
+    /// The pin list. `providers` is, per package, the fewest providers any of its pinned
+    /// tarballs has on the network (this node included): the weakest link of its availability.
+    pub async fn pin_list(&self) -> Result<PinList, Error> {
+        let (store, pins) = (self.fetcher.store().clone(), self.pins.clone());
+        // Per-file stats and sled reads: off the runtime.
+        let rows = tokio::task::spawn_blocking(move || {
+            let mut rows = Vec::new();
+            for (name, e) in pins.list()? {
+                let mut size = 0;
+                let mut ids = Vec::new();
+                for file in e.versions.values() {
+                    if let Some(id) = store.index.tarball(&name, file)? {
+                        size += store.blobs.size(&id).unwrap_or(0);
+                        ids.push(id);
+                    }
+                }
+                rows.push((name, e, size, ids));
+            }
+            Ok::<_, crate::store::IndexError>(rows)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let ids: Vec<Vec<BlobId>> = rows.iter().map(|r| r.3.clone()).collect();
+        let counts: Vec<Option<u64>> = futures::stream::iter(ids)
+            .map(|ids| async move {
+                let peers = self.peers.as_ref()?;
+                let mut fewest: Option<u64> = None;
+                for id in &ids {
+                    let n = peers
+                        .client()
+                        .find_providers(id, 20, PROVIDERS_DEADLINE)
+                        .await
+                        .map_or(0, |v| v.len() as u64)
+                        + 1;
+                    fewest = Some(fewest.map_or(n, |f| f.min(n)));
+                }
+                fewest
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        let pins = rows
+            .into_iter()
+            .zip(counts)
+            .map(|((name, e, size, _), providers)| Pinned {
+                name: name.to_string(),
+                versions: e.versions,
+                size,
+                since: e.since,
+                providers,
+            })
+            .collect();
+        Ok(PinList { pins })
+    }
+
+    /// Fetches (if needed), verifies, stores and pins one version.
+    pub async fn pin(&self, name: &PackageName, version: &str) -> Result<PinAdded, Error> {
+        let (file, id, size) = self.fetcher.ensure_version(name, version).await?;
+        self.pins
+            .add(&self.fetcher.store().index, name, version, &file)
+            .await
+            .map_err(internal)?;
+        tracing::info!(%name, version, "pinned");
+        Ok(PinAdded {
+            name: name.to_string(),
+            version: version.to_owned(),
+            file,
+            id: id.to_string(),
+            size,
+        })
+    }
+
+    /// Unpins every version of `name`.
+    pub async fn unpin(&self, name: &PackageName) -> Result<Unpinned, Error> {
+        let removed = self
+            .pins
+            .remove(&self.fetcher.store().index, name)
+            .await
+            .map_err(internal)?;
+        if removed {
+            tracing::info!(%name, "unpinned");
+        }
+        Ok(Unpinned {
+            name: name.to_string(),
+            removed,
+        })
+    }
+
+    /// The peer-to-peer view; `None` without the network.
+    pub async fn peers(&self) -> Result<Option<Peers>, Error> {
+        let Some(peers) = &self.peers else {
+            return Ok(None);
+        };
+        let i = peers.client().peers().await.map_err(internal)?;
+        let strs = |v: &[crate::net::Multiaddr]| v.iter().map(ToString::to_string).collect();
+        Ok(Some(Peers {
+            peer_id: i.local.to_string(),
+            listen: strs(&i.listen),
+            external: strs(&i.external),
+            kad_server: i.kad_server,
+            routing_table_size: i.routing_table_size as u64,
+            connected: i
+                .connected
+                .iter()
+                .map(|(p, a)| Connected {
+                    peer_id: p.to_string(),
+                    addrs: strs(a),
+                })
+                .collect(),
+            provided: i.provided as u64,
+            records_stored: i.records_stored as u64,
+            provider_keys_stored: i.provider_keys_stored as u64,
+            trusted: peers
+                .policy()
+                .trusted()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            trust_threshold: peers.policy().threshold() as u64,
+        }))
+    }
+
+    /// The `limit` most requested packages, here and at trusted operators' nodes.
+    pub fn popular(&self, limit: usize) -> Popular {
+        let (top, operators) = self.popularity.top(limit);
+        Popular {
+            operators: operators as u64,
+            packages: top
+                .into_iter()
+                .map(|(name, count)| PopularPackage {
+                    name: name.to_string(),
+                    count,
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The Fetcher's memory: hot packuments, small tarballs, tarball indexes and recent misses.
+//!
+//! All four are bounded (by bytes or by count) and hold only what the store already holds
+//! verified, or what is derived from it; losing any of them costs a disk read, never a wrong
+//! answer. The memory budget (`memory_cache_size`) is split: half to the gateway's rendered
+//! packuments, a quarter each to raw hot packuments and to small tarballs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use open_registry_gateway::Packument;
+use open_registry_protocol::packument::DistRef;
+use open_registry_protocol::{BlobId, PackageName};
+use quick_cache::sync::Cache;
+
+use crate::store::PackumentEntry;
+
+/// Blobs this small are served from memory.
+pub(super) const SMALL_BLOB: u64 = 256 << 10;
+
+/// The caches.
+#[derive(Debug)]
+pub(super) struct Caches {
+    /// Hot packuments by name, so a fresh hit reads neither sled nor disk.
+    pub(super) hot: Cache<PackageName, (PackumentEntry, Packument), PackumentWeight>,
+    /// Small blobs (tarballs) kept in memory for serving.
+    pub(super) small: Cache<BlobId, Bytes, BytesWeight>,
+    /// Tarball file → dist, per packument revision: parsed once, not per cold tarball.
+    pub(super) dists: Cache<BlobId, Arc<HashMap<String, DistRef>>>,
+    /// Packages whose tarball ids no trusted record on the network named, and when (clock ms):
+    /// bounded in size and in time, so a miss is not looked up again for every file.
+    pub(super) misses: Cache<PackageName, u64>,
+}
+
+impl Caches {
+    /// Caches within `memory_cache_size` bytes (of which they take half).
+    pub(super) fn new(memory_cache_size: u64) -> Caches {
+        let hot_bytes = (memory_cache_size / 4).max(1 << 20);
+        let small_bytes = (memory_cache_size / 4).max(1 << 20);
+        Caches {
+            hot: Cache::with_options(
+                quick_cache::OptionsBuilder::new()
+                    .estimated_items_capacity(4096)
+                    .weight_capacity(hot_bytes)
+                    // One shard: a shard holds at most its share of the budget, and a popular
+                    // packument is megabytes (react: 4 MB); split in 8, it would never fit.
+                    .shards(1)
+                    .build()
+                    .expect("valid cache options"),
+                PackumentWeight,
+                Default::default(),
+                Default::default(),
+            ),
+            small: Cache::with_weighter(8192, small_bytes, BytesWeight),
+            dists: Cache::new(256),
+            misses: Cache::new(1024),
+        }
+    }
+}
+
+/// Weighs cached blobs by their length.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct BytesWeight;
+
+impl quick_cache::Weighter<BlobId, Bytes> for BytesWeight {
+    fn weight(&self, _: &BlobId, v: &Bytes) -> u64 {
+        v.len() as u64 + 64
+    }
+}
+
+/// Weighs hot packuments by their bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PackumentWeight;
+
+impl quick_cache::Weighter<PackageName, (PackumentEntry, Packument)> for PackumentWeight {
+    fn weight(&self, k: &PackageName, v: &(PackumentEntry, Packument)) -> u64 {
+        (k.as_str().len() + v.1.bytes.len() + 128) as u64
+    }
+}

@@ -1,0 +1,702 @@
+//! The Fetcher's decisions, over small fakes of its sources: a real store in a temp dir, an
+//! in-memory upstream and an in-memory network, a manual clock for `max_age` and the miss TTL,
+//! and tokio's paused time for the stale grace.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt as _, StreamExt as _};
+use open_registry_gateway::{Body, Forward, Forwarded, Packument};
+use open_registry_protocol::packument::DistRef;
+use open_registry_protocol::pointer::Pointer;
+use open_registry_protocol::record::{Signed, Verified};
+use open_registry_protocol::{BlobId, Integrity, PackageName, TarballFile, Verifier};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use url::Url;
+
+use super::upstream::{Budget, Download, PackumentAnswer, Source, UpstreamError};
+use super::{FetchError, Fetcher, MISS_TTL, STALE_GRACE, Sources};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::peer::{self, Agreed, Found, PeerError};
+use crate::records::{Identity, Records};
+use crate::store::Store;
+
+/// How the fake upstream answers a packument request.
+#[derive(Debug, Clone)]
+enum Answer {
+    /// 200 with this document and ETag (304 when the request carries the same ETag).
+    Document(Bytes, &'static str),
+    /// Never answers.
+    Hang,
+    /// Fails.
+    Fail(UpstreamError),
+}
+
+#[derive(Debug)]
+struct FakeUpstream {
+    base: Url,
+    packuments: Mutex<HashMap<String, Answer>>,
+    tarballs: Mutex<HashMap<String, Bytes>>,
+    packument_calls: AtomicUsize,
+    tarball_calls: AtomicUsize,
+    /// Tarball answers wait for a permit (tests that need requests to overlap).
+    gate: Option<Arc<Semaphore>>,
+}
+
+impl FakeUpstream {
+    fn new() -> FakeUpstream {
+        FakeUpstream {
+            base: Url::parse("http://upstream.test/").unwrap(),
+            packuments: Mutex::default(),
+            tarballs: Mutex::default(),
+            packument_calls: AtomicUsize::new(0),
+            tarball_calls: AtomicUsize::new(0),
+            gate: None,
+        }
+    }
+
+    fn answer(&self, name: &str, a: Answer) {
+        self.packuments.lock().unwrap().insert(name.into(), a);
+    }
+
+    fn tarball(&self, file: &str, bytes: &Bytes) {
+        self.tarballs
+            .lock()
+            .unwrap()
+            .insert(file.into(), bytes.clone());
+    }
+
+    fn packument_calls(&self) -> usize {
+        self.packument_calls.load(Ordering::SeqCst)
+    }
+
+    fn tarball_calls(&self) -> usize {
+        self.tarball_calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Source for FakeUpstream {
+    fn base(&self) -> &Url {
+        &self.base
+    }
+
+    fn budget(&self) -> Budget {
+        Budget {
+            timeout: Duration::from_secs(60),
+            retries: 0,
+        }
+    }
+
+    fn packument<'a>(
+        &'a self,
+        name: &'a PackageName,
+        etag: Option<&'a str>,
+        _last_modified: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<PackumentAnswer, UpstreamError>> {
+        self.packument_calls.fetch_add(1, Ordering::SeqCst);
+        let answer = self.packuments.lock().unwrap().get(name.as_str()).cloned();
+        Box::pin(async move {
+            match answer {
+                None => Err(UpstreamError::NotFound(format!("package {name}"))),
+                Some(Answer::Document(_, tag)) if etag == Some(tag) => {
+                    Ok(PackumentAnswer::NotModified)
+                }
+                Some(Answer::Document(bytes, tag)) => Ok(PackumentAnswer::Document {
+                    bytes,
+                    etag: Some(tag.into()),
+                    last_modified: None,
+                }),
+                Some(Answer::Hang) => std::future::pending().await,
+                Some(Answer::Fail(e)) => Err(e),
+            }
+        })
+    }
+
+    fn tarball<'a>(
+        &'a self,
+        _name: &'a PackageName,
+        file: &'a str,
+        _dist_tarball: Option<&'a str>,
+        _deadline: Instant,
+    ) -> BoxFuture<'a, Result<Download, UpstreamError>> {
+        Box::pin(async move {
+            if let Some(g) = &self.gate {
+                let _permit = g.acquire().await.unwrap();
+            }
+            self.tarball_calls.fetch_add(1, Ordering::SeqCst);
+            let bytes = self
+                .tarballs
+                .lock()
+                .unwrap()
+                .get(file)
+                .cloned()
+                .ok_or_else(|| UpstreamError::NotFound(file.into()))?;
+            Ok(Download {
+                len: Some(bytes.len() as u64),
+                body: futures::stream::once(async move { Ok(bytes) }).boxed(),
+            })
+        })
+    }
+
+    fn keys(&self) -> BoxFuture<'_, Result<Bytes, UpstreamError>> {
+        Box::pin(async { Err(UpstreamError::NotFound("keys".into())) })
+    }
+
+    fn forward(&self, _req: Forward) -> BoxFuture<'_, Result<Forwarded, UpstreamError>> {
+        Box::pin(async { Err(UpstreamError::Refused("no forwarding here".into())) })
+    }
+
+    fn feed<'a>(&'a self, _url: &'a Url, _cap: u64) -> BoxFuture<'a, Result<Bytes, UpstreamError>> {
+        Box::pin(async { Err(UpstreamError::NotFound("feed".into())) })
+    }
+}
+
+/// A network of trusted operators, in memory: blobs by id, tarball ids by (name, version),
+/// and the packument revision they agree on.
+#[derive(Debug)]
+struct FakePeers {
+    store: Arc<Store>,
+    blobs: Mutex<HashMap<BlobId, Bytes>>,
+    tarball_ids: Mutex<HashMap<(String, String), BlobId>>,
+    agreed: Mutex<Option<(BlobId, u64)>>,
+    agreed_tarball_calls: AtomicUsize,
+    agreed_packument_calls: AtomicUsize,
+    fetch_calls: AtomicUsize,
+    kept: AtomicUsize,
+}
+
+impl FakePeers {
+    fn new(store: Arc<Store>) -> FakePeers {
+        FakePeers {
+            store,
+            blobs: Mutex::default(),
+            tarball_ids: Mutex::default(),
+            agreed: Mutex::default(),
+            agreed_tarball_calls: AtomicUsize::new(0),
+            agreed_packument_calls: AtomicUsize::new(0),
+            fetch_calls: AtomicUsize::new(0),
+            kept: AtomicUsize::new(0),
+        }
+    }
+
+    /// The network holds `bytes` as `version`'s tarball, named by a trusted record.
+    fn holds_tarball(&self, name: &str, version: &str, bytes: &Bytes) {
+        let id = BlobId::of(bytes);
+        self.blobs.lock().unwrap().insert(id, bytes.clone());
+        self.tarball_ids
+            .lock()
+            .unwrap()
+            .insert((name.into(), version.into()), id);
+    }
+
+    /// The trusted operators agree on this packument revision, fetched at `fetched_at`.
+    fn agree_on(&self, bytes: &Bytes, fetched_at: u64) {
+        let id = BlobId::of(bytes);
+        self.blobs.lock().unwrap().insert(id, bytes.clone());
+        *self.agreed.lock().unwrap() = Some((id, fetched_at));
+    }
+
+    fn count(c: &AtomicUsize) -> usize {
+        c.load(Ordering::SeqCst)
+    }
+}
+
+impl peer::Source for FakePeers {
+    fn trusts_anyone(&self) -> bool {
+        true
+    }
+
+    fn agreed_packument<'a>(
+        &'a self,
+        _name: &'a PackageName,
+        _hint: Option<&'a Verified<Pointer>>,
+    ) -> BoxFuture<'a, Result<Agreed, PeerError>> {
+        self.agreed_packument_calls.fetch_add(1, Ordering::SeqCst);
+        let agreed = *self.agreed.lock().unwrap();
+        Box::pin(async move {
+            let (id, fetched_at) = agreed.ok_or(PeerError::NoQuorum {
+                found: 0,
+                threshold: 1,
+            })?;
+            Ok(Agreed {
+                id,
+                fetched_at,
+                records: Vec::new(),
+            })
+        })
+    }
+
+    fn agreed_tarball<'a>(
+        &'a self,
+        name: &'a PackageName,
+        version: &'a str,
+        _integrity: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<BlobId>, PeerError>> {
+        self.agreed_tarball_calls.fetch_add(1, Ordering::SeqCst);
+        let id = self
+            .tarball_ids
+            .lock()
+            .unwrap()
+            .get(&(name.to_string(), version.to_owned()))
+            .copied();
+        Box::pin(async move { Ok(id) })
+    }
+
+    fn keep<'a>(&'a self, _records: &'a [Found]) -> BoxFuture<'a, ()> {
+        self.kept.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {})
+    }
+
+    fn fetch_blob<'a>(
+        &'a self,
+        id: &'a BlobId,
+        integrity: Option<&'a Integrity>,
+        max_len: u64,
+    ) -> BoxFuture<'a, Result<BlobId, PeerError>> {
+        self.fetch_calls.fetch_add(1, Ordering::SeqCst);
+        let bytes = self.blobs.lock().unwrap().get(id).cloned();
+        Box::pin(async move {
+            let bytes = bytes.ok_or(PeerError::NoProviders(*id))?;
+            let verifier = match integrity {
+                Some(i) => Verifier::new(i.clone()),
+                None => Verifier::id_only(),
+            };
+            let mut w = self
+                .store
+                .blobs
+                .writer(verifier, max_len)
+                .await
+                .map_err(PeerError::store)?;
+            w.write(&bytes).await.map_err(PeerError::store)?;
+            w.commit_as(Some(id)).await.map_err(PeerError::store)
+        })
+    }
+
+    fn announce<'a>(&'a self, _id: &'a BlobId) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    fn publish<'a>(&'a self, _signed: &'a Signed) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// A package document with one tarball per `(version, bytes)`.
+fn packument(name: &str, versions: &[(&str, &Bytes)]) -> Bytes {
+    let mut vs = serde_json::Map::new();
+    for (v, bytes) in versions {
+        vs.insert(
+            (*v).into(),
+            serde_json::json!({
+                "name": name, "version": v,
+                "dist": {
+                    "tarball": format!("http://upstream.test/{name}/-/{name}-{v}.tgz"),
+                    "integrity": Integrity::sha512_sri(bytes),
+                }
+            }),
+        );
+    }
+    let latest = versions.last().map_or("0.0.0", |v| v.0);
+    let doc = serde_json::json!({"name": name, "dist-tags": {"latest": latest}, "versions": vs});
+    Bytes::from(serde_json::to_vec(&doc).unwrap())
+}
+
+fn name(s: &str) -> PackageName {
+    PackageName::parse(s).unwrap()
+}
+
+fn file(s: &str) -> TarballFile {
+    TarballFile::parse(s).unwrap()
+}
+
+/// A fetcher over a fresh store, with the given fakes and a manual clock.
+struct Rig {
+    fetcher: Arc<Fetcher>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    records: Arc<Records>,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn new(
+        upstream: Option<Arc<FakeUpstream>>,
+        peers: impl FnOnce(Arc<Store>) -> Option<Arc<FakePeers>>,
+    ) -> (Rig, Option<Arc<FakePeers>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual();
+        let mut config = Config::new(dir.path(), None);
+        config.clock = clock.clone();
+        config.max_age = Duration::from_secs(300);
+        let store = Arc::new(Store::open(dir.path(), clock.clone()).await.unwrap());
+        let records = Arc::new(
+            Records::open(
+                &store.index,
+                Identity::from_seed([7; 32]),
+                Duration::from_secs(3600),
+                clock.clone(),
+            )
+            .unwrap(),
+        );
+        let peers = peers(store.clone());
+        let metrics = Arc::new(Metrics::default());
+        let fetcher = Fetcher::new(
+            &config,
+            Sources {
+                store: store.clone(),
+                records: records.clone(),
+                upstream: upstream.map(|u| u as Arc<dyn Source>),
+                peers: peers.clone().map(|p| p as Arc<dyn peer::Source>),
+            },
+            metrics.clone(),
+            TaskTracker::new(),
+        );
+        let rig = Rig {
+            fetcher,
+            store,
+            metrics,
+            clock,
+            records,
+            _dir: dir,
+        };
+        (rig, peers)
+    }
+
+    fn counter(&self, f: impl Fn(&Metrics) -> &std::sync::atomic::AtomicU64) -> u64 {
+        f(&self.metrics).load(Ordering::SeqCst)
+    }
+}
+
+async fn body(b: Body) -> Bytes {
+    match b {
+        Body::Bytes(b) => b,
+        Body::Stream(s) => {
+            let chunks: Vec<_> = s.map(|c| c.unwrap()).collect().await;
+            Bytes::from(chunks.concat())
+        }
+    }
+}
+
+#[tokio::test]
+async fn tarballs_come_from_the_store_then_peers_then_the_upstream() {
+    let one = Bytes::from_static(b"tarball one");
+    let two = Bytes::from_static(b"tarball two");
+    let up = Arc::new(FakeUpstream::new());
+    up.answer(
+        "p",
+        Answer::Document(packument("p", &[("1.0.0", &one), ("2.0.0", &two)]), "\"a\""),
+    );
+    up.tarball("p-1.0.0.tgz", &one);
+    up.tarball("p-2.0.0.tgz", &two);
+    let (rig, peers) = Rig::new(Some(up.clone()), |s| Some(Arc::new(FakePeers::new(s)))).await;
+    let peers = peers.unwrap();
+    peers.holds_tarball("p", "1.0.0", &one);
+
+    // 1.0.0: a trusted record names it, so peers serve it and the upstream is spared.
+    let b = rig
+        .fetcher
+        .tarball(&name("p"), &file("p-1.0.0.tgz"))
+        .await
+        .unwrap();
+    assert_eq!(body(b.body).await, one);
+    assert_eq!(
+        (FakePeers::count(&peers.fetch_calls), up.tarball_calls()),
+        (1, 0)
+    );
+    // Again: the store answers; nobody is asked.
+    let b = rig
+        .fetcher
+        .tarball(&name("p"), &file("p-1.0.0.tgz"))
+        .await
+        .unwrap();
+    assert_eq!(body(b.body).await, one);
+    assert_eq!(
+        (FakePeers::count(&peers.fetch_calls), up.tarball_calls()),
+        (1, 0)
+    );
+    assert_eq!(rig.counter(|m| &m.tarball_hits), 1);
+    // 2.0.0: no record names it; the upstream does.
+    let b = rig
+        .fetcher
+        .tarball(&name("p"), &file("p-2.0.0.tgz"))
+        .await
+        .unwrap();
+    assert_eq!(body(b.body).await, two);
+    assert_eq!(
+        (FakePeers::count(&peers.fetch_calls), up.tarball_calls()),
+        (1, 1)
+    );
+    assert_eq!(rig.counter(|m| &m.tarball_ingests), 2);
+    assert!(rig.store.blobs.contains(&BlobId::of(&two)));
+}
+
+#[tokio::test]
+async fn bytes_that_do_not_verify_are_never_stored_or_served() {
+    let good = Bytes::from_static(b"the real tarball");
+    let up = Arc::new(FakeUpstream::new());
+    up.answer(
+        "p",
+        Answer::Document(packument("p", &[("1.0.0", &good)]), "\"a\""),
+    );
+    up.tarball("p-1.0.0.tgz", &Bytes::from_static(b"the real tarbalL"));
+    let (rig, _) = Rig::new(Some(up.clone()), |_| None).await;
+    let e = rig
+        .fetcher
+        .tarball(&name("p"), &file("p-1.0.0.tgz"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FetchError::Integrity(_)), "{e:?}");
+    assert_eq!(rig.counter(|m| &m.integrity_failures), 1);
+    assert_eq!(rig.store.blobs.usage().1, 1, "only the packument is stored");
+}
+
+#[tokio::test]
+async fn packuments_ask_the_upstream_first_then_the_trusted_operators() {
+    let ups = packument("p", &[("1.0.0", &Bytes::from_static(b"x"))]);
+    let theirs = packument("r", &[("0.9.0", &Bytes::from_static(b"y"))]);
+    let up = Arc::new(FakeUpstream::new());
+    up.answer("p", Answer::Document(ups.clone(), "\"a\""));
+    let (rig, peers) = Rig::new(Some(up.clone()), |s| Some(Arc::new(FakePeers::new(s)))).await;
+    let peers = peers.unwrap();
+    peers.agree_on(&theirs, rig.clock.now_ms());
+
+    // The upstream answers: peers are not asked.
+    let p = rig.fetcher.packument(&name("p"), false).await.unwrap();
+    assert_eq!(p.bytes, ups);
+    assert_eq!(FakePeers::count(&peers.agreed_packument_calls), 0);
+
+    // An upstream 404 is an answer: peers are not asked either.
+    let e = rig.fetcher.packument(&name("q"), false).await.unwrap_err();
+    assert!(matches!(e, FetchError::NotFound(_)), "{e:?}");
+    assert_eq!(FakePeers::count(&peers.agreed_packument_calls), 0);
+
+    // The upstream fails on an uncached package: the agreed revision is taken from peers.
+    up.answer(
+        "r",
+        Answer::Fail(UpstreamError::Status {
+            status: 503,
+            what: "package r".into(),
+        }),
+    );
+    let p = rig.fetcher.packument(&name("r"), false).await.unwrap();
+    assert_eq!(p.bytes, theirs);
+    assert_eq!(FakePeers::count(&peers.agreed_packument_calls), 1);
+    assert_eq!(FakePeers::count(&peers.fetch_calls), 1);
+    assert!(
+        FakePeers::count(&peers.kept) >= 1,
+        "the agreeing records are kept"
+    );
+}
+
+#[tokio::test]
+async fn fresh_copies_are_served_until_max_age_then_revalidated() {
+    let doc = packument("p", &[("1.0.0", &Bytes::from_static(b"x"))]);
+    let up = Arc::new(FakeUpstream::new());
+    up.answer("p", Answer::Document(doc.clone(), "\"a\""));
+    let (rig, _) = Rig::new(Some(up.clone()), |_| None).await;
+    let n = name("p");
+    rig.fetcher.packument(&n, false).await.unwrap();
+    assert_eq!(up.packument_calls(), 1);
+    // Within max_age: no upstream contact, however many requests.
+    rig.clock.advance(Duration::from_secs(299));
+    for _ in 0..3 {
+        assert_eq!(rig.fetcher.packument(&n, false).await.unwrap().bytes, doc);
+    }
+    assert_eq!(up.packument_calls(), 1);
+    // Past it: one conditional request, answered 304, and the same revision.
+    rig.clock.advance(Duration::from_secs(2));
+    assert_eq!(rig.fetcher.packument(&n, false).await.unwrap().bytes, doc);
+    assert_eq!(up.packument_calls(), 2);
+    assert_eq!(rig.counter(|m| &m.packument_not_modified), 1);
+    assert_eq!(rig.counter(|m| &m.packument_updates), 1);
+    // Confirmed again just now: fresh for another max_age.
+    rig.fetcher.packument(&n, false).await.unwrap();
+    assert_eq!(up.packument_calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_copy_is_served_after_the_grace_when_the_upstream_hangs() {
+    let doc = packument("p", &[("1.0.0", &Bytes::from_static(b"x"))]);
+    let up = Arc::new(FakeUpstream::new());
+    up.answer("p", Answer::Document(doc.clone(), "\"a\""));
+    let (rig, _) = Rig::new(Some(up.clone()), |_| None).await;
+    let n = name("p");
+    rig.fetcher.packument(&n, false).await.unwrap();
+    up.answer("p", Answer::Hang);
+    rig.clock.advance(Duration::from_secs(600));
+    let asked = Instant::now();
+    let p = rig.fetcher.packument(&n, false).await.unwrap();
+    let waited = asked.elapsed();
+    assert_eq!(p.bytes, doc);
+    assert!(
+        waited >= STALE_GRACE && waited < STALE_GRACE + Duration::from_secs(1),
+        "answered after {waited:?}"
+    );
+    assert_eq!(rig.counter(|m| &m.stale_served), 1);
+    assert_eq!(up.packument_calls(), 2);
+}
+
+#[tokio::test]
+async fn a_network_miss_is_remembered_for_the_miss_ttl() {
+    let (a, b, c) = (
+        Bytes::from_static(b"a"),
+        Bytes::from_static(b"b"),
+        Bytes::from_static(b"c"),
+    );
+    let up = Arc::new(FakeUpstream::new());
+    up.answer(
+        "p",
+        Answer::Document(
+            packument("p", &[("1.0.0", &a), ("1.0.1", &b), ("1.0.2", &c)]),
+            "\"a\"",
+        ),
+    );
+    for (f, bytes) in [
+        ("p-1.0.0.tgz", &a),
+        ("p-1.0.1.tgz", &b),
+        ("p-1.0.2.tgz", &c),
+    ] {
+        up.tarball(f, bytes);
+    }
+    let (rig, peers) = Rig::new(Some(up.clone()), |s| Some(Arc::new(FakePeers::new(s)))).await;
+    let peers = peers.unwrap();
+    let n = name("p");
+    // No trusted record names 1.0.0: the network is asked once, then the upstream.
+    rig.fetcher.tarball(&n, &file("p-1.0.0.tgz")).await.unwrap();
+    assert_eq!(FakePeers::count(&peers.agreed_tarball_calls), 1);
+    // Another file of the same package within the TTL: the network is not asked again.
+    rig.clock.advance(MISS_TTL - Duration::from_secs(1));
+    rig.fetcher.tarball(&n, &file("p-1.0.1.tgz")).await.unwrap();
+    assert_eq!(FakePeers::count(&peers.agreed_tarball_calls), 1);
+    // Past it, it is.
+    rig.clock.advance(Duration::from_secs(2));
+    rig.fetcher.tarball(&n, &file("p-1.0.2.tgz")).await.unwrap();
+    assert_eq!(FakePeers::count(&peers.agreed_tarball_calls), 2);
+    assert_eq!(up.tarball_calls(), 3);
+}
+
+#[tokio::test]
+async fn a_full_disk_passes_verified_bytes_through_uncached() {
+    let t = Bytes::from_static(b"some tarball bytes");
+    let up = Arc::new(FakeUpstream::new());
+    up.answer(
+        "p",
+        Answer::Document(packument("p", &[("1.0.0", &t)]), "\"a\""),
+    );
+    up.tarball("p-1.0.0.tgz", &t);
+    let (rig, _) = Rig::new(Some(up.clone()), |_| None).await;
+    // The store's temp dir becomes a file: every blob write fails, as on a full disk.
+    let tmp = rig._dir.path().join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"").unwrap();
+    let b = rig
+        .fetcher
+        .tarball(&name("p"), &file("p-1.0.0.tgz"))
+        .await
+        .unwrap();
+    assert_eq!(b.id, BlobId::of(&t));
+    assert_eq!(body(b.body).await, t);
+    assert_eq!(rig.store.blobs.usage(), (0, 0), "nothing was stored");
+    assert!(
+        rig.counter(|m| &m.store_errors) >= 2,
+        "packument and tarball writes failed"
+    );
+    // Bytes that do not verify are refused in memory too.
+    up.tarball("p-1.0.0.tgz", &Bytes::from_static(b"other bytes"));
+    let e = rig
+        .fetcher
+        .tarball(&name("p"), &file("p-1.0.0.tgz"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FetchError::Integrity(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn without_an_upstream_the_agreed_revision_is_taken_unless_ours_is_newer() {
+    let theirs = packument("p", &[("1.0.0", &Bytes::from_static(b"x"))]);
+    let ours = packument("p", &[("2.0.0", &Bytes::from_static(b"y"))]);
+    let (rig, peers) = Rig::new(None, |s| Some(Arc::new(FakePeers::new(s)))).await;
+    let peers = peers.unwrap();
+    let n = name("p");
+    // Nobody agrees: not found.
+    let e = rig.fetcher.packument(&n, false).await.unwrap_err();
+    assert!(
+        matches!(&e, FetchError::NotFound(m) if m.contains("must agree")),
+        "{e:?}"
+    );
+    // The operators agree on a revision: it is fetched by id, stored and served.
+    peers.agree_on(&theirs, rig.clock.now_ms());
+    assert_eq!(
+        rig.fetcher.packument(&n, false).await.unwrap().bytes,
+        theirs
+    );
+    assert_eq!(FakePeers::count(&peers.fetch_calls), 1);
+
+    // This node holds (and signed) a newer revision than the one they agree on: it keeps its
+    // own, fetching nothing.
+    let id = rig
+        .store
+        .blobs
+        .put(&ours, Verifier::id_only(), u64::MAX)
+        .await
+        .unwrap();
+    let later = rig.clock.now_ms() + 1000;
+    rig.store
+        .index
+        .set_packument(
+            &n,
+            &crate::store::PackumentEntry {
+                id,
+                etag: None,
+                last_modified: None,
+                checked_at: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let dists: HashMap<String, DistRef> = HashMap::new();
+    rig.records
+        .sign_packument(&rig.store.index, &n, id, &dists, later)
+        .await
+        .unwrap();
+    rig.clock.advance(Duration::from_secs(3600));
+    let p: Packument = rig.fetcher.packument(&n, false).await.unwrap();
+    assert_eq!(p.bytes, ours);
+    assert_eq!(FakePeers::count(&peers.fetch_calls), 1);
+}
+
+#[tokio::test]
+async fn concurrent_cold_requests_share_one_upstream_fetch() {
+    let t = Bytes::from_static(b"popular tarball");
+    let mut up = FakeUpstream::new();
+    let gate = Arc::new(Semaphore::new(0));
+    up.gate = Some(gate.clone());
+    up.answer(
+        "p",
+        Answer::Document(packument("p", &[("1.0.0", &t)]), "\"a\""),
+    );
+    up.tarball("p-1.0.0.tgz", &t);
+    let up = Arc::new(up);
+    let (rig, _) = Rig::new(Some(up.clone()), |_| None).await;
+    let n = name("p");
+    let f = file("p-1.0.0.tgz");
+    let requests = (0..50).map(|_| rig.fetcher.tarball(&n, &f).map(Result::unwrap));
+    // join! polls the requests first: all 50 are in the flight before the upstream answers.
+    let (blobs, ()) = tokio::join!(futures::future::join_all(requests), async {
+        gate.add_permits(1)
+    });
+    for b in blobs {
+        assert_eq!(body(b.body).await, t);
+    }
+    assert_eq!(up.tarball_calls(), 1);
+    assert_eq!(rig.counter(|m| &m.coalesced), 49);
+}

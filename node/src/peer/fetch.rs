@@ -1,0 +1,242 @@
+//! Blobs by content id, from whoever provides them, verified into the store.
+//!
+//! Order: the trusted operators first, listed as providers or not (anyone can announce a blob,
+//! R15, and sybils must not crowd out the nodes whose records named it; when one of them has
+//! the blob, the usual case, the fetch costs no DHT query at all: benchmark B5), then the
+//! providers a DHT lookup returns, shuffled (spreading load, and not always waiting on the
+//! same slow peer first) and bounded in number. One budget covers every attempt.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use open_registry_protocol::{BlobId, Integrity, Verifier};
+use tokio::time::Instant;
+
+use super::{PeerError, Peers};
+use crate::metrics::Metrics;
+use crate::net;
+use crate::store::WriteError;
+
+/// How many untrusted providers a fetch tries at most (after the trusted operators).
+const MAX_PROVIDERS: usize = 8;
+/// How many provider records a fetch collects to choose from.
+const MAX_PROVIDER_RECORDS: usize = 20;
+/// How long finding providers or records may take.
+pub(super) const FIND_DEADLINE: Duration = Duration::from_secs(5);
+
+impl Peers {
+    /// The trusted operators as peers, without this node.
+    fn trusted_peers(&self) -> Vec<net::PeerId> {
+        let me = self.net.local_peer_id();
+        self.policy
+            .trusted()
+            .iter()
+            .filter_map(|p| net::PeerId::from_bytes(&p.to_bytes()).ok())
+            .filter(|p| *p != me)
+            .collect()
+    }
+
+    /// Fetches blob `id` into the store, checking it against `id` and, when given, `integrity`.
+    pub(super) async fn fetch_verified(
+        &self,
+        id: &BlobId,
+        integrity: Option<&Integrity>,
+        max_len: u64,
+    ) -> Result<BlobId, PeerError> {
+        let verifier = || match integrity {
+            Some(i) => Verifier::new(i.clone()),
+            None => Verifier::id_only(),
+        };
+        let deadline = Instant::now() + self.timeout;
+        let trusted = self.trusted_peers();
+        let first = if trusted.is_empty() {
+            None
+        } else {
+            match self
+                .fetch_from(&trusted, id, &verifier, max_len, deadline)
+                .await
+            {
+                Ok(got) => return Ok(got),
+                Err(e) => Some(e),
+            }
+        };
+        let mut providers = match self
+            .net
+            .find_providers(id, MAX_PROVIDER_RECORDS, FIND_DEADLINE)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(first.unwrap_or_else(|| PeerError::Lookup {
+                    id: *id,
+                    source: e.into(),
+                }));
+            }
+        };
+        shuffle(&mut providers, self.clock.now_ms());
+        let me = self.net.local_peer_id();
+        let others: Vec<net::PeerId> = providers
+            .into_iter()
+            .filter(|p| !trusted.contains(p) && *p != me)
+            .take(MAX_PROVIDERS)
+            .collect();
+        if others.is_empty()
+            && let Some(e) = first
+        {
+            return Err(e);
+        }
+        self.fetch_from(&others, id, &verifier, max_len, deadline)
+            .await
+    }
+
+    /// Asks `providers` in order until one delivers.
+    pub async fn fetch_from(
+        &self,
+        providers: &[net::PeerId],
+        id: &BlobId,
+        verifier: impl Fn() -> Verifier,
+        max_len: u64,
+        deadline: Instant,
+    ) -> Result<BlobId, PeerError> {
+        if providers.is_empty() {
+            return Err(PeerError::NoProviders(*id));
+        }
+        let mut last = PeerError::Deadline;
+        for peer in providers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                last = PeerError::Deadline;
+                break;
+            }
+            Metrics::inc(&self.metrics.peer_requests);
+            match self.fetch_one(*peer, id, verifier(), max_len, left).await {
+                Ok(got) => {
+                    Metrics::inc(&self.metrics.peer_ingests);
+                    tracing::debug!(%peer, id = %id.short(), "fetched a blob from a peer");
+                    return Ok(got);
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.peer_errors);
+                    tracing::warn!(%peer, id = %id.short(), error = %crate::errors::chain(&e), "peer fetch failed; trying the next provider");
+                    last = e;
+                }
+            }
+        }
+        Err(PeerError::Undelivered {
+            id: *id,
+            last: last.into(),
+        })
+    }
+
+    async fn fetch_one(
+        &self,
+        peer: net::PeerId,
+        id: &BlobId,
+        verifier: Verifier,
+        max_len: u64,
+        deadline: Duration,
+    ) -> Result<BlobId, PeerError> {
+        let mut transfer = self.net.fetch(peer, id, max_len, deadline).await?;
+        let mut w = self
+            .store
+            .blobs
+            .writer(verifier, max_len)
+            .await
+            .map_err(PeerError::store)?;
+        while let Some(chunk) = transfer.next().await {
+            let chunk = chunk?;
+            Metrics::add(&self.metrics.peer_bytes, chunk.len() as u64);
+            w.write(&chunk).await.map_err(|e| self.write_err(e))?;
+        }
+        w.commit_as(Some(id)).await.map_err(|e| self.write_err(e))
+    }
+
+    fn write_err(&self, e: WriteError) -> PeerError {
+        match e {
+            WriteError::Integrity(e) => {
+                Metrics::inc(&self.metrics.integrity_failures);
+                PeerError::Integrity(e)
+            }
+            WriteError::Empty => PeerError::Size("an empty blob".into()),
+            WriteError::TooLarge(n) => PeerError::Size(format!("more than {n} bytes")),
+            WriteError::Io(e) => PeerError::store(e),
+        }
+    }
+
+    /// Fetches a small blob (a record) into memory, checking its id. `first` (the operator that
+    /// signed the pointer naming it) is asked before any provider lookup: it serves its own
+    /// records, and asking it costs one round trip, not a DHT query.
+    pub(super) async fn fetch_small(
+        &self,
+        id: &BlobId,
+        cap: u64,
+        first: Option<net::PeerId>,
+    ) -> Option<Vec<u8>> {
+        if let Ok(Some(b)) = self.records.blob(id) {
+            return Some(b);
+        }
+        let me = self.net.local_peer_id();
+        let first: Vec<net::PeerId> = first.into_iter().filter(|p| *p != me).collect();
+        if let Some(b) = self.fetch_small_from(&first, id, cap).await {
+            return Some(b);
+        }
+        let providers: Vec<net::PeerId> = self
+            .net
+            .find_providers(id, MAX_PROVIDERS, FIND_DEADLINE)
+            .await
+            .ok()?
+            .into_iter()
+            .filter(|p| !first.contains(p))
+            .collect();
+        self.fetch_small_from(&providers, id, cap).await
+    }
+
+    async fn fetch_small_from(
+        &self,
+        providers: &[net::PeerId],
+        id: &BlobId,
+        cap: u64,
+    ) -> Option<Vec<u8>> {
+        for &peer in providers {
+            let Ok(t) = self.net.fetch(peer, id, cap, FIND_DEADLINE).await else {
+                continue;
+            };
+            match t.read_all().await {
+                Ok(b) if BlobId::of(&b) == *id => return Some(b.to_vec()),
+                Ok(_) => {
+                    Metrics::inc(&self.metrics.integrity_failures);
+                    tracing::warn!(peer = %peer, "a peer served a record blob that does not match its id");
+                }
+                Err(_) => {}
+            }
+        }
+        None
+    }
+}
+
+/// A Fisher–Yates shuffle seeded from `seed` (the clock): good enough to spread load, no RNG
+/// crate.
+fn shuffle<T>(v: &mut [T], seed: u64) {
+    let mut x = seed ^ 0x9e37_79b9_7f4a_7c15 ^ (v.len() as u64);
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffle_keeps_every_element() {
+        let mut v: Vec<u32> = (0..50).collect();
+        shuffle(&mut v, 12345);
+        let mut sorted = v.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+        assert_ne!(v, sorted, "a shuffle of 50 left them in order");
+    }
+}

@@ -1,0 +1,83 @@
+//! What the network layer asks of the node: blobs to serve ([`StoreSource`]) and which DHT
+//! values to keep ([`PointerValidator`]).
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use open_registry_protocol::BlobId;
+use open_registry_protocol::pointer;
+use tokio::io::AsyncSeekExt as _;
+
+use crate::clock::Clock;
+use crate::net::{self, BlobSource, RecordValidator};
+use crate::records::Records;
+use crate::store::Store;
+
+/// Serves the store's verified blobs and stored record blobs to peers.
+#[derive(Debug)]
+pub struct StoreSource {
+    store: Arc<Store>,
+    records: Arc<Records>,
+}
+
+impl StoreSource {
+    /// A source over `store` and `records`.
+    pub fn new(store: Arc<Store>, records: Arc<Records>) -> StoreSource {
+        StoreSource { store, records }
+    }
+}
+
+impl BlobSource for StoreSource {
+    fn open<'a>(
+        &'a self,
+        id: &'a BlobId,
+        offset: u64,
+    ) -> BoxFuture<'a, std::io::Result<Option<net::Blob>>> {
+        Box::pin(async move {
+            if let Some((mut file, len)) = self.store.blobs.open_read(id).await? {
+                if offset > 0 && offset <= len {
+                    file.seek(std::io::SeekFrom::Start(offset)).await?;
+                }
+                return Ok(Some(net::Blob {
+                    len,
+                    reader: Box::new(file),
+                }));
+            }
+            match self.records.blob(id) {
+                Ok(Some(b)) => Ok(Some(net::Blob::from_bytes(b.into(), offset))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            }
+        })
+    }
+}
+
+/// Admits only correctly signed, unexpired pointers stored under their signer's key, and keeps
+/// the newer of two (a replayed older pointer never replaces a newer one: R4).
+#[derive(Debug, Clone, Default)]
+pub struct PointerValidator {
+    clock: Clock,
+}
+
+impl PointerValidator {
+    /// A validator that judges expiry by `clock`.
+    pub fn new(clock: Clock) -> PointerValidator {
+        PointerValidator { clock }
+    }
+}
+
+impl RecordValidator for PointerValidator {
+    fn validate(&self, key: &[u8], value: &[u8]) -> bool {
+        pointer::validate(key, value, self.clock.now_ms()).is_ok()
+    }
+
+    fn replaces(&self, key: &[u8], old: &[u8], new: &[u8]) -> bool {
+        let now = self.clock.now_ms();
+        let seq = |v: &[u8]| pointer::validate(key, v, now).ok().map(|p| p.get().seq);
+        match (seq(old), seq(new)) {
+            (Some(o), Some(n)) => n > o,
+            (None, Some(_)) => true,
+            _ => false,
+        }
+    }
+}

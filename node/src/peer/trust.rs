@@ -1,0 +1,202 @@
+//! Which records from the network to believe, and what they agree on.
+//!
+//! A record counts only if a trusted operator signed it, it has not expired, and its sequence
+//! is not below the highest this node has seen from that operator for the name (rollback,
+//! R4). A packument revision is taken from peers only when at least `threshold` of those
+//! records name it (quorum); a tarball id is taken from any trusted record whose integrity for
+//! the version is the one the packument promises, since the bytes are checked against that
+//! integrity anyway.
+
+use std::collections::HashMap;
+
+use open_registry_protocol::pointer::{self, Pointer};
+use open_registry_protocol::record::{Signed, Verified};
+use open_registry_protocol::{BlobId, PackageName, Policy};
+
+use super::fetch::FIND_DEADLINE;
+use super::{Agreed, Found, PeerError, Peers};
+use crate::metrics::Metrics;
+use crate::net;
+
+impl Peers {
+    /// The newest records of the trusted operators for `name` that pass the trust policy, with
+    /// their signed form. `hint` is a pointer heard on gossip: it competes with what the DHT
+    /// returns.
+    pub async fn trusted_records(
+        &self,
+        name: &PackageName,
+        hint: Option<&Verified<Pointer>>,
+    ) -> Vec<Found> {
+        let lookups = self.policy.trusted().iter().map(|signer| async move {
+            let key = pointer::dht_key(name, signer);
+            let found = self
+                .net
+                .get_records(key.clone(), FIND_DEADLINE)
+                .await
+                .unwrap_or_default();
+            let now = self.clock.now_ms();
+            // The newest valid pointer any peer returned (or gossip brought).
+            let hinted = hint.filter(|h| h.signer() == signer).cloned();
+            let best = found
+                .iter()
+                .filter_map(|f| pointer::validate(&key, &f.value, now).ok())
+                .chain(hinted)
+                .max_by_key(|p| p.get().seq)?;
+            let wire = self
+                .fetch_small(
+                    &best.get().record,
+                    record_cap(),
+                    net::PeerId::from_bytes(&signer.to_bytes()).ok(),
+                )
+                .await?;
+            let signed = Signed::from_bytes(&wire).ok()?;
+            let seen = self.records.seen(name, signer).ok().flatten();
+            match self.policy.check(&signed, name, self.clock.now_ms(), seen) {
+                Ok(v) => Some((signed, v)),
+                Err(e) => {
+                    Metrics::inc(&self.metrics.records_rejected);
+                    tracing::warn!(%name, signer = %signer.short(), error = %e, "refused a record from the network");
+                    None
+                }
+            }
+        });
+        futures::future::join_all(lookups)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The revision of `name` at least `threshold` trusted operators agree on.
+    pub(super) async fn packument_quorum(
+        &self,
+        name: &PackageName,
+        hint: Option<&Verified<Pointer>>,
+    ) -> Result<Agreed, PeerError> {
+        let found = self.trusted_records(name, hint).await;
+        let n = found.len();
+        quorum(&self.policy, found).ok_or(PeerError::NoQuorum {
+            found: n,
+            threshold: self.policy.threshold(),
+        })
+    }
+
+    /// The tarball id trusted records name for `version`, among those whose integrity for it
+    /// is `integrity`. The agreeing records are kept whether or not one names an id.
+    pub(super) async fn tarball_agreement(
+        &self,
+        name: &PackageName,
+        version: &str,
+        integrity: Option<&str>,
+    ) -> Result<Option<BlobId>, PeerError> {
+        let agreeing: Vec<Found> = self
+            .trusted_records(name, None)
+            .await
+            .into_iter()
+            .filter(|(_, v)| {
+                integrity.is_some()
+                    && v.get().versions.get(version).map(|e| e.integrity.as_str()) == integrity
+            })
+            .collect();
+        let id = agreeing
+            .iter()
+            .find_map(|(_, v)| v.get().versions.get(version).and_then(|e| e.tarball));
+        self.keep_records(&agreeing).await;
+        Ok(id)
+    }
+
+    /// A pointer heard on gossip, if it is worth acting on: well signed by a trusted operator,
+    /// unexpired, and newer than anything seen from that operator for the package.
+    pub fn interesting(&self, wire: &[u8]) -> Option<Verified<Pointer>> {
+        let signed = Signed::from_bytes(wire).ok()?;
+        if !self.policy.trusts(&signed.signer) {
+            return None;
+        }
+        let v = signed.verify_as::<Pointer>().ok()?;
+        let p = v.get();
+        if p.expires_at <= self.clock.now_ms() {
+            return None;
+        }
+        let seen = self.records.seen(&p.name, &signed.signer).ok().flatten();
+        if seen.is_some_and(|s| s >= p.seq) {
+            return None;
+        }
+        Some(v)
+    }
+}
+
+/// The packument revision at least `policy.threshold()` of `found` agree on; of several, the
+/// one with the newest `fetched_at`.
+pub fn quorum(policy: &Policy, found: Vec<Found>) -> Option<Agreed> {
+    let mut groups: HashMap<BlobId, Vec<Found>> = HashMap::new();
+    for f in found {
+        groups.entry(f.1.get().packument).or_default().push(f);
+    }
+    groups
+        .into_iter()
+        .filter(|(_, rs)| rs.len() >= policy.threshold())
+        .map(|(id, records)| Agreed {
+            id,
+            fetched_at: records
+                .iter()
+                .map(|r| r.1.get().fetched_at)
+                .max()
+                .unwrap_or(0),
+            records,
+        })
+        .max_by_key(|a| a.fetched_at)
+}
+
+/// The largest record blob accepted (records list every version: a few MiB at most).
+fn record_cap() -> u64 {
+    open_registry_protocol::record::MAX_RECORD_LEN as u64 + 97
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::identity::Identity;
+    use open_registry_protocol::record::Record;
+
+    fn signed(op: &Identity, packument: &[u8], fetched_at: u64) -> Found {
+        let r = Record {
+            name: PackageName::parse("p").unwrap(),
+            seq: fetched_at,
+            fetched_at,
+            expires_at: u64::MAX,
+            packument: BlobId::of(packument),
+            versions: Default::default(),
+        };
+        let s = r.sign(op.signing_key());
+        let v = s.verify().unwrap();
+        (s, v)
+    }
+
+    #[test]
+    fn quorum_needs_threshold_agreeing_records_and_prefers_the_newest() {
+        let ops: Vec<Identity> = (1..=4).map(|i| Identity::from_seed([i; 32])).collect();
+        let policy = Policy::new(ops.iter().map(Identity::peer_id), 2);
+        // One operator alone names the newest revision: below the threshold.
+        let found = vec![
+            signed(&ops[0], b"old", 10),
+            signed(&ops[1], b"old", 11),
+            signed(&ops[2], b"new", 20),
+        ];
+        let a = quorum(&policy, found).unwrap();
+        assert_eq!(
+            (a.id, a.fetched_at, a.records.len()),
+            (BlobId::of(b"old"), 11, 2)
+        );
+        // Two agree on the new one: it wins over the old pair, being newer.
+        let found = vec![
+            signed(&ops[0], b"old", 10),
+            signed(&ops[1], b"old", 11),
+            signed(&ops[2], b"new", 20),
+            signed(&ops[3], b"new", 21),
+        ];
+        assert_eq!(quorum(&policy, found).unwrap().id, BlobId::of(b"new"));
+        // Nobody agrees.
+        let found = vec![signed(&ops[0], b"a", 1), signed(&ops[1], b"b", 2)];
+        assert!(quorum(&policy, found).is_none());
+    }
+}

@@ -1,0 +1,152 @@
+//! [`Node`]: the node as its gateway sees it, the implementation of the gateway's
+//! [`Registry`] trait over the Fetcher, the records, the pinned keys and the counters.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use open_registry_gateway::{self as gateway, Blob, Forward, Forwarded, Packument, Registry};
+use open_registry_protocol::{BlobId, PackageName, PeerId, Status, TarballFile};
+use tokio::sync::Mutex;
+use tokio_util::io::ReaderStream;
+
+use crate::fetch::keys::pin_keys;
+use crate::fetch::{FetchError, Fetcher};
+use crate::metrics::Metrics;
+use crate::peer::popularity::Popularity;
+use crate::tasks::sync::Sync;
+
+/// The node as its gateway sees it.
+#[derive(Debug)]
+pub struct Node {
+    pub(crate) fetcher: Arc<Fetcher>,
+    pub(crate) operator: PeerId,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) started: Instant,
+    /// The gateway's public base URL, for the status.
+    pub(crate) gateway: String,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) sync: Arc<Sync>,
+    pub(crate) popularity: Arc<Popularity>,
+    /// Serializes pinning the upstream's keys. tokio Mutex: held across the fetch so that
+    /// concurrent first requests share it.
+    pub(crate) keys: Mutex<()>,
+}
+
+impl Registry for Node {
+    async fn packument(
+        &self,
+        name: &PackageName,
+        refresh: bool,
+    ) -> Result<Packument, gateway::Error> {
+        if !refresh {
+            self.popularity.count(name);
+        }
+        Ok(self.fetcher.packument(name, refresh).await?)
+    }
+
+    async fn tarball(
+        &self,
+        name: &PackageName,
+        file: &TarballFile,
+    ) -> Result<Blob, gateway::Error> {
+        Ok(self.fetcher.tarball(name, file).await?)
+    }
+
+    async fn records(&self, name: &PackageName) -> Result<Bytes, gateway::Error> {
+        match self.fetcher.records().document(name) {
+            Ok(Some(doc)) => Ok(Bytes::from(doc)),
+            Ok(None) => Err(gateway::Error::NotFound(format!(
+                "this node holds no signed records for {name}"
+            ))),
+            Err(e) => Err(gateway::Error::Internal(e.to_string())),
+        }
+    }
+
+    async fn blob(&self, id: &BlobId) -> Result<Blob, gateway::Error> {
+        let opened = self.fetcher.store().blobs.open_read(id).await;
+        match opened {
+            Ok(Some((file, len))) => Ok(Blob {
+                id: *id,
+                len,
+                body: gateway::Body::Stream(ReaderStream::with_capacity(file, 64 << 10).boxed()),
+            }),
+            // Record blobs live in sled, not in the blob store.
+            Ok(None) => match self.fetcher.records().blob(id) {
+                Ok(Some(b)) => Ok(Blob {
+                    id: *id,
+                    len: b.len() as u64,
+                    body: gateway::Body::Bytes(Bytes::from(b)),
+                }),
+                Ok(None) => Err(gateway::Error::NotFound(format!(
+                    "this node has no blob {id}"
+                ))),
+                Err(e) => Err(gateway::Error::Internal(e.to_string())),
+            },
+            Err(e) => Err(gateway::Error::Internal(e.to_string())),
+        }
+    }
+
+    async fn keys(&self) -> Result<Bytes, gateway::Error> {
+        // The mutex makes concurrent first requests share one upstream fetch.
+        let _guard = self.keys.lock().await;
+        let upstream = self.fetcher.upstream().map(|u| u.as_ref());
+        match pin_keys(&self.data_dir, upstream).await {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => Err(gateway::Error::NotFound(
+                "this node has no registry signing keys pinned, and its upstream publishes none"
+                    .into(),
+            )),
+            Err(e) => Err(gateway::Error::Unavailable(format!(
+                "registry signing keys unavailable: {e}"
+            ))),
+        }
+    }
+
+    async fn forward(&self, req: Forward) -> Result<Forwarded, gateway::Error> {
+        match self.fetcher.upstream() {
+            Some(u) => Ok(u.forward(req).await.map_err(FetchError::from)?),
+            None => Err(gateway::Error::Unavailable(
+                "this node has no upstream configured for search and audit".into(),
+            )),
+        }
+    }
+
+    async fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            gateway: self.gateway.clone(),
+            peer_id: self.operator.to_string(),
+            upstream: self.fetcher.upstream().map(|u| u.base().to_string()),
+            store: self.fetcher.store().stats(),
+            counters: self.metrics.snapshot(),
+            sync: Some(self.sync.status()),
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        let s = self.fetcher.store().stats();
+        self.metrics.render(&[
+            ("store_bytes", "Bytes of blobs in the local store.", s.bytes),
+            ("store_blobs", "Blobs in the local store.", s.blobs),
+            (
+                "store_packuments",
+                "Packages whose packument is stored.",
+                s.packuments,
+            ),
+            (
+                "store_tarballs",
+                "Tarballs indexed in the store.",
+                s.tarballs,
+            ),
+            (
+                "uptime_seconds",
+                "Seconds since the node started.",
+                self.started.elapsed().as_secs(),
+            ),
+        ])
+    }
+}

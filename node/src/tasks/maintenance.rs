@@ -1,0 +1,69 @@
+//! Keeping the store in shape while the node runs: access times written in batches, and the
+//! cache budget enforced after every ingest and on an interval, evicted blobs withdrawn from
+//! the DHT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Tick, every};
+use crate::peer::Peers;
+use crate::store::Store;
+use crate::store::evict;
+use crate::store::pins::Pins;
+
+/// How often access times are written (one sled write per interval, not one per request).
+pub const ACCESS_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The store's upkeep.
+#[derive(Debug)]
+pub struct Maintenance {
+    pub store: Arc<Store>,
+    pub pins: Arc<Pins>,
+    pub peers: Option<Arc<Peers>>,
+    /// The disk budget (0: unbounded).
+    pub cap: u64,
+    /// Notified after every blob stored.
+    pub ingested: Arc<Notify>,
+}
+
+impl Maintenance {
+    /// Runs until `cancel` fires: one eviction pass at once, then one on every ingest and
+    /// every [`ACCESS_INTERVAL`], after writing the access times.
+    pub async fn run(self, cancel: CancellationToken) {
+        self.evict().await;
+        let this = &self;
+        every(
+            ACCESS_INTERVAL,
+            &cancel,
+            Some(&self.ingested),
+            |why| async move {
+                if why == Tick::Period {
+                    let store = this.store.clone();
+                    let persisted =
+                        tokio::task::spawn_blocking(move || store.index.persist_access()).await;
+                    if let Ok(Err(e)) = persisted {
+                        tracing::warn!(error = %e, "could not record access times");
+                    }
+                }
+                this.evict().await;
+            },
+        )
+        .await;
+    }
+
+    async fn evict(&self) {
+        match evict::evict(&self.store, &self.pins, self.cap).await {
+            Ok(report) => {
+                if let Some(peers) = &self.peers {
+                    for id in &report.evicted {
+                        peers.withdraw(id).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "eviction failed"),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The JSON of a node's operator routes (`/-/open-registry/pins`, `peers`, `popular`, and the
+//! answers of `admin/pin` and `admin/unpin`), shared by the node that writes it and the CLI and
+//! dashboard that read it.
+//!
+//! Like [`crate::status`], fields are only ever added, and readers ignore what they do not know.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /-/open-registry/pins`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PinList {
+    pub pins: Vec<Pinned>,
+}
+
+/// One pinned package.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Pinned {
+    /// The package name.
+    pub name: String,
+    /// Pinned version → its tarball file name.
+    pub versions: BTreeMap<String, String>,
+    /// Bytes of the pinned tarballs in the store.
+    pub size: u64,
+    /// When the package was first pinned (unix ms).
+    pub since: u64,
+    /// The fewest providers any of its pinned tarballs has on the network, this node included
+    /// (its weakest link); `None` without the network.
+    pub providers: Option<u64>,
+}
+
+/// `POST /-/open-registry/admin/pin` answered: the version is stored and pinned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PinAdded {
+    pub name: String,
+    pub version: String,
+    /// Its tarball file name.
+    pub file: String,
+    /// The tarball's content id.
+    pub id: String,
+    /// The tarball's size in bytes.
+    pub size: u64,
+}
+
+/// `POST /-/open-registry/admin/unpin` answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Unpinned {
+    pub name: String,
+    /// Whether anything was pinned.
+    pub removed: bool,
+}
+
+/// `GET /-/open-registry/peers`: the node's place in the peer-to-peer network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Peers {
+    /// This node's peer id (its operator id).
+    pub peer_id: String,
+    /// Addresses it listens on.
+    pub listen: Vec<String>,
+    /// Addresses it was told or learned that others reach it at.
+    pub external: Vec<String>,
+    /// Whether Kademlia runs in server mode (answering queries).
+    pub kad_server: bool,
+    /// Peers in the routing table.
+    pub routing_table_size: u64,
+    /// Peers connected now.
+    pub connected: Vec<Connected>,
+    /// Blobs this node provides.
+    pub provided: u64,
+    /// DHT values stored here for others.
+    pub records_stored: u64,
+    /// Provider keys stored here for others.
+    pub provider_keys_stored: u64,
+    /// The operators whose records this node trusts.
+    pub trusted: Vec<String>,
+    /// How many of them must agree.
+    pub trust_threshold: u64,
+}
+
+/// A connected peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Connected {
+    pub peer_id: String,
+    pub addrs: Vec<String>,
+}
+
+/// `GET /-/open-registry/popular`: the most requested packages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Popular {
+    /// How many trusted operators' summaries are counted besides this node's own counts.
+    pub operators: u64,
+    /// The packages, most requested first.
+    pub packages: Vec<PopularPackage>,
+}
+
+/// One popular package.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PopularPackage {
+    pub name: String,
+    pub count: u64,
+}
