@@ -8,10 +8,10 @@
 //!
 //! - `GET /-/open-registry/`: an HTML dashboard (packages served and cached, errors now, lag,
 //!   peers, popularity, pins), drawn from the JSON routes.
-//! - `GET /-/open-registry/pins`: [`PinList`](open_registry_protocol::admin::PinList).
-//! - `GET /-/open-registry/peers`: [`Peers`](open_registry_protocol::admin::Peers), 404 without
+//! - `GET /-/open-registry/pins`: [`PinList`].
+//! - `GET /-/open-registry/peers`: [`protocol::admin::Peers`](open_registry_protocol::admin::Peers), 404 without
 //!   the network.
-//! - `GET /-/open-registry/popular?limit=N`: [`Popular`](open_registry_protocol::admin::Popular),
+//! - `GET /-/open-registry/popular?limit=N`: [`Popular`],
 //!   here and at trusted operators' nodes (from their signed gossip summaries).
 //! - `POST /-/open-registry/admin/pin` `{"name", "version"}`: fetch, verify, store, pin.
 //! - `POST /-/open-registry/admin/unpin` `{"name"}`: unpin every version of a package.

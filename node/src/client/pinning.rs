@@ -12,13 +12,14 @@
 //!   dependencies, optional dependencies and required peer dependencies, recursively.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use nodejs_semver::{Range, Version};
 use open_registry_protocol::PackageName;
 use open_registry_protocol::packument::ABBREVIATED_MEDIA_TYPE;
 use serde_json::Value;
+
+use super::{ClientError, NodeClient, READ_TIMEOUT};
 
 /// One exact version to pin.
 pub type Target = (PackageName, String);
@@ -143,45 +144,38 @@ pub fn split_spec(spec: &str) -> anyhow::Result<(PackageName, Option<String>)> {
     ))
 }
 
-/// The node, as the `pin` CLI talks to it.
+/// Expands pin requests into exact versions, reading packuments through the node's gateway
+/// (each at most once per run).
 #[derive(Debug)]
-pub struct NodeApi {
-    registry: String,
-    token: Option<String>,
-    http: reqwest::Client,
+pub struct Expander<'a> {
+    node: &'a NodeClient,
     docs: HashMap<PackageName, Value>,
 }
 
-impl NodeApi {
-    /// A client for the gateway at `registry`, with the admin `token` if any.
-    pub fn new(registry: &str, token: Option<String>) -> anyhow::Result<NodeApi> {
-        Ok(NodeApi {
-            registry: registry.trim_end_matches('/').to_owned(),
-            token,
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(600))
-                .build()?,
+impl<'a> Expander<'a> {
+    /// An expander reading through `node`.
+    pub fn new(node: &'a NodeClient) -> Expander<'a> {
+        Expander {
+            node,
             docs: HashMap::new(),
-        })
+        }
     }
 
     /// A packument (abbreviated: what npm reads), cached for this run.
     pub async fn packument(&mut self, name: &PackageName) -> anyhow::Result<&Value> {
         if !self.docs.contains_key(name) {
-            let url = format!("{}/{}", self.registry, name.url_segment());
-            let r = self
-                .http
-                .get(&url)
-                .header("accept", ABBREVIATED_MEDIA_TYPE)
-                .send()
-                .await
-                .with_context(|| format!("no node answering at {}", self.registry))?;
-            let status = r.status();
-            let body = r.bytes().await?;
-            if !status.is_success() {
-                bail!("{name}: {status} {}", error_message(&body));
+            let body = async {
+                let r = self
+                    .node
+                    .get(&name.url_segment(), ABBREVIATED_MEDIA_TYPE, READ_TIMEOUT)
+                    .await?;
+                r.bytes().await.map_err(|e| ClientError::Body {
+                    url: name.to_string(),
+                    source: e.into(),
+                })
             }
+            .await
+            .with_context(|| format!("{name}"))?;
             self.docs
                 .insert(name.clone(), serde_json::from_slice(&body)?);
         }
@@ -244,73 +238,6 @@ impl NodeApi {
         }
         (targets, failures)
     }
-
-    async fn admin(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let token = self
-            .token
-            .as_deref()
-            .context("no admin token (admin.token in the node's data dir; pass --data-dir)")?;
-        let r = self
-            .http
-            .post(format!("{}/-/open-registry/admin/{path}", self.registry))
-            .bearer_auth(token)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .with_context(|| format!("no node answering at {}", self.registry))?;
-        let status = r.status();
-        let body = r.bytes().await?;
-        if !status.is_success() {
-            bail!("{}", error_message(&body));
-        }
-        Ok(serde_json::from_slice(&body)?)
-    }
-
-    /// Asks the node to pin one exact version.
-    pub async fn pin(&self, t: &Target) -> anyhow::Result<Value> {
-        self.admin(
-            "pin",
-            serde_json::json!({"name": t.0.as_str(), "version": t.1}),
-        )
-        .await
-    }
-
-    /// Asks the node to unpin a package.
-    pub async fn unpin(&self, name: &PackageName) -> anyhow::Result<bool> {
-        let v = self
-            .admin("unpin", serde_json::json!({"name": name.as_str()}))
-            .await?;
-        Ok(v.get("removed").and_then(Value::as_bool).unwrap_or(false))
-    }
-
-    /// The node's pin list.
-    pub async fn pins(&self) -> anyhow::Result<Value> {
-        self.get_json("/-/open-registry/pins").await
-    }
-
-    /// A JSON document from the node.
-    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.registry))
-            .send()
-            .await
-            .with_context(|| format!("no node answering at {}", self.registry))?;
-        let status = r.status();
-        let body = r.bytes().await?;
-        if !status.is_success() {
-            bail!("{}", error_message(&body));
-        }
-        Ok(serde_json::from_slice(&body)?)
-    }
-}
-
-fn error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
 
 #[cfg(test)]

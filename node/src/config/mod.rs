@@ -7,14 +7,19 @@
 //! one configured, the node takes the npm client's own registry (`npm config get registry`), or
 //! runs without an upstream.
 
+mod render;
+mod settings;
 pub mod units;
 
+pub use render::render_toml;
+pub use settings::Settings;
+
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use serde::{Deserialize, Serialize};
+
 use url::Url;
 
 use open_registry_protocol::{PeerId, Policy};
@@ -27,224 +32,6 @@ use crate::net;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7373";
 /// The config file's name inside the data dir.
 pub const CONFIG_FILE: &str = "config.toml";
-
-/// Every setting, each optional: one source's view (flags and env, or the TOML file).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// Gateway address (HOST:PORT) [default: 127.0.0.1:7373]
-    #[arg(long, env = "OPEN_REGISTRY_LISTEN", value_name = "HOST:PORT")]
-    pub listen: Option<String>,
-
-    /// Upstream npm registry to mirror from [default: the npm client's registry]
-    #[arg(
-        long,
-        env = "OPEN_REGISTRY_UPSTREAM",
-        value_name = "URL",
-        conflicts_with = "no_upstream"
-    )]
-    pub upstream: Option<String>,
-
-    /// Run without an upstream (serve only what is stored locally or on peers)
-    #[arg(
-        long,
-        env = "OPEN_REGISTRY_NO_UPSTREAM",
-        num_args = 0..=1,
-        default_missing_value = "true",
-        value_name = "BOOL"
-    )]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub no_upstream: Option<bool>,
-
-    /// Base URL that tarball links point at [default: http:// and the Host header of each request]
-    #[arg(long, env = "OPEN_REGISTRY_PUBLIC_URL", value_name = "URL")]
-    pub public_url: Option<String>,
-
-    /// How long a cached packument is served before it is revalidated [default: 5m]
-    #[arg(long, env = "OPEN_REGISTRY_MAX_AGE", value_name = "DURATION")]
-    pub max_age: Option<String>,
-
-    /// Deadline for one upstream request, including its body [default: 60s]
-    #[arg(long, env = "OPEN_REGISTRY_UPSTREAM_TIMEOUT", value_name = "DURATION")]
-    pub upstream_timeout: Option<String>,
-
-    /// Deadline for connecting to the upstream [default: 5s]
-    #[arg(long, env = "OPEN_REGISTRY_CONNECT_TIMEOUT", value_name = "DURATION")]
-    pub connect_timeout: Option<String>,
-
-    /// Retries after a failed upstream request (with backoff) [default: 2]
-    #[arg(long, env = "OPEN_REGISTRY_RETRIES", value_name = "N")]
-    pub retries: Option<u32>,
-
-    /// Largest tarball accepted [default: 1GiB]
-    #[arg(long, env = "OPEN_REGISTRY_MAX_TARBALL_SIZE", value_name = "SIZE")]
-    pub max_tarball_size: Option<String>,
-
-    /// Largest packument accepted [default: 256MiB]
-    #[arg(long, env = "OPEN_REGISTRY_MAX_PACKUMENT_SIZE", value_name = "SIZE")]
-    pub max_packument_size: Option<String>,
-
-    /// Memory for hot packuments and small tarballs, kept in their served forms [default: 24MiB]
-    #[arg(long, env = "OPEN_REGISTRY_MEMORY_CACHE_SIZE", value_name = "SIZE")]
-    pub memory_cache_size: Option<String>,
-
-    /// Trust records signed by this operator (a PeerId; repeatable, or comma-separated)
-    #[arg(
-        long = "trust",
-        env = "OPEN_REGISTRY_TRUST",
-        value_name = "PEER_ID",
-        value_delimiter = ','
-    )]
-    pub trust: Option<Vec<String>>,
-
-    /// How many trusted operators must agree before metadata from peers is accepted [default: 1]
-    #[arg(long, env = "OPEN_REGISTRY_TRUST_THRESHOLD", value_name = "K")]
-    pub trust_threshold: Option<usize>,
-
-    /// How long a record this node signs stays valid [default: 7d]
-    #[arg(long, env = "OPEN_REGISTRY_RECORD_TTL", value_name = "DURATION")]
-    pub record_ttl: Option<String>,
-
-    /// Disk budget for blobs; unpinned blobs are evicted least recently used above it; 0 means
-    /// unbounded [default: 20GiB]
-    #[arg(long, env = "OPEN_REGISTRY_MAX_CACHE_SIZE", value_name = "SIZE")]
-    pub max_cache_size: Option<String>,
-
-    /// How many of the newest versions `pin add NAME` pins, besides every dist-tag [default: 3]
-    #[arg(long, env = "OPEN_REGISTRY_PIN_LATEST", value_name = "N")]
-    pub pin_latest: Option<usize>,
-
-    /// Peer-to-peer listen address (repeatable) [default: /ip4/0.0.0.0/tcp/7374 and
-    /// /ip4/0.0.0.0/udp/7374/quic-v1]
-    #[arg(
-        long,
-        env = "OPEN_REGISTRY_P2P_LISTEN",
-        value_name = "MULTIADDR",
-        value_delimiter = ','
-    )]
-    pub p2p_listen: Option<Vec<String>>,
-
-    /// A peer to join the network through (repeatable; with or without a /p2p/ suffix)
-    #[arg(
-        long,
-        env = "OPEN_REGISTRY_BOOTSTRAP",
-        value_name = "MULTIADDR",
-        value_delimiter = ','
-    )]
-    pub bootstrap: Option<Vec<String>>,
-
-    /// An address peers can reach this node at from outside (repeatable)
-    #[arg(
-        long,
-        env = "OPEN_REGISTRY_EXTERNAL_ADDR",
-        value_name = "MULTIADDR",
-        value_delimiter = ','
-    )]
-    pub external_addr: Option<Vec<String>>,
-
-    /// Run Kademlia in server mode [default: when an address is loopback, or once reachable]
-    #[arg(
-        long,
-        env = "OPEN_REGISTRY_KAD_SERVER",
-        num_args = 0..=1,
-        default_missing_value = "true",
-        value_name = "BOOL"
-    )]
-    pub kad_server: Option<bool>,
-
-    /// Do not join the peer-to-peer network
-    #[arg(
-        long,
-        env = "OPEN_REGISTRY_NO_P2P",
-        num_args = 0..=1,
-        default_missing_value = "true",
-        value_name = "BOOL"
-    )]
-    pub no_p2p: Option<bool>,
-
-    /// Budget for fetching one blob from peers, all providers included [default: 60s]
-    #[arg(long, env = "OPEN_REGISTRY_PEER_TIMEOUT", value_name = "DURATION")]
-    pub peer_timeout: Option<String>,
-
-    /// A peer transfer that moves no byte this long is abandoned [default: 10s]
-    #[arg(
-        long,
-        env = "OPEN_REGISTRY_PEER_STALL_TIMEOUT",
-        value_name = "DURATION"
-    )]
-    pub peer_stall_timeout: Option<String>,
-
-    /// A CouchDB-style changes feed of the upstream to follow (e.g. the upstream URL + /_changes)
-    #[arg(long, env = "OPEN_REGISTRY_CHANGES_FEED", value_name = "URL")]
-    pub changes_feed: Option<String>,
-
-    /// How often the changes feed is polled when it had nothing new [default: 5s]
-    #[arg(long, env = "OPEN_REGISTRY_CHANGES_POLL", value_name = "DURATION")]
-    pub changes_poll: Option<String>,
-
-    /// Without a changes feed, how often pinned packuments are revalidated [default: 10m]
-    #[arg(long, env = "OPEN_REGISTRY_PIN_REFRESH", value_name = "DURATION")]
-    pub pin_refresh: Option<String>,
-
-    /// How often this node publishes its signed popularity summary [default: 5m]
-    #[arg(
-        long,
-        env = "OPEN_REGISTRY_POPULARITY_INTERVAL",
-        value_name = "DURATION"
-    )]
-    pub popularity_interval: Option<String>,
-}
-
-impl Settings {
-    /// Fills every unset field of `self` from `other`.
-    pub fn or(self, other: Settings) -> Settings {
-        // `upstream` and `no_upstream` are one choice: whichever source makes it, wins whole.
-        let (upstream, no_upstream) = if self.upstream.is_some() || self.no_upstream.is_some() {
-            (self.upstream, self.no_upstream)
-        } else {
-            (other.upstream, other.no_upstream)
-        };
-        Settings {
-            listen: self.listen.or(other.listen),
-            upstream,
-            no_upstream,
-            public_url: self.public_url.or(other.public_url),
-            max_age: self.max_age.or(other.max_age),
-            upstream_timeout: self.upstream_timeout.or(other.upstream_timeout),
-            connect_timeout: self.connect_timeout.or(other.connect_timeout),
-            retries: self.retries.or(other.retries),
-            max_tarball_size: self.max_tarball_size.or(other.max_tarball_size),
-            max_packument_size: self.max_packument_size.or(other.max_packument_size),
-            memory_cache_size: self.memory_cache_size.or(other.memory_cache_size),
-            trust: self.trust.or(other.trust),
-            trust_threshold: self.trust_threshold.or(other.trust_threshold),
-            record_ttl: self.record_ttl.or(other.record_ttl),
-            max_cache_size: self.max_cache_size.or(other.max_cache_size),
-            pin_latest: self.pin_latest.or(other.pin_latest),
-            p2p_listen: self.p2p_listen.or(other.p2p_listen),
-            bootstrap: self.bootstrap.or(other.bootstrap),
-            external_addr: self.external_addr.or(other.external_addr),
-            kad_server: self.kad_server.or(other.kad_server),
-            no_p2p: self.no_p2p.or(other.no_p2p),
-            peer_timeout: self.peer_timeout.or(other.peer_timeout),
-            peer_stall_timeout: self.peer_stall_timeout.or(other.peer_stall_timeout),
-            changes_feed: self.changes_feed.or(other.changes_feed),
-            changes_poll: self.changes_poll.or(other.changes_poll),
-            pin_refresh: self.pin_refresh.or(other.pin_refresh),
-            popularity_interval: self.popularity_interval.or(other.popularity_interval),
-        }
-    }
-
-    /// Reads `config.toml`; a missing file is an empty one.
-    pub fn load(path: &Path) -> anyhow::Result<Settings> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).with_context(|| format!("in {}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-        }
-    }
-}
-
 /// The validated configuration a node runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -437,6 +224,11 @@ impl Config {
                 c.trust.len()
             );
         }
+        if c.changes_feed.is_some() && c.upstream.is_none() {
+            bail!(
+                "changes_feed follows the upstream's changes, and this node has no upstream: set upstream, or remove changes_feed"
+            );
+        }
         Ok(c)
     }
 
@@ -531,131 +323,6 @@ pub fn npm_registry() -> Option<String> {
     Some(line.to_owned())
 }
 
-fn quoted<T: std::fmt::Display>(v: Vec<T>) -> String {
-    v.iter()
-        .map(|t| format!("\"{t}\""))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The commented config.toml that `init` writes.
-pub fn render_toml(c: &Config) -> String {
-    use crate::config::units::{format_duration, format_size_exact};
-    let upstream = match &c.upstream {
-        Some(u) => format!("upstream = \"{u}\""),
-        None => "no_upstream = true".to_owned(),
-    };
-    let public = match &c.public_url {
-        Some(p) => format!("public_url = \"{p}\""),
-        None => "# public_url = \"https://registry.example.org\"".to_owned(),
-    };
-    format!(
-        r#"# Open-Registry node configuration.
-# Every setting can also be given as a flag (--listen ...) or an environment variable
-# (OPEN_REGISTRY_LISTEN=...); flags win over the environment, which wins over this file.
-
-# Where the gateway listens. Point npm at it: npm config set registry {gateway}/
-listen = "{listen}"
-
-# The registry this node mirrors from. Remove it and set `no_upstream = true` to serve only
-# what is stored here (and, with peers, what the network has).
-{upstream}
-
-# The base URL written into tarball links. Unset: the Host header the client used.
-{public}
-
-# How long a cached packument is served before it is revalidated with the upstream
-# (a conditional request; an unchanged packument costs one round trip).
-max_age = "{max_age}"
-
-# Deadlines and retries for upstream requests. When the upstream fails, cached copies are
-# served (stale-if-error); uncached requests fail with 502/504 within these bounds.
-upstream_timeout = "{timeout}"
-connect_timeout = "{connect}"
-retries = {retries}
-
-# Size caps: bigger documents and tarballs are refused.
-max_tarball_size = "{tarball}"
-max_packument_size = "{packument}"
-
-# Memory for hot packuments, kept in their final encoded and compressed forms.
-memory_cache_size = "{mem}"
-
-# Operators (PeerIds, as `open-registry id` prints them) whose signed records this node accepts
-# for metadata that does not come from the upstream, and how many of them must agree.
-trust = [{trust}]
-trust_threshold = {threshold}
-
-# How long the records this node signs stay valid (peers refuse older ones as frozen).
-record_ttl = "{ttl}"
-
-# Disk budget for stored blobs. Above it, unpinned blobs are evicted least recently used
-# first; pinned packages are never evicted. "0" means unbounded.
-max_cache_size = "{cache}"
-
-# `open-registry pin add NAME` pins this many of the newest versions, plus every dist-tag.
-pin_latest = {pin_latest}
-
-# The peer-to-peer network: where this node listens for peers (TCP and QUIC), whom it joins
-# through, and addresses others can reach it at. `no_p2p = true` keeps the node to itself.
-{no_p2p}p2p_listen = [{p2p_listen}]
-bootstrap = [{bootstrap}]
-# external_addr = ["/dns4/registry.example.org/tcp/7374"]
-# kad_server = true
-peer_timeout = "{peer_timeout}"
-
-# Staying in sync: follow the upstream's changes feed (refreshing every pinned or cached
-# package that changes), or, without one, revalidate pinned packuments on an interval.
-{changes_feed}
-changes_poll = "{changes_poll}"
-pin_refresh = "{pin_refresh}"
-
-# How often this node publishes its signed popularity summary (top packages it served).
-popularity_interval = "{popularity_interval}"
-"#,
-        gateway = c.gateway_url(),
-        listen = c.listen,
-        max_age = format_duration(c.max_age),
-        timeout = format_duration(c.upstream_timeout),
-        connect = format_duration(c.connect_timeout),
-        retries = c.retries,
-        tarball = format_size_exact(c.max_tarball_size),
-        packument = format_size_exact(c.max_packument_size),
-        mem = format_size_exact(c.memory_cache_size),
-        trust = c
-            .trust
-            .iter()
-            .map(|t| format!("\"{t}\""))
-            .collect::<Vec<_>>()
-            .join(", "),
-        threshold = c.trust_threshold,
-        ttl = format_duration(c.record_ttl),
-        cache = format_size_exact(c.max_cache_size),
-        pin_latest = c.pin_latest,
-        no_p2p = if c.p2p.is_none() {
-            "no_p2p = true\n"
-        } else {
-            ""
-        },
-        p2p_listen = quoted(c.p2p.as_ref().map(|n| n.listen.clone()).unwrap_or_default()),
-        bootstrap = quoted(
-            c.p2p
-                .as_ref()
-                .map(|n| n.bootstrap.clone())
-                .unwrap_or_default()
-        ),
-        peer_timeout = format_duration(c.peer_timeout),
-        changes_feed = match &c.changes_feed {
-            Some(f) => format!("changes_feed = \"{f}\""),
-            None =>
-                "# changes_feed = \"https://replicate.example.org/registry/_changes\"".to_owned(),
-        },
-        changes_poll = format_duration(c.changes_poll),
-        pin_refresh = format_duration(c.pin_refresh),
-        popularity_interval = format_duration(c.popularity_interval),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,6 +401,16 @@ mod tests {
             ..Default::default()
         };
         assert!(resolve(s, None).is_err());
+        let s = Settings {
+            no_upstream: Some(true),
+            changes_feed: Some("http://127.0.0.1:1/_changes".into()),
+            ..Default::default()
+        };
+        let e = resolve(s, None).unwrap_err().to_string();
+        assert!(
+            e.contains("changes_feed") && e.contains("no upstream"),
+            "{e}"
+        );
     }
 
     #[test]

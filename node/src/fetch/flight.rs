@@ -116,27 +116,27 @@ where
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
+    use tokio::sync::{Semaphore, oneshot};
 
     #[tokio::test]
     async fn concurrent_calls_share_one_computation() {
-        let flights = Arc::new(Flights::<&'static str, usize>::new(TaskTracker::new()));
+        let flights = Flights::<&'static str, usize>::new(TaskTracker::new());
         let runs = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..200 {
-            let (flights, runs) = (flights.clone(), runs.clone());
-            tasks.push(tokio::spawn(async move {
-                flights
-                    .run("k", || async move {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        runs.fetch_add(1, Ordering::SeqCst) + 41
-                    })
-                    .await
-            }));
-        }
+        // The computation waits for the gate, so every call below joins it while it runs.
+        let gate = Arc::new(Semaphore::new(0));
+        let calls = (0..200).map(|_| {
+            let (runs, gate) = (runs.clone(), gate.clone());
+            flights.run("k", move || async move {
+                let _open = gate.acquire().await;
+                runs.fetch_add(1, Ordering::SeqCst) + 41
+            })
+        });
+        // join! polls the calls first: all 200 are registered before the gate opens.
+        let (results, ()) = tokio::join!(futures::future::join_all(calls), async {
+            gate.add_permits(1)
+        });
         let mut leaders = 0;
-        for t in tasks {
-            let (v, role) = t.await.unwrap();
+        for (v, role) in results {
             assert_eq!(v, Some(41));
             leaders += usize::from(role == Role::Leader);
         }
@@ -151,17 +151,25 @@ mod tests {
     #[tokio::test]
     async fn survives_a_cancelled_leader_and_a_panic() {
         let flights = Arc::new(Flights::<u8, u8>::new(TaskTracker::new()));
+        let (started_tx, started_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel::<()>();
         let f2 = flights.clone();
         let leader = tokio::spawn(async move {
-            f2.run(1, || async {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            f2.run(1, || async move {
+                let _ = started_tx.send(());
+                let _ = release_rx.await;
                 9
             })
             .await
         });
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The computation runs; its caller goes away; a second caller joins and gets the result.
+        started_rx.await.unwrap();
         leader.abort();
-        let (v, role) = flights.run(1, || async { 0 }).await;
+        assert!(leader.await.unwrap_err().is_cancelled());
+        let (v, role) = tokio::join!(flights.run(1, || async { 0 }), async {
+            release_tx.send(()).unwrap()
+        })
+        .0;
         assert_eq!((v, role), (Some(9), Role::Follower));
 
         let (v, _) = flights

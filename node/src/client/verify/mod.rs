@@ -13,28 +13,35 @@
 //! operator keys or hashes computed here. Sequence numbers seen are remembered in the data dir
 //! (`verify-seen.json`) so a later rollback is caught.
 
+mod table;
+mod targets;
+
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use futures::StreamExt as _;
 use open_registry_protocol::npm_sig::Keys;
 use open_registry_protocol::packument::{self as doc, DistRef};
 use open_registry_protocol::record::{Signed, attested_integrity};
-use open_registry_protocol::{
-    BlobId, Integrity, PackageName, PeerId, Policy, TrustError, Verifier,
-};
+use open_registry_protocol::{BlobId, Integrity, PackageName, Policy, TrustError, Verifier};
 use serde::Serialize;
 use serde_json::Value;
 
+pub use table::{load_keys, render_table, trusted};
+pub use targets::{lockfile_targets, targets_for_spec};
+
+use super::{ClientError, NodeClient};
 use crate::clock::now_ms;
 
 /// The file remembering the highest record sequence seen per package and signer.
 pub const SEEN_FILE: &str = "verify-seen.json";
 /// How many packages are checked at once.
 const CONCURRENCY: usize = 8;
+/// How long one document or tarball may take to arrive.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What to check and against what.
 #[derive(Debug, Clone)]
@@ -110,102 +117,13 @@ impl Report {
     }
 }
 
-/// Expands `name`, `name@version`, `name@tag` or `name@range` into targets, using the packument.
-pub async fn targets_for_spec(v: &Verify, spec: &str) -> anyhow::Result<Vec<Target>> {
-    let (name, want) = crate::client::pinning::split_spec(spec)?;
-    let doc = v.packument(&name).await?;
-    let versions: Vec<String> = doc
-        .get("versions")
-        .and_then(Value::as_object)
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default();
-    let want = want.unwrap_or_else(|| "latest".to_owned());
-    let chosen: Vec<String> = if versions.contains(&want) {
-        vec![want.clone()]
-    } else if let Some(tagged) = doc
-        .pointer(&format!("/dist-tags/{want}"))
-        .and_then(Value::as_str)
-    {
-        vec![tagged.to_owned()]
-    } else {
-        let range = nodejs_semver::Range::parse(&want).map_err(|_| {
-            anyhow::anyhow!("{want:?} is not a version, dist-tag or range of {name}")
-        })?;
-        versions
-            .into_iter()
-            .filter(|s| nodejs_semver::Version::parse(s).is_ok_and(|ver| range.satisfies(&ver)))
-            .collect()
-    };
-    if chosen.is_empty() {
-        bail!("no version of {name} matches {want:?}");
-    }
-    Ok(chosen
-        .into_iter()
-        .map(|version| Target {
-            name: name.clone(),
-            version,
-            locked: None,
-        })
-        .collect())
-}
-
-/// Every registry package in an npm lockfile (v2 or v3 `packages`).
-pub fn lockfile_targets(text: &str) -> anyhow::Result<Vec<Target>> {
-    let v: Value = serde_json::from_str(text).context("the lockfile is not JSON")?;
-    let version = v
-        .get("lockfileVersion")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let Some(pkgs) = v.get("packages").and_then(Value::as_object) else {
-        bail!(
-            "lockfile version {version} has no \"packages\" section (v2 or v3 needed; run npm install with npm 7 or newer)"
-        );
-    };
-    let mut out: Vec<Target> = Vec::new();
-    for (path, e) in pkgs {
-        let Some(idx) = path.rfind("node_modules/") else {
-            continue; // the root project, or a workspace folder
-        };
-        if e.get("link").and_then(Value::as_bool) == Some(true)
-            || e.get("inBundle").and_then(Value::as_bool) == Some(true)
-        {
-            continue;
-        }
-        let Some(ver) = e.get("version").and_then(Value::as_str) else {
-            continue;
-        };
-        if nodejs_semver::Version::parse(ver).is_err() {
-            continue; // git, file: and other non-registry sources
-        }
-        let name = e
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or(&path[idx + "node_modules/".len()..]);
-        let name = PackageName::parse(name)
-            .with_context(|| format!("lockfile entry {path:?} has an invalid package name"))?;
-        let t = Target {
-            name,
-            version: ver.to_owned(),
-            locked: e
-                .get("integrity")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        };
-        if !out.contains(&t) {
-            out.push(t);
-        }
-    }
-    out.sort_by(|a, b| (a.name.as_str(), &a.version).cmp(&(b.name.as_str(), &b.version)));
-    Ok(out)
-}
-
 type Seen = BTreeMap<String, BTreeMap<String, u64>>;
 
-/// A verification session: one HTTP client and per-package caches.
+/// A verification session: the gateway and per-package caches.
 #[derive(Debug)]
 pub struct Verify {
     opts: Options,
-    http: reqwest::Client,
+    node: NodeClient,
     docs: tokio::sync::Mutex<HashMap<PackageName, Arc<Value>>>,
     records: tokio::sync::Mutex<HashMap<PackageName, Arc<Vec<Signed>>>>,
     seen: Mutex<Seen>,
@@ -222,10 +140,7 @@ impl Verify {
             None => Seen::default(),
         };
         Ok(Verify {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(300))
-                .build()?,
+            node: NodeClient::new(&opts.registry, None)?,
             opts,
             docs: Default::default(),
             records: Default::default(),
@@ -233,32 +148,21 @@ impl Verify {
         })
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
-        let url = format!("{}/{}", self.opts.registry, path.trim_start_matches('/'));
-        let r = self
-            .http
-            .get(&url)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .with_context(|| format!("no answer from {url}"))?;
-        if !r.status().is_success() {
-            let status = r.status();
-            let body = r.text().await.unwrap_or_default();
-            let msg = serde_json::from_str::<Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or(body);
-            bail!("{url}: {status} {msg}");
-        }
-        Ok(r)
+    /// `GET path` from the gateway, as JSON (npm's full documents for packuments).
+    async fn get(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        self.node.get(path, "application/json", FETCH_TIMEOUT).await
     }
 
-    async fn packument(&self, name: &PackageName) -> anyhow::Result<Arc<Value>> {
+    pub(super) async fn packument(&self, name: &PackageName) -> anyhow::Result<Arc<Value>> {
         if let Some(d) = self.docs.lock().await.get(name) {
             return Ok(d.clone());
         }
-        let bytes = self.get(&name.url_segment()).await?.bytes().await?;
+        let bytes = self
+            .get(&name.url_segment())
+            .await
+            .with_context(|| format!("{}/{}", self.opts.registry, name.url_segment()))?
+            .bytes()
+            .await?;
         let d = Arc::new(doc::parse(name, &bytes)?);
         self.docs.lock().await.insert(name.clone(), d.clone());
         Ok(d)
@@ -277,8 +181,8 @@ impl Verify {
                     .map(|a| a.iter().filter_map(|s| Signed::from_json(s).ok()).collect())
                     .unwrap_or_default()
             }
-            Err(e) if e.to_string().contains("404") => Vec::new(),
-            Err(e) => return Err(e),
+            Err(e) if e.status() == Some(404) => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("{}/{path}", self.opts.registry)),
         };
         let list = Arc::new(list);
         self.records.lock().await.insert(name.clone(), list.clone());
@@ -376,7 +280,10 @@ impl Verify {
         meta: &str,
     ) -> anyhow::Result<(Option<BlobId>, Check)> {
         let path = format!("{}/-/{file}", t.name);
-        let r = self.get(&path).await?;
+        let r = self
+            .get(&path)
+            .await
+            .with_context(|| format!("{}/{path}", self.opts.registry))?;
         let meta_v = Integrity::parse(meta).map(Verifier::new);
         let lock_v = t
             .locked
@@ -544,168 +451,5 @@ impl Verify {
         std::fs::write(&tmp, serde_json::to_vec_pretty(&seen)?)?;
         std::fs::rename(&tmp, dir.join(SEEN_FILE))?;
         Ok(())
-    }
-}
-
-/// The human-readable table.
-pub fn render_table(reports: &[Report]) -> String {
-    let rows: Vec<[String; 5]> = reports
-        .iter()
-        .map(|r| {
-            [
-                format!("{}@{}", r.name, r.version),
-                r.integrity.word().to_owned(),
-                match &r.signature {
-                    Check::Skipped(_) => "unsigned".to_owned(),
-                    c => c.word().to_owned(),
-                },
-                match &r.operators {
-                    Check::Ok(d) => d.split(' ').next().unwrap_or("ok").to_owned(),
-                    c => c.word().to_owned(),
-                },
-                if r.ok { "ok" } else { "FAIL" }.to_owned(),
-            ]
-        })
-        .collect();
-    let head = [
-        "PACKAGE",
-        "INTEGRITY",
-        "NPM SIGNATURE",
-        "OPERATORS",
-        "RESULT",
-    ];
-    let mut w = head.map(str::len);
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.len());
-        }
-    }
-    let line = |c: [&str; 5]| {
-        format!(
-            "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {}\n",
-            c[0],
-            c[1],
-            c[2],
-            c[3],
-            c[4],
-            a = w[0],
-            b = w[1],
-            c = w[2],
-            d = w[3]
-        )
-    };
-    let mut out = line(head);
-    for r in &rows {
-        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
-    }
-    let failed: Vec<&Report> = reports.iter().filter(|r| !r.ok).collect();
-    out.push('\n');
-    if failed.is_empty() {
-        out.push_str(&format!("{} packages verified\n", reports.len()));
-    } else {
-        for r in &failed {
-            out.push_str(&format!(
-                "{}@{}: {}\n",
-                r.name,
-                r.version,
-                r.reason().unwrap_or_default()
-            ));
-        }
-        out.push_str(&format!(
-            "{} of {} packages failed verification\n",
-            failed.len(),
-            reports.len()
-        ));
-    }
-    out
-}
-
-/// Reads pinned keys from `path`, if the file exists.
-pub fn load_keys(path: &Path) -> anyhow::Result<Option<Keys>> {
-    match std::fs::read(path) {
-        Ok(b) => {
-            Ok(Some(Keys::parse(&b).with_context(|| {
-                format!("pinned keys in {}", path.display())
-            })?))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-/// The operators `verify` trusts: the ones given, else the config's plus this data dir's own.
-pub fn trusted(given: &[PeerId], config: &[PeerId], own: Option<PeerId>) -> Vec<PeerId> {
-    if !given.is_empty() {
-        return given.to_vec();
-    }
-    let mut t = config.to_vec();
-    if let Some(o) = own
-        && !t.contains(&o)
-    {
-        t.push(o);
-    }
-    t
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lockfile_v3_entries() {
-        let lock = r#"{
-          "name": "app", "lockfileVersion": 3,
-          "packages": {
-            "": {"name": "app", "dependencies": {"a": "^1"}},
-            "node_modules/a": {"version": "1.0.0", "integrity": "sha512-A"},
-            "node_modules/a/node_modules/@s/b": {"version": "2.0.0", "integrity": "sha512-B"},
-            "node_modules/alias": {"name": "c", "version": "3.0.0", "integrity": "sha512-C"},
-            "node_modules/linked": {"resolved": "../x", "link": true},
-            "node_modules/gitdep": {"version": "git+ssh://x", "integrity": "sha512-D"},
-            "node_modules/a/node_modules/bundled": {"version": "1.0.0", "inBundle": true}
-          }
-        }"#;
-        let t = lockfile_targets(lock).unwrap();
-        let got: Vec<(&str, &str, Option<&str>)> = t
-            .iter()
-            .map(|t| (t.name.as_str(), t.version.as_str(), t.locked.as_deref()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("@s/b", "2.0.0", Some("sha512-B")),
-                ("a", "1.0.0", Some("sha512-A")),
-                ("c", "3.0.0", Some("sha512-C")),
-            ]
-        );
-        assert!(lockfile_targets(r#"{"lockfileVersion":1,"dependencies":{}}"#).is_err());
-    }
-
-    #[test]
-    fn table_names_failures() {
-        let ok = Report {
-            name: "a".into(),
-            version: "1.0.0".into(),
-            ok: true,
-            integrity: Check::Ok("sha512-x".into()),
-            signature: Check::Skipped("no keys".into()),
-            operators: Check::Ok("1/1 (abc)".into()),
-        };
-        let mut bad = ok.clone();
-        bad.name = "b".into();
-        bad.ok = false;
-        bad.operators = Check::Failed("forged: record signature is invalid".into());
-        let t = render_table(&[ok, bad]);
-        assert!(t.contains("b@1.0.0: operator records: forged"), "{t}");
-        assert!(t.contains("1 of 2 packages failed"), "{t}");
-    }
-
-    #[test]
-    fn trust_defaults() {
-        let a = crate::records::identity::Identity::from_seed([1; 32]).peer_id();
-        let b = crate::records::identity::Identity::from_seed([2; 32]).peer_id();
-        assert_eq!(trusted(&[a], &[b], Some(b)), vec![a]);
-        assert_eq!(trusted(&[], &[a], Some(b)), vec![a, b]);
-        assert_eq!(trusted(&[], &[], None), Vec::<PeerId>::new());
     }
 }

@@ -1,0 +1,179 @@
+//! `status`, `peers` and `id`: what a running node and this data dir's operator are.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use open_registry_protocol::Status;
+use open_registry_protocol::admin::Peers;
+use open_registry_protocol::status::SyncStatus;
+
+use super::{IdArgs, PeersArgs, StatusArgs, node_client, registry_url};
+use crate::client::NodeClient;
+use crate::config::units::format_size;
+use crate::records::Identity;
+
+/// How long `status` waits for a node.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(super) async fn peers(a: PeersArgs) -> anyhow::Result<()> {
+    let node = node_client(&a.node)?;
+    let v: Peers = node.get_json("/-/open-registry/peers").await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print!("{}", render_peers(&v));
+    Ok(())
+}
+
+fn render_peers(v: &Peers) -> String {
+    let mut out = format!("peer id        {}\n", v.peer_id);
+    out.push_str(&format!("listening on   {}\n", v.listen.join(", ")));
+    out.push_str(&format!(
+        "kademlia       {} mode, routing table {} peers\n",
+        if v.kad_server { "server" } else { "client" },
+        v.routing_table_size
+    ));
+    out.push_str(&format!("providing      {} blobs\n", v.provided));
+    out.push_str(&format!("connected      {} peers\n", v.connected.len()));
+    for c in &v.connected {
+        out.push_str(&format!("  {}  {}\n", c.peer_id, c.addrs.join(" ")));
+    }
+    out
+}
+
+pub(super) fn id(a: IdArgs) -> anyhow::Result<()> {
+    let identity = Identity::load_or_create(&a.dir.path())?;
+    if a.json {
+        use base64::Engine as _;
+        let key = identity.signing_key().verifying_key().to_bytes();
+        let v = serde_json::json!({
+            "peer_id": identity.peer_id().to_string(),
+            "public_key": base64::engine::general_purpose::STANDARD.encode(key),
+            "key_type": "ed25519",
+        });
+        println!("{v}");
+    } else {
+        println!("{}", identity.peer_id());
+    }
+    Ok(())
+}
+
+pub(super) async fn status(a: StatusArgs) -> anyhow::Result<()> {
+    let url = registry_url(a.registry.as_deref(), &a.dir.path());
+    let node = NodeClient::new(&url, None)?;
+    let resp = match node
+        .get(
+            "/-/open-registry/status",
+            "application/json",
+            STATUS_TIMEOUT,
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) if e.status().is_some() => {
+            anyhow::bail!("{url} answered {e} (is it an Open-Registry node?)")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let text = resp.text().await?;
+    let s: Status = serde_json::from_str(&text)
+        .with_context(|| format!("{url} did not answer with an Open-Registry status"))?;
+    if a.json {
+        println!("{text}");
+        return Ok(());
+    }
+    print!("{}", render_status(&url, &s));
+    Ok(())
+}
+
+fn render_status(url: &str, s: &Status) -> String {
+    let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
+    let up = s.uptime_secs;
+    format!(
+        "open-registry {} at {url}: up {}h {}m {}s\n\
+         upstream   {}\n\
+         store      {} packuments, {} tarballs, {} blobs, {}\n\
+         served     packuments {} ({} from store), tarballs {} ({} from store), {} coalesced\n\
+         upstream   {} requests, {} errors, {} received, {} stale answers\n\
+         peers      {} blobs fetched ({}), {} failed tries, {} records refused\n\
+         integrity  {} blobs refused\n\
+         sync       {}\n",
+        s.version,
+        up / 3600,
+        up / 60 % 60,
+        up % 60,
+        s.upstream.as_deref().unwrap_or("none"),
+        s.store.packuments,
+        s.store.tarballs,
+        s.store.blobs,
+        format_size(s.store.bytes),
+        c("packument_requests"),
+        c("packument_hits"),
+        c("tarball_requests"),
+        c("tarball_hits"),
+        c("coalesced"),
+        c("upstream_requests"),
+        c("upstream_errors"),
+        format_size(c("upstream_bytes")),
+        c("stale_served"),
+        c("peer_ingests"),
+        format_size(c("peer_bytes")),
+        c("peer_errors"),
+        c("records_rejected"),
+        c("integrity_failures"),
+        render_sync(s.sync.as_ref()),
+    )
+}
+
+fn render_sync(s: Option<&SyncStatus>) -> String {
+    let Some(s) = s else {
+        return "-".into();
+    };
+    let pinned = s.oldest_pinned_age_secs.map_or("no pins".to_owned(), |a| {
+        format!("oldest pinned packument confirmed {a}s ago")
+    });
+    match &s.changes_feed {
+        Some(feed) => format!(
+            "following {feed}: upstream seq {}, processed {}, lag {}; {pinned}",
+            s.upstream_seq.unwrap_or(0),
+            s.processed_seq.unwrap_or(0),
+            s.lag.unwrap_or(0),
+        ),
+        None => format!("no changes feed (pins revalidated on an interval); {pinned}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_renders() {
+        let mut s = Status {
+            version: "0.1.0".into(),
+            uptime_secs: 3723,
+            ..Default::default()
+        };
+        s.counters.insert("tarball_hits".into(), 4);
+        let out = render_status("http://127.0.0.1:1", &s);
+        assert!(out.contains("up 1h 2m 3s"), "{out}");
+        assert!(out.contains("(4 from store)"), "{out}");
+    }
+
+    #[test]
+    fn peers_render() {
+        let v = Peers {
+            peer_id: "12D3Koo".into(),
+            kad_server: true,
+            connected: vec![open_registry_protocol::admin::Connected {
+                peer_id: "12D3Other".into(),
+                addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            }],
+            ..Default::default()
+        };
+        let out = render_peers(&v);
+        assert!(out.contains("server mode"), "{out}");
+        assert!(out.contains("  12D3Other  /ip4/127.0.0.1/tcp/1"), "{out}");
+    }
+}

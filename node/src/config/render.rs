@@ -1,0 +1,129 @@
+//! The commented `config.toml` that `init` writes: every setting with its current value, the
+//! optional ones commented out with an example.
+
+use super::Config;
+
+fn quoted<T: std::fmt::Display>(v: Vec<T>) -> String {
+    v.iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The commented config.toml that `init` writes.
+pub fn render_toml(c: &Config) -> String {
+    use crate::config::units::{format_duration, format_size_exact};
+    let upstream = match &c.upstream {
+        Some(u) => format!("upstream = \"{u}\""),
+        None => "no_upstream = true".to_owned(),
+    };
+    let public = match &c.public_url {
+        Some(p) => format!("public_url = \"{p}\""),
+        None => "# public_url = \"https://registry.example.org\"".to_owned(),
+    };
+    format!(
+        r#"# Open-Registry node configuration.
+# Every setting can also be given as a flag (--listen ...) or an environment variable
+# (OPEN_REGISTRY_LISTEN=...); flags win over the environment, which wins over this file.
+
+# Where the gateway listens. Point npm at it: npm config set registry {gateway}/
+listen = "{listen}"
+
+# The registry this node mirrors from. Remove it and set `no_upstream = true` to serve only
+# what is stored here (and, with peers, what the network has).
+{upstream}
+
+# The base URL written into tarball links. Unset: the Host header the client used.
+{public}
+
+# How long a cached packument is served before it is revalidated with the upstream
+# (a conditional request; an unchanged packument costs one round trip).
+max_age = "{max_age}"
+
+# Deadlines and retries for upstream requests. When the upstream fails, cached copies are
+# served (stale-if-error); uncached requests fail with 502/504 within these bounds.
+upstream_timeout = "{timeout}"
+connect_timeout = "{connect}"
+retries = {retries}
+
+# Size caps: bigger documents and tarballs are refused.
+max_tarball_size = "{tarball}"
+max_packument_size = "{packument}"
+
+# Memory for hot packuments, kept in their final encoded and compressed forms.
+memory_cache_size = "{mem}"
+
+# Operators (PeerIds, as `open-registry id` prints them) whose signed records this node accepts
+# for metadata that does not come from the upstream, and how many of them must agree.
+trust = [{trust}]
+trust_threshold = {threshold}
+
+# How long the records this node signs stay valid (peers refuse older ones as frozen).
+record_ttl = "{ttl}"
+
+# Disk budget for stored blobs. Above it, unpinned blobs are evicted least recently used
+# first; pinned packages are never evicted. "0" means unbounded.
+max_cache_size = "{cache}"
+
+# `open-registry pin add NAME` pins this many of the newest versions, plus every dist-tag.
+pin_latest = {pin_latest}
+
+# The peer-to-peer network: where this node listens for peers (TCP and QUIC), whom it joins
+# through, and addresses others can reach it at. `no_p2p = true` keeps the node to itself.
+{no_p2p}p2p_listen = [{p2p_listen}]
+bootstrap = [{bootstrap}]
+# external_addr = ["/dns4/registry.example.org/tcp/7374"]
+# kad_server = true
+peer_timeout = "{peer_timeout}"
+
+# Staying in sync: follow the upstream's changes feed (refreshing every pinned or cached
+# package that changes), or, without one, revalidate pinned packuments on an interval.
+{changes_feed}
+changes_poll = "{changes_poll}"
+pin_refresh = "{pin_refresh}"
+
+# How often this node publishes its signed popularity summary (top packages it served).
+popularity_interval = "{popularity_interval}"
+"#,
+        gateway = c.gateway_url(),
+        listen = c.listen,
+        max_age = format_duration(c.max_age),
+        timeout = format_duration(c.upstream_timeout),
+        connect = format_duration(c.connect_timeout),
+        retries = c.retries,
+        tarball = format_size_exact(c.max_tarball_size),
+        packument = format_size_exact(c.max_packument_size),
+        mem = format_size_exact(c.memory_cache_size),
+        trust = c
+            .trust
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        threshold = c.trust_threshold,
+        ttl = format_duration(c.record_ttl),
+        cache = format_size_exact(c.max_cache_size),
+        pin_latest = c.pin_latest,
+        no_p2p = if c.p2p.is_none() {
+            "no_p2p = true\n"
+        } else {
+            ""
+        },
+        p2p_listen = quoted(c.p2p.as_ref().map(|n| n.listen.clone()).unwrap_or_default()),
+        bootstrap = quoted(
+            c.p2p
+                .as_ref()
+                .map(|n| n.bootstrap.clone())
+                .unwrap_or_default()
+        ),
+        peer_timeout = format_duration(c.peer_timeout),
+        changes_feed = match &c.changes_feed {
+            Some(f) => format!("changes_feed = \"{f}\""),
+            None =>
+                "# changes_feed = \"https://replicate.example.org/registry/_changes\"".to_owned(),
+        },
+        changes_poll = format_duration(c.changes_poll),
+        pin_refresh = format_duration(c.pin_refresh),
+        popularity_interval = format_duration(c.popularity_interval),
+    )
+}
