@@ -1,7 +1,7 @@
 //! Error chains on one line, for logs and for the messages npm prints.
 
 /// `e` and its causes, joined by `": "` (most libraries' Display shows only the outermost).
-pub fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -1,19 +1,46 @@
 //! An Open-Registry node: everything behind the gateway, and the `open-registry` binary.
+//!
+//! A node mirrors npm packages from an upstream registry and from other nodes, verifies every
+//! byte against npm's integrity and its own content id, signs what it mirrors, and serves it
+//! through the gateway (`open_registry_gateway`) to npm, pnpm, yarn and bun. The parts:
+//!
+//! - [`node`](start): wires everything below together; [`NodeHandle::shutdown`] stops it in
+//!   order.
+//! - `registry`: the gateway's view of the node (its `Registry` implementation).
+//! - `fetch`: the Fetcher, the only place that orders sources (store → peers → upstream for
+//!   tarballs; store → upstream → trusted operators → stale copy for packuments), with its
+//!   caches, single-flight, the upstream client and the pinned registry keys.
+//! - `peer`: everything the read path asks of other nodes (trust decisions, blob fetching,
+//!   announcing, popularity), over [`net`], the libp2p layer.
+//! - [`store`]: verified blobs on disk, the sled index, pins and eviction.
+//! - `records`: the operator's identity ([`Identity`]) and the signed records it keeps.
+//! - `tasks`: background work (sync with the upstream, gossip, store maintenance).
+//! - `admin`: the operator routes (dashboard, pins, peers, popularity).
+//! - [`client`]: the command line and what it does against a running node.
+//! - [`config`]: flags, environment and `config.toml`, validated into one [`Config`].
+//! - [`clock`]: the wall clock the node's calendar decisions read ([`clock::Clock`]).
+//! - [`metrics`]: the counters behind `/-/metrics` and the status; `errors`: error chains.
+//!
+//! Public here is what other crates use: the binary (`client::cli`), the end-to-end tests
+//! (starting nodes, bare peers over [`net`], the store for the crash tests, a manual clock).
 
-pub mod admin;
 pub mod client;
 pub mod clock;
 pub mod config;
-pub mod errors;
-pub mod fetch;
 pub mod metrics;
 pub mod net;
-pub mod node;
-pub mod peer;
-pub mod records;
-pub mod registry;
 pub mod store;
-pub mod tasks;
+
+mod admin;
+mod errors;
+mod fetch;
+mod node;
+mod peer;
+mod records;
+mod registry;
+mod tasks;
 
 pub use config::Config;
-pub use node::{NodeHandle, start};
+pub use node::{NodeHandle, RUN_FILE, start};
+pub use peer::PointerValidator;
+pub use records::{Identity, KEY_FILE};

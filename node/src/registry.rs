@@ -20,7 +20,7 @@ use crate::tasks::sync::Sync;
 
 /// The node as its gateway sees it.
 #[derive(Debug)]
-pub struct Node {
+pub(crate) struct Node {
     pub(crate) fetcher: Arc<Fetcher>,
     pub(crate) operator: PeerId,
     pub(crate) metrics: Arc<Metrics>,

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use open_registry_node::Identity;
 use open_registry_node::net::{self, Blob, BlobSource, Multiaddr, NetError, NoBlobs, RejectAll};
-use open_registry_node::records::identity::Identity;
 use open_registry_protocol::BlobId;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio_util::sync::CancellationToken;

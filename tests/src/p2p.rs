@@ -34,9 +34,8 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use open_registry_node::{
+    Identity, PointerValidator,
     net::{self, Blob, BlobSource, Client, Multiaddr, PeerId, RecordValidator},
-    peer::PointerValidator,
-    records::identity::Identity,
 };
 use open_registry_protocol::{
     BlobId, PackageName, pointer,

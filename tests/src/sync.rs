@@ -11,9 +11,8 @@ use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use open_registry_node::{
+    Identity, PointerValidator,
     net::{self, Client, Multiaddr},
-    peer::PointerValidator,
-    records::identity::Identity,
 };
 use open_registry_protocol::{
     BlobId,

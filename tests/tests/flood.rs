@@ -24,8 +24,8 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, ensure};
 use open_registry_node::{
+    Identity,
     net::{self, Client, Multiaddr, NoBlobs, PeerId, RejectAll, Transfer},
-    records::identity::Identity,
 };
 use open_registry_protocol::BlobId;
 use open_registry_tests::{FakeUpstream, PackageSpec, http, p2p::P2pNode};

@@ -23,8 +23,8 @@ use std::{
 use anyhow::{Context, Result, anyhow, ensure};
 use futures::future::BoxFuture;
 use open_registry_node::{
+    Identity,
     net::{self, Blob, BlobSource, Client, Multiaddr, PeerId, RejectAll},
-    records::identity::Identity,
 };
 use open_registry_protocol::{BlobId, Integrity};
 use open_registry_tests::{

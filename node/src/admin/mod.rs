@@ -16,7 +16,7 @@
 //! - `POST /-/open-registry/admin/pin` `{"name", "version"}`: fetch, verify, store, pin.
 //! - `POST /-/open-registry/admin/unpin` `{"name"}`: unpin every version of a package.
 
-pub mod token;
+pub(crate) mod token;
 mod views;
 
 use std::sync::Arc;
@@ -37,7 +37,7 @@ use crate::store::pins::Pins;
 
 /// What the operator routes work with.
 #[derive(Debug)]
-pub struct Admin {
+pub(crate) struct Admin {
     pub fetcher: Arc<Fetcher>,
     pub pins: Arc<Pins>,
     pub peers: Option<Arc<Peers>>,
@@ -47,7 +47,7 @@ pub struct Admin {
 }
 
 /// The admin routes, to merge with the gateway's router.
-pub fn router(admin: Arc<Admin>) -> Router {
+pub(crate) fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/-/open-registry/", get(dashboard))
         .route("/-/open-registry/pins", get(list))

@@ -6,10 +6,10 @@ use std::path::Path;
 use anyhow::Context as _;
 
 /// The admin token's file name in the data dir.
-pub const TOKEN_FILE: &str = "admin.token";
+pub(crate) const TOKEN_FILE: &str = "admin.token";
 
 /// Reads the admin token, creating it on first use.
-pub fn load_or_create(dir: &Path) -> anyhow::Result<String> {
+pub(crate) fn load_or_create(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join(TOKEN_FILE);
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
@@ -34,7 +34,7 @@ pub fn load_or_create(dir: &Path) -> anyhow::Result<String> {
 }
 
 /// Whether `given` is `token`, compared without an early exit (the token is a secret).
-pub fn matches(token: &str, given: Option<&str>) -> bool {
+pub(crate) fn matches(token: &str, given: Option<&str>) -> bool {
     given.is_some_and(|g| {
         g.len() == token.len()
             && g.bytes()

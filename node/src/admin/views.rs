@@ -22,7 +22,7 @@ fn internal(e: impl std::fmt::Display) -> Error {
 impl Admin {
     /// The pin list. `providers` is, per package, the fewest providers any of its pinned
     /// tarballs has on the network (this node included): the weakest link of its availability.
-    pub async fn pin_list(&self) -> Result<PinList, Error> {
+    pub(crate) async fn pin_list(&self) -> Result<PinList, Error> {
         let (store, pins) = (self.fetcher.store().clone(), self.pins.clone());
         // Per-file stats and sled reads: off the runtime.
         let rows = tokio::task::spawn_blocking(move || {
@@ -77,7 +77,7 @@ impl Admin {
     }
 
     /// Fetches (if needed), verifies, stores and pins one version.
-    pub async fn pin(&self, name: &PackageName, version: &str) -> Result<PinAdded, Error> {
+    pub(crate) async fn pin(&self, name: &PackageName, version: &str) -> Result<PinAdded, Error> {
         let (file, id, size) = self.fetcher.ensure_version(name, version).await?;
         self.pins
             .add(&self.fetcher.store().index, name, version, &file)
@@ -94,7 +94,7 @@ impl Admin {
     }
 
     /// Unpins every version of `name`.
-    pub async fn unpin(&self, name: &PackageName) -> Result<Unpinned, Error> {
+    pub(crate) async fn unpin(&self, name: &PackageName) -> Result<Unpinned, Error> {
         let removed = self
             .pins
             .remove(&self.fetcher.store().index, name)
@@ -110,7 +110,7 @@ impl Admin {
     }
 
     /// The peer-to-peer view; `None` without the network.
-    pub async fn peers(&self) -> Result<Option<Peers>, Error> {
+    pub(crate) async fn peers(&self) -> Result<Option<Peers>, Error> {
         let Some(peers) = &self.peers else {
             return Ok(None);
         };
@@ -144,7 +144,7 @@ impl Admin {
     }
 
     /// The `limit` most requested packages, here and at trusted operators' nodes.
-    pub fn popular(&self, limit: usize) -> Popular {
+    pub(crate) fn popular(&self, limit: usize) -> Popular {
         let (top, operators) = self.popularity.top(limit);
         Popular {
             operators: operators as u64,

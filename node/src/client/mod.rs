@@ -1,18 +1,18 @@
 //! The client side: the `open-registry` command line and what it does against a running node.
 //!
 //! - [`cli`]: the commands (`init`, `start`, `status`, `id`, `verify`, `pin`, `peers`).
-//! - [`pinning`]: which exact versions a pin request means, read off the node's packuments.
-//! - [`verify`]: checking packages and lockfiles through a gateway, trusting nothing it says.
-//! - [`NodeClient`]: the one HTTP client these use to talk to a node's gateway and operator
-//!   routes, with the node's `{"error": ...}` messages turned into [`ClientError`]s.
+//! - `pinning`: which exact versions a pin request means, read off the node's packuments.
+//! - `verify`: checking packages and lockfiles through a gateway, trusting nothing it says.
+//! - `NodeClient`: the one HTTP client these use to talk to a node's gateway and operator
+//!   routes, with the node's `{"error": ...}` messages turned into `ClientError`s.
 //!
 //! Nothing here reaches into a node's internals: a command talks to a node over HTTP, reads the
 //! data dir's files a node leaves for it (`node.json`, `admin.token`, `keys.json`), or starts
 //! one (`start`).
 
 pub mod cli;
-pub mod pinning;
-pub mod verify;
+pub(crate) mod pinning;
+pub(crate) mod verify;
 
 use std::time::Duration;
 

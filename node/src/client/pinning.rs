@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::{ClientError, NodeClient, READ_TIMEOUT};
 
 /// One exact version to pin.
-pub type Target = (PackageName, String);
+pub(crate) type Target = (PackageName, String);
 
 /// Versions of a packument, parsed, newest first.
 fn versions(doc: &Value) -> Vec<(Version, String)> {
@@ -40,7 +40,11 @@ fn versions(doc: &Value) -> Vec<(Version, String)> {
 }
 
 /// The versions a spec selects: see the module docs.
-pub fn select(doc: &Value, want: Option<&str>, latest: usize) -> anyhow::Result<Vec<String>> {
+pub(crate) fn select(
+    doc: &Value,
+    want: Option<&str>,
+    latest: usize,
+) -> anyhow::Result<Vec<String>> {
     let all = versions(doc);
     let tags: BTreeSet<String> = doc
         .get("dist-tags")
@@ -87,7 +91,7 @@ pub fn select(doc: &Value, want: Option<&str>, latest: usize) -> anyhow::Result<
 }
 
 /// The version npm would install for `range` (a range or a dist-tag).
-pub fn max_satisfying(doc: &Value, range: &str) -> Option<String> {
+pub(crate) fn max_satisfying(doc: &Value, range: &str) -> Option<String> {
     if let Some(tagged) = doc
         .pointer(&format!("/dist-tags/{range}"))
         .and_then(Value::as_str)
@@ -109,7 +113,7 @@ pub fn max_satisfying(doc: &Value, range: &str) -> Option<String> {
 
 /// What a version needs installed with it: dependencies, optional dependencies, and peer
 /// dependencies not marked optional.
-pub fn dependencies(doc: &Value, version: &str) -> Vec<(String, String)> {
+pub(crate) fn dependencies(doc: &Value, version: &str) -> Vec<(String, String)> {
     let Some(v) = doc.pointer(&format!("/versions/{}", version.replace('/', "~1"))) else {
         return Vec::new();
     };
@@ -132,7 +136,7 @@ pub fn dependencies(doc: &Value, version: &str) -> Vec<(String, String)> {
 }
 
 /// Splits `name@want`.
-pub fn split_spec(spec: &str) -> anyhow::Result<(PackageName, Option<String>)> {
+pub(crate) fn split_spec(spec: &str) -> anyhow::Result<(PackageName, Option<String>)> {
     let at = spec.get(1..).and_then(|s| s.rfind('@')).map(|i| i + 1);
     let (name, want) = match at {
         Some(i) => (&spec[..i], Some(spec[i + 1..].to_owned())),
@@ -147,14 +151,14 @@ pub fn split_spec(spec: &str) -> anyhow::Result<(PackageName, Option<String>)> {
 /// Expands pin requests into exact versions, reading packuments through the node's gateway
 /// (each at most once per run).
 #[derive(Debug)]
-pub struct Expander<'a> {
+pub(crate) struct Expander<'a> {
     node: &'a NodeClient,
     docs: HashMap<PackageName, Value>,
 }
 
 impl<'a> Expander<'a> {
     /// An expander reading through `node`.
-    pub fn new(node: &'a NodeClient) -> Expander<'a> {
+    pub(crate) fn new(node: &'a NodeClient) -> Expander<'a> {
         Expander {
             node,
             docs: HashMap::new(),
@@ -162,7 +166,7 @@ impl<'a> Expander<'a> {
     }
 
     /// A packument (abbreviated: what npm reads), cached for this run.
-    pub async fn packument(&mut self, name: &PackageName) -> anyhow::Result<&Value> {
+    pub(crate) async fn packument(&mut self, name: &PackageName) -> anyhow::Result<&Value> {
         if !self.docs.contains_key(name) {
             let body = async {
                 let r = self
@@ -184,7 +188,7 @@ impl<'a> Expander<'a> {
 
     /// Expands specs into exact versions (and, with `with_deps`, their dependency closure).
     /// Specs that cannot be expanded are returned as failures.
-    pub async fn expand(
+    pub(crate) async fn expand(
         &mut self,
         specs: &[String],
         latest: usize,

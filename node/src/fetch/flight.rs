@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 type Map<K, V> = Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>;
 
 /// Coalesces computations by key.
-pub struct Flights<K, V> {
+pub(crate) struct Flights<K, V> {
     // std Mutex, not tokio: only held to look up or insert, never across an await.
     inflight: Map<K, V>,
     tracker: TaskTracker,
@@ -33,7 +33,7 @@ impl<K, V> fmt::Debug for Flights<K, V> {
 
 /// Whether a caller started the computation or joined one already running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Leader,
     Follower,
 }
@@ -58,7 +58,7 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// A new, empty set of flights whose tasks `tracker` tracks.
-    pub fn new(tracker: TaskTracker) -> Self {
+    pub(crate) fn new(tracker: TaskTracker) -> Self {
         Self {
             inflight: Arc::new(Mutex::new(HashMap::new())),
             tracker,
@@ -67,7 +67,7 @@ where
 
     /// Runs `make()` for `key` unless a computation for it is already running, and returns its
     /// result. `None` only if the computation panicked.
-    pub async fn run<F, Fut>(&self, key: K, make: F) -> (Option<V>, Role)
+    pub(crate) async fn run<F, Fut>(&self, key: K, make: F) -> (Option<V>, Role)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V> + Send + 'static,
@@ -102,12 +102,14 @@ where
     }
 
     /// How many computations are running.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.inflight.lock().map_or(0, |m| m.len())
     }
 
     /// Whether none is running.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -13,11 +13,14 @@ use bytes::Bytes;
 use super::upstream::{Source, UpstreamError};
 
 /// The operator's pinned registry signing keys, if any.
-pub const KEYS_FILE: &str = "keys.json";
+pub(crate) const KEYS_FILE: &str = "keys.json";
 
 /// The pinned keys in `dir`, pinning the upstream's on first use; `Ok(None)` when there are
 /// none and the upstream publishes none.
-pub async fn pin_keys(dir: &Path, upstream: Option<&dyn Source>) -> anyhow::Result<Option<Bytes>> {
+pub(crate) async fn pin_keys(
+    dir: &Path,
+    upstream: Option<&dyn Source>,
+) -> anyhow::Result<Option<Bytes>> {
     let pinned = dir.join(KEYS_FILE);
     match tokio::fs::read(&pinned).await {
         Ok(b) => return Ok(Some(Bytes::from(b))),

@@ -24,12 +24,12 @@
 
 mod cache;
 mod download;
-pub mod error;
-pub mod flight;
-pub mod keys;
-pub mod packument;
-pub mod tarball;
-pub mod upstream;
+pub(crate) mod error;
+pub(crate) mod flight;
+pub(crate) mod keys;
+pub(crate) mod packument;
+pub(crate) mod tarball;
+pub(crate) mod upstream;
 
 #[cfg(test)]
 mod tests;
@@ -44,8 +44,8 @@ use open_registry_protocol::packument::DistRef;
 use open_registry_protocol::{BlobId, PackageName, Signed};
 use tokio_util::task::TaskTracker;
 
-pub use error::FetchError;
-pub use tarball::Fetched;
+pub(crate) use error::FetchError;
+pub(crate) use tarball::Fetched;
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -58,18 +58,18 @@ use error::store_err;
 use flight::Flights;
 
 /// How long a package no trusted record named is not looked up on the network again.
-pub const MISS_TTL: Duration = Duration::from_secs(60);
+pub(crate) const MISS_TTL: Duration = Duration::from_secs(60);
 
 /// How long a request with a stale copy at hand waits for the upstream before it is answered
 /// with the copy.
-pub const STALE_GRACE: Duration = Duration::from_secs(3);
+pub(crate) const STALE_GRACE: Duration = Duration::from_secs(3);
 
 /// The largest tarball passed through memory when it cannot be stored.
 const PASS_THROUGH_CAP: u64 = 64 << 20;
 
 /// The sources a Fetcher orders, and the store it fills.
 #[derive(Debug, Clone)]
-pub struct Sources {
+pub(crate) struct Sources {
     /// The local store.
     pub store: Arc<Store>,
     /// The node's records (its own, and trusted operators' it kept).
@@ -82,7 +82,7 @@ pub struct Sources {
 
 /// Orders sources and coalesces fetches.
 #[derive(Debug)]
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     store: Arc<Store>,
     upstream: Option<Arc<dyn upstream::Source>>,
     records: Arc<Records>,
@@ -102,7 +102,7 @@ pub struct Fetcher {
 
 impl Fetcher {
     /// A fetcher over `sources`, spawning its flights and background work on `tracker`.
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         sources: Sources,
         metrics: Arc<Metrics>,
@@ -127,22 +127,22 @@ impl Fetcher {
     }
 
     /// The store.
-    pub fn store(&self) -> &Arc<Store> {
+    pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store
     }
 
     /// The node's record store.
-    pub fn records(&self) -> &Arc<Records> {
+    pub(crate) fn records(&self) -> &Arc<Records> {
         &self.records
     }
 
     /// Notified after every blob the fetcher stores.
-    pub fn ingested(&self) -> &Arc<tokio::sync::Notify> {
+    pub(crate) fn ingested(&self) -> &Arc<tokio::sync::Notify> {
         &self.ingested
     }
 
     /// The upstream, if any.
-    pub fn upstream(&self) -> Option<&Arc<dyn upstream::Source>> {
+    pub(crate) fn upstream(&self) -> Option<&Arc<dyn upstream::Source>> {
         self.upstream.as_ref()
     }
 
@@ -209,16 +209,6 @@ impl Fetcher {
                 Metrics::inc(&self.metrics.store_errors);
                 store_err(e)
             }
-        }
-    }
-
-    /// The keys document of the upstream.
-    pub async fn upstream_keys(&self) -> Result<Bytes, FetchError> {
-        match &self.upstream {
-            Some(u) => Ok(u.keys().await?),
-            None => Err(FetchError::NotFound(
-                "no signing keys pinned and no upstream configured".into(),
-            )),
         }
     }
 }

@@ -25,7 +25,7 @@ impl Fetcher {
     }
 
     /// The current packument of `name`; `refresh` revalidates even a fresh copy.
-    pub async fn packument(
+    pub(crate) async fn packument(
         self: &Arc<Self>,
         name: &PackageName,
         refresh: bool,
@@ -279,7 +279,7 @@ impl Fetcher {
 
     /// Takes a newer revision from peers after a trusted operator announced one on gossip (the
     /// pointer is the hint), without asking the upstream.
-    pub async fn update_from_peers(
+    pub(crate) async fn update_from_peers(
         &self,
         name: &PackageName,
         hint: &Verified<Pointer>,

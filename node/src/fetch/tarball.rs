@@ -25,14 +25,14 @@ use crate::peer;
 /// A tarball a flight produced: stored, or (the disk being full or failing) verified in memory
 /// and passed through without being cached.
 #[derive(Debug, Clone)]
-pub enum Fetched {
+pub(crate) enum Fetched {
     Stored(BlobId),
     Unstored(BlobId, Bytes),
 }
 
 impl Fetcher {
     /// A verified tarball, from memory or streamed from the store.
-    pub async fn tarball(
+    pub(crate) async fn tarball(
         self: &Arc<Self>,
         name: &PackageName,
         file: &TarballFile,
@@ -304,7 +304,7 @@ impl Fetcher {
 
     /// Makes sure `version` of `name` is stored, fetching it if needed; returns its tarball file
     /// name, blob id and size. This is what pinning calls.
-    pub async fn ensure_version(
+    pub(crate) async fn ensure_version(
         self: &Arc<Self>,
         name: &PackageName,
         version: &str,

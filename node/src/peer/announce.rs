@@ -16,14 +16,14 @@ use crate::net;
 
 impl Peers {
     /// Announces a stored blob.
-    pub async fn provide(&self, id: &BlobId) {
+    pub(crate) async fn provide(&self, id: &BlobId) {
         if let Err(e) = self.net.provide(id).await {
             tracing::warn!(id = %id.short(), error = %e, "could not announce a blob");
         }
     }
 
     /// Withdraws an evicted blob.
-    pub async fn withdraw(&self, id: &BlobId) {
+    pub(crate) async fn withdraw(&self, id: &BlobId) {
         if let Err(e) = self.net.unprovide(id).await {
             tracing::warn!(id = %id.short(), error = %e, "could not withdraw a blob");
         }
@@ -31,7 +31,7 @@ impl Peers {
 
     /// Announces everything stored and republishes our records' pointers (after a start). The
     /// listings are directory and sled scans: they run on the blocking pool.
-    pub async fn announce_all(&self) {
+    pub(crate) async fn announce_all(&self) {
         let (store, records) = (self.store.clone(), self.records.clone());
         let listed = tokio::task::spawn_blocking(move || {
             let blobs = store.blobs.list()?;

@@ -90,7 +90,7 @@ impl Peers {
     }
 
     /// Asks `providers` in order until one delivers.
-    pub async fn fetch_from(
+    pub(crate) async fn fetch_from(
         &self,
         providers: &[net::PeerId],
         id: &BlobId,

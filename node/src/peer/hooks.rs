@@ -15,14 +15,14 @@ use crate::store::Store;
 
 /// Serves the store's verified blobs and stored record blobs to peers.
 #[derive(Debug)]
-pub struct StoreSource {
+pub(crate) struct StoreSource {
     store: Arc<Store>,
     records: Arc<Records>,
 }
 
 impl StoreSource {
     /// A source over `store` and `records`.
-    pub fn new(store: Arc<Store>, records: Arc<Records>) -> StoreSource {
+    pub(crate) fn new(store: Arc<Store>, records: Arc<Records>) -> StoreSource {
         StoreSource { store, records }
     }
 }

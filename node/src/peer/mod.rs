@@ -18,12 +18,12 @@
 //! blob bytes against their id (and npm integrity for tarballs) before they are stored. The
 //! Fetcher reaches all of this through the [`Source`] trait, which tests replace with a fake.
 
-pub mod announce;
-pub mod error;
-pub mod fetch;
-pub mod hooks;
-pub mod popularity;
-pub mod trust;
+pub(crate) mod announce;
+pub(crate) mod error;
+pub(crate) mod fetch;
+pub(crate) mod hooks;
+pub(crate) mod popularity;
+pub(crate) mod trust;
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,8 +34,9 @@ use open_registry_protocol::pointer::Pointer;
 use open_registry_protocol::record::{Record, Signed, Verified};
 use open_registry_protocol::{BlobId, Integrity, PackageName, Policy};
 
-pub use error::PeerError;
-pub use hooks::{PointerValidator, StoreSource};
+pub(crate) use error::PeerError;
+pub use hooks::PointerValidator;
+pub(crate) use hooks::StoreSource;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -44,11 +45,11 @@ use crate::records::Records;
 use crate::store::Store;
 
 /// A record as it travelled, and as it verified.
-pub type Found = (Signed, Verified<Record>);
+pub(crate) type Found = (Signed, Verified<Record>);
 
 /// A packument revision that enough trusted operators agree on.
 #[derive(Debug, Clone)]
-pub struct Agreed {
+pub(crate) struct Agreed {
     /// The revision's blob id.
     pub id: BlobId,
     /// The newest `fetched_at` among the agreeing records.
@@ -58,7 +59,7 @@ pub struct Agreed {
 }
 
 /// What the Fetcher asks of the network. [`Peers`] is the real one.
-pub trait Source: Send + Sync + fmt::Debug {
+pub(crate) trait Source: Send + Sync + fmt::Debug {
     /// Whether metadata may be taken from peers at all (someone is trusted).
     fn trusts_anyone(&self) -> bool;
 
@@ -101,7 +102,7 @@ pub trait Source: Send + Sync + fmt::Debug {
 
 /// The node's network side, over a started [`Client`].
 #[derive(Debug)]
-pub struct Peers {
+pub(crate) struct Peers {
     net: Client,
     store: Arc<Store>,
     records: Arc<Records>,
@@ -114,7 +115,7 @@ pub struct Peers {
 
 impl Peers {
     /// Wraps a started network client.
-    pub fn new(
+    pub(crate) fn new(
         net: Client,
         store: Arc<Store>,
         records: Arc<Records>,
@@ -135,12 +136,12 @@ impl Peers {
     }
 
     /// The network client.
-    pub fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &Client {
         &self.net
     }
 
     /// The trust policy for peers' records.
-    pub fn policy(&self) -> &Policy {
+    pub(crate) fn policy(&self) -> &Policy {
         &self.policy
     }
 }

@@ -18,11 +18,11 @@ use crate::clock::Clock;
 use crate::records::identity::Identity;
 
 /// Packages counted at most; beyond, the least requested are dropped.
-pub const MAX_TRACKED: usize = 100_000;
+pub(crate) const MAX_TRACKED: usize = 100_000;
 
 /// Request counts and received summaries.
 #[derive(Debug)]
-pub struct Popularity {
+pub(crate) struct Popularity {
     // std Mutex, not tokio: never held across an await.
     counts: Mutex<HashMap<PackageName, u64>>,
     summaries: Mutex<HashMap<PeerId, Summary>>,
@@ -31,7 +31,7 @@ pub struct Popularity {
 
 impl Popularity {
     /// Empty counts; summaries are dated by `clock`.
-    pub fn new(clock: Clock) -> Popularity {
+    pub(crate) fn new(clock: Clock) -> Popularity {
         Popularity {
             counts: Mutex::new(HashMap::new()),
             summaries: Mutex::new(HashMap::new()),
@@ -40,7 +40,7 @@ impl Popularity {
     }
 
     /// Counts one request for `name`.
-    pub fn count(&self, name: &PackageName) {
+    pub(crate) fn count(&self, name: &PackageName) {
         let mut c = self.counts.lock().expect("counts poisoned");
         if let Some(n) = c.get_mut(name) {
             *n += 1;
@@ -57,7 +57,7 @@ impl Popularity {
     }
 
     /// Our signed summary, ready to gossip.
-    pub fn summary(&self, identity: &Identity) -> Signed {
+    pub(crate) fn summary(&self, identity: &Identity) -> Signed {
         let counts: Vec<(PackageName, u64)> = self
             .counts
             .lock()
@@ -70,7 +70,7 @@ impl Popularity {
 
     /// Takes a summary heard on gossip if a trusted operator signed it and it is newer than
     /// what we hold from them. Returns whether it was taken.
-    pub fn receive(&self, wire: &[u8], policy: &Policy) -> bool {
+    pub(crate) fn receive(&self, wire: &[u8], policy: &Policy) -> bool {
         let Ok(signed) = Signed::from_bytes(wire) else {
             return false;
         };
@@ -91,7 +91,7 @@ impl Popularity {
     }
 
     /// The `limit` most requested packages: our counts plus every trusted summary.
-    pub fn top(&self, limit: usize) -> (Vec<(PackageName, u64)>, usize) {
+    pub(crate) fn top(&self, limit: usize) -> (Vec<(PackageName, u64)>, usize) {
         let mut total: HashMap<PackageName, u64> =
             self.counts.lock().expect("counts poisoned").clone();
         let summaries = self.summaries.lock().expect("summaries poisoned");

@@ -22,7 +22,7 @@ impl Peers {
     /// The newest records of the trusted operators for `name` that pass the trust policy, with
     /// their signed form. `hint` is a pointer heard on gossip: it competes with what the DHT
     /// returns.
-    pub async fn trusted_records(
+    pub(crate) async fn trusted_records(
         &self,
         name: &PackageName,
         hint: Option<&Verified<Pointer>>,
@@ -107,7 +107,7 @@ impl Peers {
 
     /// A pointer heard on gossip, if it is worth acting on: well signed by a trusted operator,
     /// unexpired, and newer than anything seen from that operator for the package.
-    pub fn interesting(&self, wire: &[u8]) -> Option<Verified<Pointer>> {
+    pub(crate) fn interesting(&self, wire: &[u8]) -> Option<Verified<Pointer>> {
         let signed = Signed::from_bytes(wire).ok()?;
         if !self.policy.trusts(&signed.signer) {
             return None;
@@ -127,7 +127,7 @@ impl Peers {
 
 /// The packument revision at least `policy.threshold()` of `found` agree on; of several, the
 /// one with the newest `fetched_at`.
-pub fn quorum(policy: &Policy, found: Vec<Found>) -> Option<Agreed> {
+pub(crate) fn quorum(policy: &Policy, found: Vec<Found>) -> Option<Agreed> {
     let mut groups: HashMap<BlobId, Vec<Found>> = HashMap::new();
     for f in found {
         groups.entry(f.1.get().packument).or_default().push(f);

@@ -10,7 +10,7 @@
 //! record by the id a DHT pointer names), `record_seq` (name → our last sequence),
 //! `record_seen` (name, 0x00, signer key → highest sequence seen, for rollback checks).
 
-pub mod identity;
+pub(crate) mod identity;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,7 +27,7 @@ use crate::store::{Index, IndexError};
 
 /// The signer and record store of one node.
 #[derive(Debug)]
-pub struct Records {
+pub(crate) struct Records {
     identity: Identity,
     ttl: Duration,
     clock: Clock,
@@ -56,7 +56,7 @@ fn prefix(name: &PackageName) -> Vec<u8> {
 
 impl Records {
     /// Opens the record trees in the node's index; sequences are read off `clock`.
-    pub fn open(
+    pub(crate) fn open(
         index: &Index,
         identity: Identity,
         ttl: Duration,
@@ -75,13 +75,13 @@ impl Records {
     }
 
     /// This node's operator id.
-    pub fn signer(&self) -> PeerId {
+    pub(crate) fn signer(&self) -> PeerId {
         self.identity.peer_id()
     }
 
     /// Signs and stores a record for a packument revision. `dists` is the packument's tarball
     /// index; `tarball` looks up the CID of a stored tarball file.
-    pub async fn sign_packument(
+    pub(crate) async fn sign_packument(
         &self,
         index: &Index,
         name: &PackageName,
@@ -113,7 +113,7 @@ impl Records {
 
     /// Re-signs our newest record for `name` so that it names the stored tarball of `version`.
     /// Nothing happens when there is no record or it already names that tarball.
-    pub async fn add_tarball(
+    pub(crate) async fn add_tarball(
         &self,
         index: &Index,
         name: &PackageName,
@@ -135,7 +135,7 @@ impl Records {
     }
 
     /// Our newest record for `name`, decoded (our own bytes: read without re-verifying).
-    pub fn own_record(&self, name: &PackageName) -> Result<Option<Record>, IndexError> {
+    pub(crate) fn own_record(&self, name: &PackageName) -> Result<Option<Record>, IndexError> {
         let Some(b) = self.records.get(key(name, &self.signer()))? else {
             return Ok(None);
         };
@@ -172,7 +172,7 @@ impl Records {
 
     /// Every stored record for `name` (ours and, once received, other operators'), as they are
     /// on disk: readers verify them.
-    pub fn list(&self, name: &PackageName) -> Result<Vec<Signed>, IndexError> {
+    pub(crate) fn list(&self, name: &PackageName) -> Result<Vec<Signed>, IndexError> {
         let mut out = Vec::new();
         for kv in self.records.scan_prefix(prefix(name)) {
             let (_, v) = kv?;
@@ -185,7 +185,7 @@ impl Records {
     }
 
     /// The JSON document served at `/-/open-registry/records/<name>`.
-    pub fn document(&self, name: &PackageName) -> Result<Option<Vec<u8>>, IndexError> {
+    pub(crate) fn document(&self, name: &PackageName) -> Result<Option<Vec<u8>>, IndexError> {
         let list = self.list(name)?;
         if list.is_empty() {
             return Ok(None);
@@ -198,7 +198,11 @@ impl Records {
     }
 
     /// The highest sequence seen from `signer` for `name`.
-    pub fn seen(&self, name: &PackageName, signer: &PeerId) -> Result<Option<u64>, IndexError> {
+    pub(crate) fn seen(
+        &self,
+        name: &PackageName,
+        signer: &PeerId,
+    ) -> Result<Option<u64>, IndexError> {
         Ok(self
             .seen
             .get(key(name, signer))?
@@ -208,7 +212,7 @@ impl Records {
 
     /// Stores another operator's record that the caller verified under the trust policy, and
     /// remembers its sequence for rollback checks. Older records than the stored one are ignored.
-    pub async fn store_verified(
+    pub(crate) async fn store_verified(
         &self,
         index: &Index,
         signed: &Signed,
@@ -241,12 +245,12 @@ impl Records {
     }
 
     /// A stored record's wire bytes, by their blob id (what DHT pointers name).
-    pub fn blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>, IndexError> {
+    pub(crate) fn blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>, IndexError> {
         Ok(self.blobs.get(id.to_bytes())?.map(|v| v.to_vec()))
     }
 
     /// The ids of every stored record blob (to announce them).
-    pub fn blob_ids(&self) -> Result<Vec<BlobId>, IndexError> {
+    pub(crate) fn blob_ids(&self) -> Result<Vec<BlobId>, IndexError> {
         let mut out = Vec::new();
         for k in self.blobs.iter().keys() {
             if let Ok(id) = BlobId::from_bytes(&k?) {
@@ -257,7 +261,7 @@ impl Records {
     }
 
     /// Our own newest record of every package (to republish their pointers after a restart).
-    pub fn own_latest(&self) -> Result<Vec<Signed>, IndexError> {
+    pub(crate) fn own_latest(&self) -> Result<Vec<Signed>, IndexError> {
         let me = self.signer();
         let mut out = Vec::new();
         for kv in self.records.iter() {
@@ -274,7 +278,7 @@ impl Records {
 
     /// The tarball id that stored records (ours, or trusted operators' verified ones) name for
     /// `version` of `name`, if any.
-    pub fn tarball_id(
+    pub(crate) fn tarball_id(
         &self,
         name: &PackageName,
         version: &str,
@@ -290,7 +294,7 @@ impl Records {
     }
 
     /// This node's identity (it signs records and DHT pointers).
-    pub fn identity(&self) -> &Identity {
+    pub(crate) fn identity(&self) -> &Identity {
         &self.identity
     }
 }

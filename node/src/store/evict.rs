@@ -16,7 +16,7 @@ use crate::store::{IndexError, Store};
 
 /// What a pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     /// Blobs deleted, in eviction order.
     pub evicted: Vec<BlobId>,
     /// Bytes freed.
@@ -25,7 +25,7 @@ pub struct Report {
 
 /// Why a pass stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum EvictError {
+pub(crate) enum EvictError {
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error("store I/O during eviction: {0}")]
@@ -40,14 +40,18 @@ enum Ref {
 }
 
 /// The size a pass evicts down to once the cap is exceeded: 90% of it, so that passes are rare.
-pub fn low_water(cap: u64) -> u64 {
+pub(crate) fn low_water(cap: u64) -> u64 {
     cap - cap / 10
 }
 
 /// Evicts unpinned blobs until the store holds at most [`low_water`]`(cap)` bytes, if it holds
 /// more than `cap`. A `cap` of 0 means unbounded. The scans (the blob directory, the index,
 /// the pins) and the deletions run on the blocking pool.
-pub async fn evict(store: &Arc<Store>, pins: &Arc<Pins>, cap: u64) -> Result<Report, EvictError> {
+pub(crate) async fn evict(
+    store: &Arc<Store>,
+    pins: &Arc<Pins>,
+    cap: u64,
+) -> Result<Report, EvictError> {
     let (used, _) = store.blobs.usage();
     if cap == 0 || used <= cap {
         return Ok(Report::default());

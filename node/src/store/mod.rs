@@ -4,9 +4,9 @@
 //! without re-hashing. Blobs are made durable before any index entry names them.
 
 pub mod blobs;
-pub mod evict;
+pub(crate) mod evict;
 pub mod index;
-pub mod pins;
+pub(crate) mod pins;
 
 use std::path::Path;
 

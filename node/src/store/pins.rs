@@ -17,7 +17,7 @@ use crate::store::{Index, IndexError};
 
 /// What is pinned of one package.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PinEntry {
+pub(crate) struct PinEntry {
     /// Version → tarball file name.
     pub versions: BTreeMap<String, String>,
     /// When the package was first pinned (unix ms).
@@ -26,14 +26,14 @@ pub struct PinEntry {
 
 /// The pin set.
 #[derive(Debug)]
-pub struct Pins {
+pub(crate) struct Pins {
     tree: sled::Tree,
     clock: Clock,
 }
 
 impl Pins {
     /// Opens the `pins` tree of the node's index; pin times are read off `clock`.
-    pub fn open(index: &Index, clock: Clock) -> Result<Pins, IndexError> {
+    pub(crate) fn open(index: &Index, clock: Clock) -> Result<Pins, IndexError> {
         Ok(Pins {
             tree: index.tree("pins")?,
             clock,
@@ -50,7 +50,7 @@ impl Pins {
     }
 
     /// Pins `version` of `name`, whose tarball `file` is stored (durable when this returns).
-    pub async fn add(
+    pub(crate) async fn add(
         &self,
         index: &Index,
         name: &PackageName,
@@ -68,14 +68,18 @@ impl Pins {
     }
 
     /// Unpins a whole package; returns whether it was pinned.
-    pub async fn remove(&self, index: &Index, name: &PackageName) -> Result<bool, IndexError> {
+    pub(crate) async fn remove(
+        &self,
+        index: &Index,
+        name: &PackageName,
+    ) -> Result<bool, IndexError> {
         let had = self.tree.remove(name.as_str())?.is_some();
         index.flush().await?;
         Ok(had)
     }
 
     /// Every pinned package.
-    pub fn list(&self) -> Result<Vec<(PackageName, PinEntry)>, IndexError> {
+    pub(crate) fn list(&self) -> Result<Vec<(PackageName, PinEntry)>, IndexError> {
         let mut out = Vec::new();
         for kv in self.tree.iter() {
             let (k, v) = kv?;
@@ -91,12 +95,12 @@ impl Pins {
     }
 
     /// Whether any version of `name` is pinned.
-    pub fn is_pinned(&self, name: &PackageName) -> Result<bool, IndexError> {
+    pub(crate) fn is_pinned(&self, name: &PackageName) -> Result<bool, IndexError> {
         Ok(self.tree.contains_key(name.as_str())?)
     }
 
     /// The blobs pins protect: pinned tarballs and the current packument of pinned packages.
-    pub fn protected(&self, index: &Index) -> Result<HashSet<BlobId>, IndexError> {
+    pub(crate) fn protected(&self, index: &Index) -> Result<HashSet<BlobId>, IndexError> {
         let mut out = HashSet::new();
         for (name, e) in self.list()? {
             if let Some(p) = index.packument(&name)? {

@@ -23,7 +23,7 @@ use crate::store::pins::Pins;
 
 /// What the gossip tasks work with.
 #[derive(Debug, Clone)]
-pub struct Gossip {
+pub(crate) struct Gossip {
     pub peers: Arc<Peers>,
     pub fetcher: Arc<Fetcher>,
     pub pins: Arc<Pins>,
@@ -35,7 +35,7 @@ pub struct Gossip {
 
 impl Gossip {
     /// Subscribes to the topics and starts the tasks on `tracker`.
-    pub async fn spawn(
+    pub(crate) async fn spawn(
         self,
         tracker: &TaskTracker,
         cancel: CancellationToken,

@@ -15,11 +15,11 @@ use crate::store::evict;
 use crate::store::pins::Pins;
 
 /// How often access times are written (one sled write per interval, not one per request).
-pub const ACCESS_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const ACCESS_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The store's upkeep.
 #[derive(Debug)]
-pub struct Maintenance {
+pub(crate) struct Maintenance {
     pub store: Arc<Store>,
     pub pins: Arc<Pins>,
     pub peers: Option<Arc<Peers>>,
@@ -32,7 +32,7 @@ pub struct Maintenance {
 impl Maintenance {
     /// Runs until `cancel` fires: one eviction pass at once, then one on every ingest and
     /// every [`ACCESS_INTERVAL`], after writing the access times.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub(crate) async fn run(self, cancel: CancellationToken) {
         self.evict().await;
         let this = &self;
         every(

@@ -3,9 +3,9 @@
 //! ([`maintenance`]). Every task runs on the node's `TaskTracker` and stops on its
 //! `CancellationToken`.
 
-pub mod gossip;
-pub mod maintenance;
-pub mod sync;
+pub(crate) mod gossip;
+pub(crate) mod maintenance;
+pub(crate) mod sync;
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Why [`every`] ran its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tick {
+pub(crate) enum Tick {
     /// A period passed.
     Period,
     /// The wake-up notification fired before the period passed.
@@ -25,7 +25,7 @@ pub enum Tick {
 /// Runs `body` every `period` (the first time one period after the start) until `cancel`
 /// fires, and also whenever `wake` is notified. A body that overruns delays the next tick; no
 /// burst of catch-up ticks follows a slow one.
-pub async fn every<F, Fut>(
+pub(crate) async fn every<F, Fut>(
     period: Duration,
     cancel: &CancellationToken,
     wake: Option<&Notify>,

@@ -37,11 +37,11 @@ const SEQ_KEY: &str = "changes_seq";
 const BATCH: usize = 100;
 /// The largest feed page read: a hundred changes are a few KiB; a feed that sends more is
 /// broken or hostile.
-pub const FEED_PAGE_CAP: u64 = 16 << 20;
+pub(crate) const FEED_PAGE_CAP: u64 = 16 << 20;
 
 /// What the sync tasks report.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub(crate) struct Progress {
     upstream_seq: AtomicU64,
     processed_seq: AtomicU64,
     refreshed: AtomicU64,
@@ -50,7 +50,7 @@ pub struct Progress {
 
 /// The sync side of a node.
 #[derive(Debug)]
-pub struct Sync {
+pub(crate) struct Sync {
     fetcher: Arc<Fetcher>,
     pins: Arc<Pins>,
     meta: sled::Tree,
@@ -64,7 +64,7 @@ pub struct Sync {
 impl Sync {
     /// Sync for `fetcher`'s store; follows `feed` if given (through the fetcher's upstream),
     /// else refreshes pins every `pin_refresh`.
-    pub fn new(
+    pub(crate) fn new(
         fetcher: Arc<Fetcher>,
         pins: Arc<Pins>,
         feed: Option<Url>,
@@ -91,7 +91,7 @@ impl Sync {
     }
 
     /// Runs until cancelled: the feed follower, or the pin refresher.
-    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, cancel: CancellationToken) {
         match self.feed.clone() {
             Some(feed) => self.follow(feed, cancel).await,
             None => self.refresh_pins(cancel).await,
@@ -118,7 +118,7 @@ impl Sync {
     }
 
     /// One request to the feed; returns how many changes it handled.
-    pub async fn poll_once(&self, feed: &Url) -> anyhow::Result<usize> {
+    pub(crate) async fn poll_once(&self, feed: &Url) -> anyhow::Result<usize> {
         let since = match read_seq(&self.meta)? {
             Some(s) => s.to_string(),
             None => "now".to_owned(),
@@ -243,7 +243,7 @@ impl Sync {
     }
 
     /// The lag report.
-    pub fn status(&self) -> SyncStatus {
+    pub(crate) fn status(&self) -> SyncStatus {
         let index = &self.fetcher.store().index;
         let now = self.clock.now_ms();
         let oldest = self

@@ -30,14 +30,14 @@ use open_registry_protocol::{BlobId, Integrity, PackageName, Policy, TrustError,
 use serde::Serialize;
 use serde_json::Value;
 
-pub use table::{load_keys, render_table, trusted};
-pub use targets::{lockfile_targets, targets_for_spec};
+pub(crate) use table::{load_keys, render_table, trusted};
+pub(crate) use targets::{lockfile_targets, targets_for_spec};
 
 use super::{ClientError, NodeClient};
 use crate::clock::now_ms;
 
 /// The file remembering the highest record sequence seen per package and signer.
-pub const SEEN_FILE: &str = "verify-seen.json";
+pub(crate) const SEEN_FILE: &str = "verify-seen.json";
 /// How many packages are checked at once.
 const CONCURRENCY: usize = 8;
 /// How long one document or tarball may take to arrive.
@@ -45,7 +45,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What to check and against what.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// The gateway's URL, without a trailing slash.
     pub registry: String,
     /// Pinned registry keys, if any.
@@ -58,7 +58,7 @@ pub struct Options {
 
 /// One package version to check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     pub name: PackageName,
     pub version: String,
     /// The integrity a lockfile pins, if checking a lockfile.
@@ -68,7 +68,7 @@ pub struct Target {
 /// The outcome of one of the three checks.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum Check {
+pub(crate) enum Check {
     /// Passed; the detail says how (key ids, signers).
     Ok(String),
     /// Could not be checked, and that is not a failure (no keys pinned).
@@ -92,7 +92,7 @@ impl Check {
 
 /// The result for one package version.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub name: String,
     pub version: String,
     pub ok: bool,
@@ -103,7 +103,7 @@ pub struct Report {
 
 impl Report {
     /// The first failure, in words.
-    pub fn reason(&self) -> Option<String> {
+    pub(crate) fn reason(&self) -> Option<String> {
         [
             ("integrity", &self.integrity),
             ("npm signature", &self.signature),
@@ -121,7 +121,7 @@ type Seen = BTreeMap<String, BTreeMap<String, u64>>;
 
 /// A verification session: the gateway and per-package caches.
 #[derive(Debug)]
-pub struct Verify {
+pub(crate) struct Verify {
     opts: Options,
     node: NodeClient,
     docs: tokio::sync::Mutex<HashMap<PackageName, Arc<Value>>>,
@@ -131,7 +131,7 @@ pub struct Verify {
 
 impl Verify {
     /// A session with `opts`.
-    pub fn new(opts: Options) -> anyhow::Result<Verify> {
+    pub(crate) fn new(opts: Options) -> anyhow::Result<Verify> {
         let seen = match &opts.state_dir {
             Some(d) => match std::fs::read(d.join(SEEN_FILE)) {
                 Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
@@ -190,7 +190,7 @@ impl Verify {
     }
 
     /// Checks one target.
-    pub async fn check(&self, t: &Target) -> Report {
+    pub(crate) async fn check(&self, t: &Target) -> Report {
         let mut report = Report {
             name: t.name.to_string(),
             version: t.version.clone(),
@@ -429,7 +429,7 @@ impl Verify {
     }
 
     /// Checks every target with bounded concurrency; `tick` is called after each.
-    pub async fn run(&self, targets: &[Target], tick: impl Fn(&Report)) -> Vec<Report> {
+    pub(crate) async fn run(&self, targets: &[Target], tick: impl Fn(&Report)) -> Vec<Report> {
         let mut out: Vec<Report> = futures::stream::iter(targets)
             .map(|t| self.check(t))
             .buffer_unordered(CONCURRENCY)
@@ -441,7 +441,7 @@ impl Verify {
     }
 
     /// Remembers the sequences seen (for rollback detection next time).
-    pub fn save_seen(&self) -> anyhow::Result<()> {
+    pub(crate) fn save_seen(&self) -> anyhow::Result<()> {
         let Some(dir) = &self.opts.state_dir else {
             return Ok(());
         };

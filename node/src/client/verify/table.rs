@@ -9,7 +9,7 @@ use open_registry_protocol::npm_sig::Keys;
 use super::{Check, Report};
 
 /// The human-readable table.
-pub fn render_table(reports: &[Report]) -> String {
+pub(crate) fn render_table(reports: &[Report]) -> String {
     let rows: Vec<[String; 5]> = reports
         .iter()
         .map(|r| {
@@ -82,7 +82,7 @@ pub fn render_table(reports: &[Report]) -> String {
 }
 
 /// Reads pinned keys from `path`, if the file exists.
-pub fn load_keys(path: &Path) -> anyhow::Result<Option<Keys>> {
+pub(crate) fn load_keys(path: &Path) -> anyhow::Result<Option<Keys>> {
     match std::fs::read(path) {
         Ok(b) => {
             Ok(Some(Keys::parse(&b).with_context(|| {
@@ -95,7 +95,7 @@ pub fn load_keys(path: &Path) -> anyhow::Result<Option<Keys>> {
 }
 
 /// The operators `verify` trusts: the ones given, else the config's plus this data dir's own.
-pub fn trusted(given: &[PeerId], config: &[PeerId], own: Option<PeerId>) -> Vec<PeerId> {
+pub(crate) fn trusted(given: &[PeerId], config: &[PeerId], own: Option<PeerId>) -> Vec<PeerId> {
     if !given.is_empty() {
         return given.to_vec();
     }

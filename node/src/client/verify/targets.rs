@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::{Target, Verify};
 
 /// Expands `name`, `name@version`, `name@tag` or `name@range` into targets, using the packument.
-pub async fn targets_for_spec(v: &Verify, spec: &str) -> anyhow::Result<Vec<Target>> {
+pub(crate) async fn targets_for_spec(v: &Verify, spec: &str) -> anyhow::Result<Vec<Target>> {
     let (name, want) = crate::client::pinning::split_spec(spec)?;
     let doc = v.packument(&name).await?;
     let versions: Vec<String> = doc
@@ -46,7 +46,7 @@ pub async fn targets_for_spec(v: &Verify, spec: &str) -> anyhow::Result<Vec<Targ
 }
 
 /// Every registry package in an npm lockfile (v2 or v3 `packages`).
-pub fn lockfile_targets(text: &str) -> anyhow::Result<Vec<Target>> {
+pub(crate) fn lockfile_targets(text: &str) -> anyhow::Result<Vec<Target>> {
     let v: Value = serde_json::from_str(text).context("the lockfile is not JSON")?;
     let version = v
         .get("lockfileVersion")

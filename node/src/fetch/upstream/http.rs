@@ -24,7 +24,7 @@ const FEED: &str = "changes feed";
 
 /// The upstream over HTTP.
 #[derive(Debug, Clone)]
-pub struct Client {
+pub(crate) struct Client {
     base: Url,
     http: reqwest::Client,
     timeout: Duration,
@@ -35,7 +35,10 @@ pub struct Client {
 
 impl Client {
     /// A client for `config.upstream`; `None` when no upstream is configured.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Option<Client>, reqwest::Error> {
+    pub(crate) fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Client>, reqwest::Error> {
         let Some(base) = config.upstream.clone() else {
             return Ok(None);
         };

@@ -7,7 +7,7 @@
 //! and only the configured upstream is ever contacted (a tarball URL found in metadata
 //! contributes its path, never its host: R9 in docs/security.md). Tests replace it with a fake.
 
-pub mod http;
+pub(crate) mod http;
 
 use std::fmt;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use open_registry_protocol::PackageName;
 use tokio::time::Instant;
 use url::Url;
 
-pub use http::Client;
+pub(crate) use http::Client;
 
 /// Why the upstream did not deliver.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,7 +54,7 @@ impl UpstreamError {
 
 /// A packument as the upstream answered a (conditional) request.
 #[derive(Debug, Clone)]
-pub enum PackumentAnswer {
+pub(crate) enum PackumentAnswer {
     /// 304: the revision we hold is current.
     NotModified,
     /// 200: a document.
@@ -66,7 +66,7 @@ pub enum PackumentAnswer {
 }
 
 /// A tarball body on its way: its announced length, and its chunks.
-pub struct Download {
+pub(crate) struct Download {
     /// Content-Length, if the upstream sent one.
     pub len: Option<u64>,
     /// The body; a failed chunk ends it.
@@ -82,20 +82,20 @@ impl fmt::Debug for Download {
 /// How long one operation may take, all its attempts included, and how many retries follow a
 /// failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budget {
+pub(crate) struct Budget {
     pub timeout: Duration,
     pub retries: u32,
 }
 
 /// Waits before retry number `attempt` (1-based): 100 ms, 400 ms, 1.6 s..., never past
 /// `deadline`.
-pub async fn backoff(attempt: u32, deadline: Instant) {
+pub(crate) async fn backoff(attempt: u32, deadline: Instant) {
     let wait = Duration::from_millis(100 * 4u64.pow(attempt.saturating_sub(1).min(5)));
     tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
 }
 
 /// What the Fetcher (and sync, and the keys route) ask of the upstream.
-pub trait Source: Send + Sync + fmt::Debug {
+pub(crate) trait Source: Send + Sync + fmt::Debug {
     /// The upstream's base URL (always ends with `/`).
     fn base(&self) -> &Url;
 

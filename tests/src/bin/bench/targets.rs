@@ -67,9 +67,7 @@ pub(crate) fn start_peer_as(
 ) -> Result<Peer> {
     let dir = tempfile::Builder::new().prefix("bench-peer-").tempdir()?;
     if let Some(key) = key {
-        let path = dir
-            .path()
-            .join(open_registry_node::records::identity::KEY_FILE);
+        let path = dir.path().join(open_registry_node::KEY_FILE);
         fs::write(&path, key)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
     }
@@ -110,10 +108,7 @@ impl Peer {
 
     /// Its operator key (`operator.key`), for [`start_peer_as`].
     pub(crate) fn key(&self) -> Result<Vec<u8>> {
-        let path = self
-            .node
-            .data_dir
-            .join(open_registry_node::records::identity::KEY_FILE);
+        let path = self.node.data_dir.join(open_registry_node::KEY_FILE);
         fs::read(&path).with_context(|| format!("reading {}", path.display()))
     }
 
