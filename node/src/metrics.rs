@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::store::WriteError;
+
 macro_rules! counters {
     ($($field:ident: $help:literal,)*) => {
         /// Monotonic counters since the node started.
@@ -53,6 +55,25 @@ counters! {
 }
 
 impl Metrics {
+    /// Counts and logs a blob write the store refused, the same way whatever the source:
+    /// bytes that do not verify (or no bytes) are the source's fault, I/O is the disk's, an
+    /// oversized body is neither. Returns the error for the caller to convert.
+    pub(crate) fn refused(&self, e: WriteError) -> WriteError {
+        match &e {
+            WriteError::Integrity(i) => {
+                Metrics::inc(&self.integrity_failures);
+                tracing::warn!(error = %i, "refused a blob that does not verify");
+            }
+            WriteError::Empty => Metrics::inc(&self.integrity_failures),
+            WriteError::TooLarge(_) => {}
+            WriteError::Io(io) => {
+                Metrics::inc(&self.store_errors);
+                tracing::error!(error = %io, "the store could not write a blob");
+            }
+        }
+        e
+    }
+
     /// Adds one.
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);

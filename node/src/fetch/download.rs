@@ -74,7 +74,7 @@ impl Fetcher {
                     .blobs
                     .writer(verifier, cap)
                     .await
-                    .map_err(|e| self.write_err(WriteError::Io(e)))?,
+                    .map_err(|e| FetchError::from(self.metrics.refused(WriteError::Io(e))))?,
             ),
             Into::Memory => Sink::Memory {
                 buf: BytesMut::new(),
@@ -92,7 +92,10 @@ impl Fetcher {
                 Some(Ok(chunk)) => {
                     Metrics::add(&self.metrics.upstream_bytes, chunk.len() as u64);
                     match &mut sink {
-                        Sink::Store(w) => w.write(&chunk).await.map_err(|e| self.write_err(e))?,
+                        Sink::Store(w) => w
+                            .write(&chunk)
+                            .await
+                            .map_err(|e| FetchError::from(self.metrics.refused(e)))?,
                         Sink::Memory { buf, verifier, cap } => {
                             if buf.len() as u64 + chunk.len() as u64 > *cap {
                                 return Err(too_big_to_pass(*cap));
@@ -113,14 +116,14 @@ impl Fetcher {
                 .commit()
                 .await
                 .map(Fetched::Stored)
-                .map_err(|e| self.write_err(e)),
+                .map_err(|e| FetchError::from(self.metrics.refused(e))),
             Sink::Memory { buf, verifier, .. } => {
                 if verifier.is_empty() {
-                    return Err(self.write_err(WriteError::Empty));
+                    return Err(FetchError::from(self.metrics.refused(WriteError::Empty)));
                 }
-                let id = verifier
-                    .finish()
-                    .map_err(|e| self.write_err(WriteError::Integrity(e)))?;
+                let id = verifier.finish().map_err(|e| {
+                    FetchError::from(self.metrics.refused(WriteError::Integrity(e)))
+                })?;
                 Ok(Fetched::Unstored(id, buf.freeze()))
             }
         }

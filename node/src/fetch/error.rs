@@ -7,6 +7,7 @@ use open_registry_protocol::IntegrityError;
 
 use super::upstream::UpstreamError;
 use crate::peer::PeerError;
+use crate::store::WriteError;
 
 /// Why a fetch failed. Cloneable: one failure is shared by every request of a flight.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,6 +61,17 @@ impl FetchError {
 pub(super) fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> FetchError {
     tracing::error!(error = %crate::errors::chain(&e), "store failed");
     FetchError::store(e)
+}
+
+impl From<WriteError> for FetchError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Integrity(e) => FetchError::Integrity(e),
+            WriteError::Empty => FetchError::Upstream(UpstreamError::Body("empty body".into())),
+            WriteError::TooLarge(n) => FetchError::Upstream(UpstreamError::TooLarge(n)),
+            WriteError::Io(e) => FetchError::store(e),
+        }
+    }
 }
 
 impl From<FetchError> for gateway::Error {

@@ -52,9 +52,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::peer;
 use crate::records::Records;
-use crate::store::{Store, WriteError};
+use crate::store::Store;
 use cache::Caches;
-use error::store_err;
 use flight::Flights;
 
 /// How long a package no trusted record named is not looked up on the network again.
@@ -189,27 +188,6 @@ impl Fetcher {
     /// Notes a blob stored: the eviction loop checks the cache cap.
     fn stored(&self) {
         self.ingested.notify_one();
-    }
-
-    /// A failed write into the store, counted and classified: bytes that do not verify are the
-    /// source's fault, I/O is the disk's.
-    fn write_err(&self, e: WriteError) -> FetchError {
-        match e {
-            WriteError::Integrity(e) => {
-                Metrics::inc(&self.metrics.integrity_failures);
-                tracing::warn!(error = %e, "refused a blob that does not verify");
-                FetchError::Integrity(e)
-            }
-            WriteError::Empty => {
-                Metrics::inc(&self.metrics.integrity_failures);
-                FetchError::Upstream(upstream::UpstreamError::Body("empty body".into()))
-            }
-            WriteError::TooLarge(n) => FetchError::Upstream(upstream::UpstreamError::TooLarge(n)),
-            WriteError::Io(e) => {
-                Metrics::inc(&self.metrics.store_errors);
-                store_err(e)
-            }
-        }
     }
 }
 

@@ -328,14 +328,14 @@ impl Fetcher {
             Ok(id) => id,
             // The disk failed, not the document: serve it without caching.
             Err(e) if e.is_local() => {
-                Metrics::inc(&self.metrics.store_errors);
+                let e = self.metrics.refused(e);
                 tracing::warn!(%name, error = %e, "cannot store; passing the packument through uncached");
                 return Ok(Packument {
                     id: BlobId::of(&bytes),
                     bytes,
                 });
             }
-            Err(e) => return Err(self.write_err(e)),
+            Err(e) => return Err(self.metrics.refused(e).into()),
         };
         let entry = PackumentEntry {
             id,

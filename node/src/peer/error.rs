@@ -9,6 +9,7 @@ use std::sync::Arc;
 use open_registry_protocol::BlobId;
 
 use crate::net::NetError;
+use crate::store::WriteError;
 
 /// A failed peer fetch or lookup. Cloneable: one failure is shared by every request of a flight.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -53,6 +54,17 @@ pub enum PeerError {
 impl From<NetError> for PeerError {
     fn from(e: NetError) -> Self {
         PeerError::Net(Arc::new(e))
+    }
+}
+
+impl From<WriteError> for PeerError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Integrity(e) => PeerError::Integrity(e),
+            WriteError::Empty => PeerError::Size("an empty blob".into()),
+            WriteError::TooLarge(n) => PeerError::Size(format!("more than {n} bytes")),
+            WriteError::Io(e) => PeerError::store(e),
+        }
     }
 }
 

@@ -15,7 +15,6 @@ use tokio::time::Instant;
 use super::{PeerError, Peers};
 use crate::metrics::Metrics;
 use crate::net;
-use crate::store::WriteError;
 
 /// How many untrusted providers a fetch tries at most (after the trusted operators).
 const MAX_PROVIDERS: usize = 8;
@@ -146,21 +145,11 @@ impl Peers {
         while let Some(chunk) = transfer.next().await {
             let chunk = chunk?;
             Metrics::add(&self.metrics.peer_bytes, chunk.len() as u64);
-            w.write(&chunk).await.map_err(|e| self.write_err(e))?;
+            w.write(&chunk).await.map_err(|e| self.metrics.refused(e))?;
         }
-        w.commit_as(Some(id)).await.map_err(|e| self.write_err(e))
-    }
-
-    fn write_err(&self, e: WriteError) -> PeerError {
-        match e {
-            WriteError::Integrity(e) => {
-                Metrics::inc(&self.metrics.integrity_failures);
-                PeerError::Integrity(e)
-            }
-            WriteError::Empty => PeerError::Size("an empty blob".into()),
-            WriteError::TooLarge(n) => PeerError::Size(format!("more than {n} bytes")),
-            WriteError::Io(e) => PeerError::store(e),
-        }
+        Ok(w.commit_as(Some(id))
+            .await
+            .map_err(|e| self.metrics.refused(e))?)
     }
 
     /// Fetches a small blob (a record) into memory, checking its id. `first` (the operator that
