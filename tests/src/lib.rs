@@ -16,7 +16,8 @@
 //!   counting, npm-style signatures and a changes feed.
 //! - [`npmsig`]: npm registry signing keys and the `/-/npm/v1/keys` document.
 //! - [`pacote`]: npm's bundled pacote verifying registry signatures ([`pacote_verify`]).
-//! - [`node`]: [`NodeProcess`], the `open-registry` binary started on a temporary data dir.
+//! - [`node`]: [`NodeProcess`], the `open-registry` binary started on a temporary data dir,
+//!   and [`Node`], the probes (HTTP and log) a test reads a running node with.
 //! - [`p2p`]: several nodes on one machine: their peer addresses, what a node holds for a
 //!   package, and [`p2p::EvilPeer`], an in-process peer that serves lies on demand.
 //! - [`probe`]: shared checks for the node's tests (JSON errors, concurrent requests, polling).
@@ -42,7 +43,7 @@ pub mod upstream;
 pub mod verdaccio;
 
 pub use fixtures::{PackageSpec, Tarball};
-pub use node::NodeProcess;
+pub use node::{Node, NodeProcess};
 pub use npm::Npm;
 pub use npmsig::RegistryKey;
 pub use pacote::{PacoteOutcome, pacote_check, pacote_verify};
