@@ -10,8 +10,9 @@
 //! `DIR/node.log`, whose tail is part of every startup error. Dropping a [`NodeProcess`] kills
 //! it.
 //!
-//! [`Node`] is what a test reads from a running node over its gateway (and its log); helpers
-//! that only probe a node take `&impl Node`.
+//! [`Node`] is what a test reads from a running node over its gateway (and its log), whether the
+//! node is this child process or an [`InProcessNode`](crate::inproc::InProcessNode) started from
+//! the same [`Builder`]; helpers that only probe a node take `&impl Node`.
 
 use std::{
     ffi::OsString,
@@ -32,14 +33,15 @@ use crate::{
 };
 
 /// How long a node may take to bind and answer `/-/ping`.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a node may take to exit after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The node's log in its data dir.
-const LOG_FILE: &str = "node.log";
+pub(crate) const LOG_FILE: &str = "node.log";
 
 /// A running node as a test sees it: a gateway to probe over HTTP (blocking, through [`http`],
-/// so raw paths go out exactly as written) and a log.
+/// so raw paths go out exactly as written) and a log. Implemented by [`NodeProcess`] and
+/// [`InProcessNode`](crate::inproc::InProcessNode).
 pub trait Node {
     /// The gateway's base URL, `http://127.0.0.1:PORT` (no trailing slash).
     fn gateway(&self) -> &str;
@@ -104,13 +106,14 @@ pub struct NodeProcess {
     _tmp: Option<TempDir>,
 }
 
-/// How to start a node: binary, data dir, arguments, environment.
+/// How to start a node: binary, data dir, arguments, environment. [`Builder::start`] spawns the
+/// binary; [`Builder::start_in_process`] runs the node in this process instead.
 #[derive(Debug, Default, Clone)]
 pub struct Builder {
-    binary: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    args: Vec<OsString>,
-    env: Vec<(OsString, OsString)>,
+    pub(crate) binary: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) env: Vec<(OsString, OsString)>,
 }
 
 impl Builder {
@@ -170,7 +173,7 @@ impl Builder {
 }
 
 /// The given data dir (created if missing), or a fresh temporary one with its owner.
-fn data_dir(given: Option<PathBuf>) -> Result<(PathBuf, Option<TempDir>)> {
+pub(crate) fn data_dir(given: Option<PathBuf>) -> Result<(PathBuf, Option<TempDir>)> {
     match given {
         Some(d) => {
             fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -189,7 +192,7 @@ fn data_dir(given: Option<PathBuf>) -> Result<(PathBuf, Option<TempDir>)> {
 /// The arguments after `start --data-dir DIR`: `args`, preceded by the tests' defaults for
 /// what `args` does not set — the gateway on `127.0.0.1:0` and peers on
 /// `/ip4/127.0.0.1/tcp/0` (unless `--no-p2p`), since tests run nodes side by side.
-fn start_args(args: &[OsString]) -> Vec<OsString> {
+pub(crate) fn start_args(args: &[OsString]) -> Vec<OsString> {
     let given = |prefixes: &[&str]| {
         args.iter().any(|a| {
             let a = a.to_string_lossy();

@@ -1,6 +1,7 @@
 //! Several nodes on one machine, and a peer that lies.
 //!
-//! - [`P2pNode`]: an `open-registry start` process with its operator id and its dialable
+//! - [`P2pNode`]: an `open-registry start` process ([`P2pNode::start`]) or an in-process node
+//!   on a manual clock ([`P2pNode::in_process`]), with its operator id and its dialable
 //!   `/ip4/127.0.0.1/tcp/PORT/p2p/ID` address (read from `GET /-/open-registry/peers`, so a
 //!   port-0 listen address is resolved), and waits on its routing table.
 //! - [`Holdings`]: what an honest node holds for one package, as its operator's newest signed
@@ -46,7 +47,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{Node, NodeProcess, fixtures::pseudo_random_bytes, probe};
+use crate::{InProcessNode, Node, NodeProcess, fixtures::pseudo_random_bytes, probe};
 
 // ---- nodes -------------------------------------------------------------------------------
 
@@ -63,7 +64,8 @@ pub fn peers(node: &impl Node) -> Result<Value> {
     probe::json(&r)
 }
 
-/// A node that joined the peer-to-peer network (by default, a process).
+/// A node that joined the peer-to-peer network: a process, or (`P2pNode<InProcessNode>`) a
+/// node in this process.
 #[derive(Debug)]
 pub struct P2pNode<N: Node = NodeProcess> {
     /// The node.
@@ -79,6 +81,14 @@ impl P2pNode {
     /// and reads its peer id and p2p address.
     pub fn start(args: &[&str]) -> Result<P2pNode> {
         P2pNode::joined(NodeProcess::start(args)?)
+    }
+}
+
+impl P2pNode<InProcessNode> {
+    /// [`P2pNode::start`] with the node in this process, on a manual clock
+    /// ([`InProcessNode::clock`]).
+    pub fn in_process(args: &[&str]) -> Result<P2pNode<InProcessNode>> {
+        P2pNode::joined(InProcessNode::start(args)?)
     }
 }
 
