@@ -16,9 +16,13 @@
 //!   counting, npm-style signatures and a changes feed.
 //! - [`npmsig`]: npm registry signing keys and the `/-/npm/v1/keys` document.
 //! - [`pacote`]: npm's bundled pacote verifying registry signatures ([`pacote_verify`]).
-//! - [`node`]: [`NodeProcess`], the `open-registry` binary started on a temporary data dir.
-//! - [`p2p`]: several nodes on one machine: their peer addresses, what a node holds for a
-//!   package, and [`p2p::EvilPeer`], an in-process peer that serves lies on demand.
+//! - [`node`]: [`NodeProcess`], the `open-registry` binary started on a temporary data dir,
+//!   and [`Node`], the probes (HTTP and log) every kind of test node answers.
+//! - [`inproc`]: [`InProcessNode`], the same node started in this process from the same
+//!   arguments, on a manual clock that tests advance instead of sleeping past `max_age`.
+//! - [`p2p`]: several nodes on one machine (child processes or in-process): their peer
+//!   addresses, what a node holds for a package, and [`p2p::EvilPeer`], an in-process peer that
+//!   serves lies on demand.
 //! - [`probe`]: shared checks for the node's tests (JSON errors, concurrent requests, polling).
 //! - [`sync`]: pins, the cache budget and the changes feed: lag reports, pin lists, feed
 //!   requests, and [`sync::DhtProbe`], a bare peer asking the DHT who provides a blob.
@@ -29,6 +33,7 @@
 
 pub mod fixtures;
 pub mod http;
+pub mod inproc;
 pub mod node;
 pub mod npm;
 pub mod npmsig;
@@ -42,7 +47,8 @@ pub mod upstream;
 pub mod verdaccio;
 
 pub use fixtures::{PackageSpec, Tarball};
-pub use node::NodeProcess;
+pub use inproc::InProcessNode;
+pub use node::{Node, NodeProcess};
 pub use npm::Npm;
 pub use npmsig::RegistryKey;
 pub use pacote::{PacoteOutcome, pacote_check, pacote_verify};

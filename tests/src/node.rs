@@ -9,6 +9,10 @@
 //! The node runs in its own process group; its stdout and stderr are appended to
 //! `DIR/node.log`, whose tail is part of every startup error. Dropping a [`NodeProcess`] kills
 //! it.
+//!
+//! [`Node`] is what a test reads from a running node over its gateway (and its log), whether the
+//! node is this child process or an [`InProcessNode`](crate::inproc::InProcessNode) started from
+//! the same [`Builder`]; helpers that only probe a node take `&impl Node`.
 
 use std::{
     ffi::OsString,
@@ -29,9 +33,54 @@ use crate::{
 };
 
 /// How long a node may take to bind and answer `/-/ping`.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a node may take to exit after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The node's log in its data dir.
+pub(crate) const LOG_FILE: &str = "node.log";
+
+/// A running node as a test sees it: a gateway to probe over HTTP (blocking, through [`http`],
+/// so raw paths go out exactly as written) and a log. Implemented by [`NodeProcess`] and
+/// [`InProcessNode`](crate::inproc::InProcessNode).
+pub trait Node {
+    /// The gateway's base URL, `http://127.0.0.1:PORT` (no trailing slash).
+    fn gateway(&self) -> &str;
+
+    /// `DATA_DIR/node.log`: everything the node logged, across restarts.
+    fn log_path(&self) -> PathBuf;
+
+    /// The last `lines` lines of the node's log.
+    fn log_tail(&self, lines: usize) -> String {
+        let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// `GET <gateway><path>` with `headers`; `path` is sent verbatim (no normalisation).
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<http::Response> {
+        http::request(
+            "GET",
+            &format!("{}{path}", self.gateway()),
+            headers,
+            &[],
+            Duration::from_secs(30),
+        )
+    }
+
+    /// `GET /-/open-registry/status`, parsed.
+    fn status(&self) -> Result<open_registry_protocol::Status> {
+        let r = self.get("/-/open-registry/status", &[])?;
+        if r.status != 200 {
+            bail!("status answered {}: {}", r.status, r.text());
+        }
+        serde_json::from_slice(&r.body).with_context(|| format!("status JSON: {}", r.text()))
+    }
+
+    /// One counter of the status (`0` when the node does not report it).
+    fn counter(&self, name: &str) -> Result<u64> {
+        Ok(self.status()?.counters.get(name).copied().unwrap_or(0))
+    }
+}
 
 /// What the node writes once its gateway is bound.
 #[derive(Debug, Deserialize)]
@@ -57,13 +106,14 @@ pub struct NodeProcess {
     _tmp: Option<TempDir>,
 }
 
-/// How to start a node: binary, data dir, arguments, environment.
+/// How to start a node: binary, data dir, arguments, environment. [`Builder::start`] spawns the
+/// binary; [`Builder::start_in_process`] runs the node in this process instead.
 #[derive(Debug, Default, Clone)]
 pub struct Builder {
-    binary: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    args: Vec<OsString>,
-    env: Vec<(OsString, OsString)>,
+    pub(crate) binary: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) env: Vec<(OsString, OsString)>,
 }
 
 impl Builder {
@@ -103,19 +153,7 @@ impl Builder {
 
     /// Spawns the node and waits until its gateway answers `/-/ping`.
     pub fn start(self) -> Result<NodeProcess> {
-        let (data_dir, tmp) = match self.data_dir {
-            Some(d) => {
-                fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-                (d, None)
-            }
-            None => {
-                let tmp = tempfile::Builder::new()
-                    .prefix("open-registry-node-")
-                    .tempdir()
-                    .context("creating a data dir")?;
-                (tmp.path().to_path_buf(), Some(tmp))
-            }
-        };
+        let (data_dir, tmp) = data_dir(self.data_dir)?;
         let binary = match self.binary {
             Some(b) => b,
             None => tools::node_binary()?,
@@ -134,6 +172,44 @@ impl Builder {
     }
 }
 
+/// The given data dir (created if missing), or a fresh temporary one with its owner.
+pub(crate) fn data_dir(given: Option<PathBuf>) -> Result<(PathBuf, Option<TempDir>)> {
+    match given {
+        Some(d) => {
+            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            Ok((d, None))
+        }
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("open-registry-node-")
+                .tempdir()
+                .context("creating a data dir")?;
+            Ok((tmp.path().to_path_buf(), Some(tmp)))
+        }
+    }
+}
+
+/// The arguments after `start --data-dir DIR`: `args`, preceded by the tests' defaults for
+/// what `args` does not set — the gateway on `127.0.0.1:0` and peers on
+/// `/ip4/127.0.0.1/tcp/0` (unless `--no-p2p`), since tests run nodes side by side.
+pub(crate) fn start_args(args: &[OsString]) -> Vec<OsString> {
+    let given = |prefixes: &[&str]| {
+        args.iter().any(|a| {
+            let a = a.to_string_lossy();
+            prefixes.iter().any(|p| a.starts_with(p))
+        })
+    };
+    let mut out: Vec<OsString> = Vec::with_capacity(args.len() + 4);
+    if !given(&["--listen"]) {
+        out.extend(["--listen", "127.0.0.1:0"].map(OsString::from));
+    }
+    if !given(&["--p2p-listen", "--no-p2p"]) {
+        out.extend(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"].map(OsString::from));
+    }
+    out.extend(args.iter().cloned());
+    out
+}
+
 impl NodeProcess {
     /// Starts a node in a fresh temporary data dir:
     /// `open-registry start --data-dir TMP --listen 127.0.0.1:0 --p2p-listen
@@ -149,7 +225,7 @@ impl NodeProcess {
 
     /// The gateway's base URL.
     pub fn gateway(&self) -> &str {
-        &self.gateway
+        Node::gateway(self)
     }
 
     /// The process id while it runs.
@@ -159,14 +235,12 @@ impl NodeProcess {
 
     /// `DATA_DIR/node.log`: everything the node printed, across restarts.
     pub fn log_path(&self) -> PathBuf {
-        self.data_dir.join("node.log")
+        Node::log_path(self)
     }
 
     /// The last `lines` lines of the node's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        Node::log_tail(self, lines)
     }
 
     /// True while the process runs.
@@ -212,21 +286,7 @@ impl NodeProcess {
             .context("opening node.log")?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("start").arg("--data-dir").arg(&self.data_dir);
-        if !self
-            .args
-            .iter()
-            .any(|a| a.to_string_lossy().starts_with("--listen"))
-        {
-            cmd.args(["--listen", "127.0.0.1:0"]);
-        }
-        // Tests run nodes side by side: loopback, and a port of the OS's choosing.
-        if !self.args.iter().any(|a| {
-            let a = a.to_string_lossy();
-            a.starts_with("--p2p-listen") || a.starts_with("--no-p2p")
-        }) {
-            cmd.args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]);
-        }
-        cmd.args(&self.args);
+        cmd.args(start_args(&self.args));
         isolate_env(&mut cmd);
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -299,32 +359,31 @@ impl NodeProcess {
     }
 }
 
-/// Reading the running node over HTTP (blocking, through [`http`], so raw paths go out
-/// exactly as written).
+impl Node for NodeProcess {
+    fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.join(LOG_FILE)
+    }
+}
+
+/// Reading the running node over HTTP: [`Node`]'s probes, callable without importing it.
 impl NodeProcess {
     /// `GET <gateway><path>` with `headers`; `path` is sent verbatim (no normalisation).
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<http::Response> {
-        http::request(
-            "GET",
-            &format!("{}{path}", self.gateway),
-            headers,
-            &[],
-            Duration::from_secs(30),
-        )
+        Node::get(self, path, headers)
     }
 
     /// `GET /-/open-registry/status`, parsed.
     pub fn status(&self) -> Result<open_registry_protocol::Status> {
-        let r = self.get("/-/open-registry/status", &[])?;
-        if r.status != 200 {
-            bail!("status answered {}: {}", r.status, r.text());
-        }
-        serde_json::from_slice(&r.body).with_context(|| format!("status JSON: {}", r.text()))
+        Node::status(self)
     }
 
     /// One counter of the status (`0` when the node does not report it).
     pub fn counter(&self, name: &str) -> Result<u64> {
-        Ok(self.status()?.counters.get(name).copied().unwrap_or(0))
+        Node::counter(self, name)
     }
 }
 

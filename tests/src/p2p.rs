@@ -1,12 +1,13 @@
 //! Several nodes on one machine, and a peer that lies.
 //!
-//! - [`P2pNode`]: an `open-registry start` process with its operator id and its dialable
+//! - [`P2pNode`]: an `open-registry start` process ([`P2pNode::start`]) or an in-process node
+//!   on a manual clock ([`P2pNode::in_process`]), with its operator id and its dialable
 //!   `/ip4/127.0.0.1/tcp/PORT/p2p/ID` address (read from `GET /-/open-registry/peers`, so a
 //!   port-0 listen address is resolved), and waits on its routing table.
 //! - [`Holdings`]: what an honest node holds for one package, as its operator's newest signed
 //!   record names it — the record's wire bytes, the packument, the tarballs — with the bytes,
 //!   fetched from the node's gateway (`/-/open-registry/records/<name>` and
-//!   `/-/open-registry/blobs/<cid>`).
+//!   `/-/open-registry/blobs/<cid>`). These helpers take any [`Node`].
 //! - [`EvilPeer`]: a libp2p peer in this process, built from the node's own network layer
 //!   (`open_registry_node::net::spawn`), that announces whatever the test tells it to and serves
 //!   each blob as the test scripts it ([`Serve`]): honestly, with a flipped byte, other bytes,
@@ -45,28 +46,29 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{NodeProcess, fixtures::pseudo_random_bytes, probe};
+use crate::{InProcessNode, Node, NodeProcess, fixtures::pseudo_random_bytes, probe};
 
-// ---- node processes ----------------------------------------------------------------------
+// ---- nodes -------------------------------------------------------------------------------
 
 /// `GET /-/open-registry/peers`, parsed.
-pub fn peers(node: &NodeProcess) -> Result<Value> {
+pub fn peers(node: &impl Node) -> Result<Value> {
     let r = node.get("/-/open-registry/peers", &[])?;
     ensure!(
         r.status == 200,
         "{}/-/open-registry/peers answered {}: {}",
-        node.gateway,
+        node.gateway(),
         r.status,
         r.text()
     );
     probe::json(&r)
 }
 
-/// A node process that joined the peer-to-peer network.
+/// A node that joined the peer-to-peer network: a process, or (`P2pNode<InProcessNode>`) a
+/// node in this process.
 #[derive(Debug)]
-pub struct P2pNode {
-    /// The process.
-    pub node: NodeProcess,
+pub struct P2pNode<N: Node = NodeProcess> {
+    /// The node.
+    pub node: N,
     /// Its operator id (= libp2p PeerId).
     pub id: String,
     /// `/ip4/127.0.0.1/tcp/PORT/p2p/ID`, for `--bootstrap`.
@@ -77,9 +79,23 @@ impl P2pNode {
     /// Starts `open-registry start ARGS…` (loopback gateway and p2p listen addresses by default)
     /// and reads its peer id and p2p address.
     pub fn start(args: &[&str]) -> Result<P2pNode> {
-        let node = NodeProcess::start(args)?;
+        P2pNode::joined(NodeProcess::start(args)?)
+    }
+}
+
+impl P2pNode<InProcessNode> {
+    /// [`P2pNode::start`] with the node in this process, on a manual clock
+    /// ([`InProcessNode::clock`]).
+    pub fn in_process(args: &[&str]) -> Result<P2pNode<InProcessNode>> {
+        P2pNode::joined(InProcessNode::start(args)?)
+    }
+}
+
+impl<N: Node> P2pNode<N> {
+    /// Reads the started node's peer id and p2p address.
+    fn joined(node: N) -> Result<P2pNode<N>> {
         let (id, addr) = crate::sync::p2p_addr(&node)?;
-        eprintln!("[p2p] node {id} at {addr}, gateway {}", node.gateway);
+        eprintln!("[p2p] node {id} at {addr}, gateway {}", node.gateway());
         Ok(P2pNode { node, id, addr })
     }
 
@@ -103,7 +119,7 @@ impl P2pNode {
 
 /// With `P2P_TEST_LOGS=DIR` in the environment, every node's log is kept as `DIR/<id>.log`
 /// (the data dir, and the log in it, go away with the node).
-impl Drop for P2pNode {
+impl<N: Node> Drop for P2pNode<N> {
     fn drop(&mut self) {
         if let Some(dir) = std::env::var_os("P2P_TEST_LOGS") {
             let dir = std::path::PathBuf::from(dir);
@@ -113,16 +129,26 @@ impl Drop for P2pNode {
     }
 }
 
-impl Deref for P2pNode {
-    type Target = NodeProcess;
-    fn deref(&self) -> &NodeProcess {
+impl<N: Node> Deref for P2pNode<N> {
+    type Target = N;
+    fn deref(&self) -> &N {
         &self.node
     }
 }
 
-impl DerefMut for P2pNode {
-    fn deref_mut(&mut self) -> &mut NodeProcess {
+impl<N: Node> DerefMut for P2pNode<N> {
+    fn deref_mut(&mut self) -> &mut N {
         &mut self.node
+    }
+}
+
+impl<N: Node> Node for P2pNode<N> {
+    fn gateway(&self) -> &str {
+        self.node.gateway()
+    }
+
+    fn log_path(&self) -> std::path::PathBuf {
+        self.node.log_path()
     }
 }
 
@@ -147,7 +173,7 @@ pub struct Holdings {
 
 impl Holdings {
     /// Reads `name`'s newest record signed by `operator` from `node`, and every blob it names.
-    pub fn read(node: &NodeProcess, operator: &str, name: &str) -> Result<Holdings> {
+    pub fn read(node: &impl Node, operator: &str, name: &str) -> Result<Holdings> {
         let signed = operator_record(node, operator, name)?;
         let record = signed.verify()?.get().clone();
         let packument = (record.packument, blob(node, &record.packument)?);
@@ -176,7 +202,7 @@ impl Holdings {
 }
 
 /// The signed records `node` serves for `name` (`GET /-/open-registry/records/<name>`).
-pub fn records(node: &NodeProcess, name: &str) -> Result<Vec<Signed>> {
+pub fn records(node: &impl Node, name: &str) -> Result<Vec<Signed>> {
     let r = node.get(&format!("/-/open-registry/records/{name}"), &[])?;
     ensure!(
         r.status == 200,
@@ -194,11 +220,16 @@ pub fn records(node: &NodeProcess, name: &str) -> Result<Vec<Signed>> {
 }
 
 /// The record of `operator` for `name` that `node` serves, signature checked.
-pub fn operator_record(node: &NodeProcess, operator: &str, name: &str) -> Result<Signed> {
+pub fn operator_record(node: &impl Node, operator: &str, name: &str) -> Result<Signed> {
     let signed = records(node, name)?
         .into_iter()
         .find(|s| s.signer.to_string() == operator)
-        .ok_or_else(|| anyhow!("{} serves no record of {operator} for {name}", node.gateway))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "{} serves no record of {operator} for {name}",
+                node.gateway()
+            )
+        })?;
     signed
         .verify()
         .with_context(|| format!("{operator}'s record for {name}"))?;
@@ -206,7 +237,7 @@ pub fn operator_record(node: &NodeProcess, operator: &str, name: &str) -> Result
 }
 
 /// A blob from `node`'s gateway, checked against its id.
-pub fn blob(node: &NodeProcess, id: &BlobId) -> Result<Bytes> {
+pub fn blob(node: &impl Node, id: &BlobId) -> Result<Bytes> {
     let r = node.get(&format!("/-/open-registry/blobs/{id}"), &[])?;
     ensure!(
         r.status == 200,

@@ -22,7 +22,7 @@ use open_registry_protocol::{
 use serde_json::Value;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{FakeUpstream, NodeProcess, node::cli, probe};
+use crate::{FakeUpstream, Node, node::cli, probe};
 
 /// How long a CLI command may take in these tests.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
@@ -180,14 +180,14 @@ pub fn data_requests(up: &FakeUpstream) -> Vec<String> {
 }
 
 /// The node's sync report (`status.sync`).
-pub fn sync_status(node: &NodeProcess) -> Result<SyncStatus> {
+pub fn sync_status(node: &impl Node) -> Result<SyncStatus> {
     node.status()?
         .sync
-        .ok_or_else(|| anyhow!("{} reports no sync section", node.gateway))
+        .ok_or_else(|| anyhow!("{} reports no sync section", node.gateway()))
 }
 
 /// `GET /-/open-registry/pins`: package name → pinned versions.
-pub fn pins(node: &NodeProcess) -> Result<BTreeMap<String, Vec<String>>> {
+pub fn pins(node: &impl Node) -> Result<BTreeMap<String, Vec<String>>> {
     let r = node.get("/-/open-registry/pins", &[])?;
     ensure!(r.status == 200, "pins answered {}: {}", r.status, r.text());
     pins_of(&probe::json(&r)?)
@@ -213,7 +213,7 @@ pub fn pins_of(v: &Value) -> Result<BTreeMap<String, Vec<String>>> {
 }
 
 /// `GET /-/open-registry/popular?limit=N`: (operators heard from, [(name, count)]).
-pub fn popular(node: &NodeProcess, limit: usize) -> Result<(u64, Vec<(String, u64)>)> {
+pub fn popular(node: &impl Node, limit: usize) -> Result<(u64, Vec<(String, u64)>)> {
     let r = node.get(&format!("/-/open-registry/popular?limit={limit}"), &[])?;
     ensure!(
         r.status == 200,
@@ -257,7 +257,7 @@ pub fn operator_id(data_dir: &Path) -> Result<String> {
 }
 
 /// The node's operator id and dialable `/ip4/127.0.0.1/tcp/PORT/p2p/ID` address.
-pub fn p2p_addr(node: &NodeProcess) -> Result<(String, String)> {
+pub fn p2p_addr(node: &impl Node) -> Result<(String, String)> {
     let r = node.get("/-/open-registry/peers", &[])?;
     ensure!(r.status == 200, "peers answered {}: {}", r.status, r.text());
     let v = probe::json(&r)?;
@@ -277,7 +277,7 @@ pub fn p2p_addr(node: &NodeProcess) -> Result<(String, String)> {
 
 /// Whether the node's store holds blob `id` (`GET /-/open-registry/blobs/<cid>`: 200 or 404).
 /// Reading a blob this way does not count as a use for eviction.
-pub fn has_blob(node: &NodeProcess, id: &BlobId) -> Result<bool> {
+pub fn has_blob(node: &impl Node, id: &BlobId) -> Result<bool> {
     let r = node.get(&format!("/-/open-registry/blobs/{id}"), &[])?;
     match r.status {
         200 => {
@@ -290,7 +290,7 @@ pub fn has_blob(node: &NodeProcess, id: &BlobId) -> Result<bool> {
 }
 
 /// The record `operator` signed for `name`, as `node` serves it (signature checked).
-pub fn operator_record(node: &NodeProcess, operator: &str, name: &str) -> Result<Record> {
+pub fn operator_record(node: &impl Node, operator: &str, name: &str) -> Result<Record> {
     let r = node.get(&format!("/-/open-registry/records/{name}"), &[])?;
     ensure!(
         r.status == 200,
@@ -313,6 +313,6 @@ pub fn operator_record(node: &NodeProcess, operator: &str, name: &str) -> Result
     }
     Err(anyhow!(
         "{} serves no record of {operator} for {name}",
-        node.gateway
+        node.gateway()
     ))
 }

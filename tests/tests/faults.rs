@@ -1,19 +1,25 @@
 //! Fault injection against the real `open-registry` binary: a [`FakeUpstream`] that truncates,
 //! empties, corrupts, fails, hangs or goes away (R2 and R14 in docs/security.md).
 //!
+//! Tests that need a stored packument to pass its `max_age` run the node in this process
+//! ([`InProcessNode`], same arguments) and advance its clock past it instead of sleeping.
+//!
 //! Pass criterion throughout: no unverified byte is ever served or stored, a failure the client
 //! sees is a retriable 5xx with a JSON error, the node keeps answering, and once the fault is
 //! gone the next request fetches again and succeeds.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use open_registry_protocol::{Integrity, status::StoreStats};
 use open_registry_tests::{
-    FakeUpstream, Fault, NodeProcess, PackageSpec, Target,
+    FakeUpstream, Fault, InProcessNode, Node as _, NodeProcess, PackageSpec, Target,
     http::Response,
     probe::{self, error_message},
 };
+
+/// Just past the 1 s `--max-age` these tests give their nodes.
+const PAST_MAX_AGE: Duration = Duration::from_millis(1100);
 
 /// R2: a tarball whose body is cut short, empty, or has one byte flipped is answered with a 5xx,
 /// never with a 200; nothing is stored; integrity failures are counted; without the fault the
@@ -178,7 +184,8 @@ fn r2_tarballs_are_checked_against_shasum_and_forged_integrity() -> Result<()> {
 #[test]
 fn r2_broken_packument_bodies_are_never_cached() -> Result<()> {
     let up = FakeUpstream::start()?;
-    let node = NodeProcess::start(&["--upstream", up.url(), "--retries", "0", "--max-age", "1s"])?;
+    let node =
+        InProcessNode::start(&["--upstream", up.url(), "--retries", "0", "--max-age", "1s"])?;
 
     // Cold: nothing to fall back on.
     for (fault, name) in [
@@ -218,13 +225,14 @@ fn r2_broken_packument_bodies_are_never_cached() -> Result<()> {
 
     // Warm: the stored revision survives a broken revalidation byte for byte.
     let p = up.publish(&PackageSpec::new("or-r2-warm-doc", "1.0.0"))?;
-    let fetched = Instant::now();
     let good = node.get(&p.packument_path, &[])?;
     ensure!(good.status == 200);
     up.publish(&PackageSpec::new("or-r2-warm-doc", "1.1.0"))?;
+    // Past max-age once: a broken revalidation must leave the copy stale, so the second fault
+    // is revalidated too.
+    node.clock().advance(PAST_MAX_AGE);
     for fault in [Fault::EmptyBody, Fault::Truncate] {
         up.set_fault(p.packument_path.as_str(), fault);
-        sleep_until(fetched + Duration::from_millis(1100));
         let stale = node.counter("stale_served")?;
         let hits = up.hits(&p.packument_path);
         let r = node.get(&p.packument_path, &[])?;
@@ -357,7 +365,7 @@ fn r14_upstream_down_serves_the_store_and_fails_fast_otherwise() -> Result<()> {
     let cached = up.publish(&PackageSpec::new("or-down-cached", "1.0.0").big_file(64 << 10))?;
     let uncached = up.publish(&PackageSpec::new("or-down-uncached", "1.0.0"))?;
     let timeout = Duration::from_secs(3);
-    let node = NodeProcess::start(&[
+    let node = InProcessNode::start(&[
         "--upstream",
         up.url(),
         "--max-age",
@@ -369,7 +377,6 @@ fn r14_upstream_down_serves_the_store_and_fails_fast_otherwise() -> Result<()> {
         "--retries",
         "1",
     ])?;
-    let fetched = Instant::now();
     let doc = node.get(&cached.packument_path, &[])?;
     ensure!(doc.status == 200);
     let tgz = node.get(&cached.tarball_path, &[])?;
@@ -384,7 +391,7 @@ fn r14_upstream_down_serves_the_store_and_fails_fast_otherwise() -> Result<()> {
         r.status
     );
     // Stale: revalidation fails, the stored copy is served.
-    sleep_until(fetched + Duration::from_millis(1100));
+    node.clock().advance(PAST_MAX_AGE);
     let (r, took) = probe::timed(|| node.get(&cached.packument_path, &[]));
     let r = r?;
     ensure!(
@@ -462,7 +469,7 @@ fn r14_upstream_500s_and_hangs_serve_the_stale_copy() -> Result<()> {
     let up = FakeUpstream::start()?;
     let a = up.publish(&PackageSpec::new("or-sick-a", "1.0.0"))?;
     let cold = up.publish(&PackageSpec::new("or-sick-cold", "1.0.0"))?;
-    let node = NodeProcess::start(&[
+    let node = InProcessNode::start(&[
         "--upstream",
         up.url(),
         "--max-age",
@@ -472,11 +479,10 @@ fn r14_upstream_500s_and_hangs_serve_the_stale_copy() -> Result<()> {
         "--retries",
         "0",
     ])?;
-    let fetched = Instant::now();
     let good = node.get(&a.packument_path, &[])?;
     ensure!(good.status == 200);
     ensure!(node.get(&a.tarball_path, &[])?.status == 200);
-    sleep_until(fetched + Duration::from_millis(1100));
+    node.clock().advance(PAST_MAX_AGE);
 
     up.set_fault(Target::All, Fault::Status(500));
     let (r, took) = probe::timed(|| node.get(&a.packument_path, &[]));
@@ -551,7 +557,7 @@ fn r14_upstream_500s_and_hangs_serve_the_stale_copy() -> Result<()> {
 fn r14_a_hanging_upstream_costs_at_most_3s_with_a_stored_copy() -> Result<()> {
     let up = FakeUpstream::start()?;
     let a = up.publish(&PackageSpec::new("or-slow", "1.0.0"))?;
-    let node = NodeProcess::start(&[
+    let node = InProcessNode::start(&[
         "--upstream",
         up.url(),
         "--max-age",
@@ -559,10 +565,9 @@ fn r14_a_hanging_upstream_costs_at_most_3s_with_a_stored_copy() -> Result<()> {
         "--upstream-timeout",
         "30s",
     ])?;
-    let fetched = Instant::now();
     let good = node.get(&a.packument_path, &[])?;
     ensure!(good.status == 200);
-    sleep_until(fetched + Duration::from_millis(1100));
+    node.clock().advance(PAST_MAX_AGE);
     up.set_fault(a.packument_path.as_str(), Fault::Hang);
     let (r, took) = probe::timed(|| node.get(&a.packument_path, &[]));
     let r = r?;
@@ -595,11 +600,4 @@ fn expect_retriable_error(r: &Response, what: &str) -> Result<()> {
 
 fn same_store(a: &StoreStats, b: &StoreStats) -> bool {
     a.tarballs == b.tarballs && a.blobs == b.blobs && a.packuments == b.packuments
-}
-
-fn sleep_until(t: Instant) {
-    let now = Instant::now();
-    if t > now {
-        std::thread::sleep(t - now);
-    }
 }

@@ -3,17 +3,16 @@
 //!
 //! Every test starts its own node (`NodeProcess`, a child process on 127.0.0.1:0) and its own
 //! upstream, and observes the node from outside only: HTTP answers, the upstream's request
-//! counts, and the node's `/-/open-registry/status`.
+//! counts, and the node's `/-/open-registry/status`. The test of revalidation past `max_age`
+//! runs the node in this process instead (`InProcessNode`, same arguments, same observations)
+//! and advances its clock rather than sleeping.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use open_registry_protocol::Integrity;
 use open_registry_tests::{
-    FakeUpstream, Fault, NodeProcess, PackageSpec, http,
+    FakeUpstream, Fault, InProcessNode, Node as _, NodeProcess, PackageSpec, http,
     probe::{self, error_message},
 };
 use serde_json::Value;
@@ -312,10 +311,11 @@ fn a_version_published_just_after_a_fetch_is_found() -> Result<()> {
 fn etags_and_conditional_revalidation() -> Result<()> {
     let up = FakeUpstream::start()?;
     let p = up.publish(&PackageSpec::new("or-etag", "1.0.0"))?;
-    let node = NodeProcess::start(&["--upstream", up.url(), "--max-age", "1s"])?;
+    let node = InProcessNode::start(&["--upstream", up.url(), "--max-age", "1s"])?;
+    // Just past the node's max-age.
+    let past_max_age = Duration::from_millis(1100);
     let path = p.packument_path.as_str();
 
-    let fetched = Instant::now();
     let full = node.get(path, &[])?;
     ensure!(full.status == 200, "{} {}", full.status, full.text());
     let etag = full
@@ -355,7 +355,7 @@ fn etags_and_conditional_revalidation() -> Result<()> {
     ensure!(up.hits(&p.tarball_path) == 1);
 
     // Past max-age: revalidated with the upstream's ETag; its 304 keeps the stored revision.
-    sleep_until(fetched + Duration::from_millis(1100));
+    node.clock().advance(past_max_age);
     let r = node.get(path, &[])?;
     ensure!(r.status == 200 && r.body == full.body);
     ensure!(up.hits(path) == 2, "{} packument fetches", up.hits(path));
@@ -372,9 +372,8 @@ fn etags_and_conditional_revalidation() -> Result<()> {
     ensure!(node.counter("packument_updates")? == 1);
 
     // A publish upstream: the next revalidation stores a new revision with a new ETag.
-    let published = Instant::now();
     up.publish(&PackageSpec::new("or-etag", "1.1.0"))?;
-    sleep_until(published + Duration::from_millis(1100));
+    node.clock().advance(past_max_age);
     let r = node.get(path, &[("if-none-match", &etag)])?;
     ensure!(r.status == 200, "stale ETag after an update: {}", r.status);
     ensure!(
@@ -526,11 +525,4 @@ fn r8_bad_paths_writes_and_whoami() -> Result<()> {
         package_requests(&up)
     );
     Ok(())
-}
-
-fn sleep_until(t: Instant) {
-    let now = Instant::now();
-    if t > now {
-        std::thread::sleep(t - now);
-    }
 }

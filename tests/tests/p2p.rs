@@ -1,9 +1,11 @@
 //! Issue 4's multi-node tests: nodes find and fetch tarballs and metadata from each other over
 //! libp2p, and lying or dying peers cost a fetch some time but never its correctness.
 //!
-//! Every node is a real `open-registry start` process on loopback; the liars are
-//! [`EvilPeer`]s, libp2p peers in this process built from the node's own network layer and fed
-//! a lying blob source or lying DHT values. Where a test needs one source to be tried first,
+//! Every node is a real `open-registry start` process on loopback — except where a test needs a
+//! node's packuments to pass their `max_age`: those nodes run in this process
+//! ([`P2pNode::in_process`], same arguments) and the test advances their clocks instead of
+//! sleeping. The liars are [`EvilPeer`]s, libp2p peers in this process built from the node's own
+//! network layer and fed a lying blob source or lying DHT values. Where a test needs one source to be tried first,
 //! the honest origin is stopped once the liar has copied (and announced) what it holds, so the
 //! liar is the only live provider and the outcome does not depend on the fetcher's shuffle.
 //!
@@ -25,7 +27,7 @@ use open_registry_protocol::{
     record::{Record, Signable as _, Signed, VersionEntry},
 };
 use open_registry_tests::{
-    FakeUpstream, Output, PackageSpec, Published,
+    FakeUpstream, Node, Output, PackageSpec, Published,
     fixtures::{self, Tarball},
     http,
     npm::Npm,
@@ -80,7 +82,7 @@ fn check_tree(
     Ok(())
 }
 
-fn counters(node: &P2pNode, names: &[&str]) -> Result<String> {
+fn counters(node: &impl Node, names: &[&str]) -> Result<String> {
     let s = node.status()?;
     Ok(names
         .iter()
@@ -90,7 +92,7 @@ fn counters(node: &P2pNode, names: &[&str]) -> Result<String> {
 }
 
 /// `GET /<name>` through `node`: the status, and the packument when it is 200.
-fn latest(node: &P2pNode, name: &str) -> Result<(u16, Option<serde_json::Value>)> {
+fn latest(node: &impl Node, name: &str) -> Result<(u16, Option<serde_json::Value>)> {
     let r = node.get(&format!("/{name}"), &[])?;
     if r.status != 200 {
         return Ok((r.status, None));
@@ -905,7 +907,10 @@ fn r4_a_replayed_older_record_never_rolls_a_node_back() -> Result<()> {
     let started = Instant::now();
     let up = FakeUpstream::start()?;
     let p = up.publish(&PackageSpec::new("or-r4", "1.0.0"))?;
-    let mut a = P2pNode::start(&["--upstream", up.url(), "--max-age", "1s"])?;
+    // In this process, so that A's and B's packuments pass their max-age as their clocks are
+    // advanced, not as time goes by.
+    let past_max_age = Duration::from_millis(1100);
+    let mut a = P2pNode::in_process(&["--upstream", up.url(), "--max-age", "1s"])?;
     let e = EvilPeer::start(41, &[&a.addr], Values::Anything)?;
     e.wait_routing_table(1, JOIN)?;
     ensure!(a.get(&p.packument_path, &[])?.status == 200);
@@ -913,6 +918,8 @@ fn r4_a_replayed_older_record_never_rolls_a_node_back() -> Result<()> {
     let old_ptr = e.wait_pointer(&old.name, &a.id, old.record.seq, Duration::from_secs(15))?;
 
     up.publish(&PackageSpec::new("or-r4", "2.0.0"))?;
+    // Past A's max-age: A's next request revalidates and finds 2.0.0.
+    a.clock().advance(past_max_age);
     let new = probe::wait_for(
         Duration::from_secs(15),
         "A to sign a record for 2.0.0",
@@ -925,7 +932,7 @@ fn r4_a_replayed_older_record_never_rolls_a_node_back() -> Result<()> {
     )?;
     ensure!(new.record.seq > old.record.seq && new.packument.0 != old.packument.0);
 
-    let b = P2pNode::start(&[
+    let b = P2pNode::in_process(&[
         "--no-upstream",
         "--bootstrap",
         &a.addr,
@@ -952,7 +959,7 @@ fn r4_a_replayed_older_record_never_rolls_a_node_back() -> Result<()> {
 
     // Past B's max-age, every request revalidates with the network.
     for round in 0..3 {
-        thread::sleep(Duration::from_millis(1100));
+        b.clock().advance(past_max_age);
         let (status, doc) = latest(&b, &p.name)?;
         let doc = doc.with_context(|| format!("B answered {status} after the replay"))?;
         ensure!(

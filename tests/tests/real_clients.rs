@@ -4,6 +4,10 @@
 //!
 //! The `[e2e]` lines it prints are the record of a run (timings, npm's own summary lines, the
 //! node's counters).
+//!
+//! The node runs in this process (`InProcessNode`, the arguments the binary would get), so that
+//! its stored packuments pass their `max_age` by advancing its clock rather than by sleeping;
+//! npm, pnpm and Verdaccio are real processes.
 
 use std::{
     fs,
@@ -12,7 +16,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use open_registry_tests::{NodeProcess, Output, PackageSpec, Verdaccio, fixtures, npm::Npm, probe};
+use open_registry_tests::{
+    InProcessNode, Node as _, Output, PackageSpec, Verdaccio, fixtures, npm::Npm, probe,
+};
 
 /// Bigger than 20 MiB and incompressible, so the tarball is too.
 const BIG: usize = 21 * 1024 * 1024;
@@ -52,7 +58,7 @@ fn npm_and_pnpm_install_through_the_node_and_keep_working_without_the_upstream()
 
     // A short max-age, so that once Verdaccio is gone the node really has to fall back on its
     // store (stale-if-error) instead of answering from fresh copies.
-    let node = NodeProcess::start(&["--upstream", verdaccio.url(), "--max-age", "1s"])?;
+    let node = InProcessNode::start(&["--upstream", verdaccio.url(), "--max-age", "1s"])?;
     say(&format!(
         "node {} mirroring {}",
         node.gateway,
@@ -127,7 +133,7 @@ fn npm_and_pnpm_install_through_the_node_and_keep_working_without_the_upstream()
     ensure!(!verdaccio.is_running());
     let offline_since = Instant::now();
     // Let every stored packument pass its max-age, so each is revalidated and falls back.
-    std::thread::sleep(Duration::from_millis(1100));
+    node.clock().advance(Duration::from_millis(1100));
     npm.clear_cache()?;
     fs::remove_dir_all(project.join("node_modules"))?;
     let out = npm.ci(&project)?;
