@@ -4,7 +4,7 @@
 //! byte against npm's integrity and its own content id, signs what it mirrors, and serves it
 //! through the gateway (`open_registry_gateway`) to npm, pnpm, yarn and bun. The parts:
 //!
-//! - [`node`](start): wires everything below together; [`NodeHandle::shutdown`] stops it in
+//! - `node`: [`start`] wires everything below together; [`NodeHandle::shutdown`] stops it in
 //!   order.
 //! - `registry`: the gateway's view of the node (its `Registry` implementation).
 //! - `fetch`: the Fetcher, the only place that orders sources (store → peers → upstream for

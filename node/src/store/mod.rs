@@ -1,7 +1,10 @@
-//! The local store: verified blobs on disk ([`blobs`]) and their sled indexes ([`index`]).
+//! The local store: verified blobs on disk ([`blobs`]), their sled indexes ([`index`]), the
+//! pins that keep some of them forever (`pins`) and the eviction that keeps the rest under the
+//! disk budget (`evict`).
 //!
 //! Invariant: what the store holds was verified when it was written, so reads are trusted
-//! without re-hashing. Blobs are made durable before any index entry names them.
+//! without re-hashing. Blobs are made durable before any index entry names them, and index
+//! entries are removed (durably) before the blobs they name are deleted.
 
 pub mod blobs;
 pub(crate) mod evict;
