@@ -36,6 +36,7 @@ mod errors;
 mod fetch;
 mod node;
 mod peer;
+mod private_file;
 mod records;
 mod registry;
 mod tasks;

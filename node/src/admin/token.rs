@@ -12,8 +12,12 @@ pub(crate) const TOKEN_FILE: &str = "admin.token";
 pub(crate) fn load_or_create(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join(TOKEN_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
-        Ok(_) => {}
+        Ok(t) => {
+            crate::private_file::check_mode(&path)?;
+            if !t.trim().is_empty() {
+                return Ok(t.trim().to_owned());
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -63,6 +67,25 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_readable_by_group_or_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let token = load_or_create(dir.path()).unwrap();
+        let path = dir.path().join(TOKEN_FILE);
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = load_or_create(dir.path()).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("chmod 600 {}", path.display())),
+                "{err}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(load_or_create(dir.path()).unwrap(), token);
     }
 
     #[test]

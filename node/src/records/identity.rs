@@ -8,7 +8,7 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use ed25519_dalek::SigningKey;
 use open_registry_protocol::PeerId;
 
@@ -36,7 +36,7 @@ impl Identity {
                 let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
                     anyhow::anyhow!("{} is not a 32-byte ed25519 key", path.display())
                 })?;
-                check_mode(&path)?;
+                crate::private_file::check_mode(&path)?;
                 Ok(Identity {
                     key: SigningKey::from_bytes(&seed),
                 })
@@ -104,22 +104,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    Ok(())
-}
-
-fn check_mode(path: &Path) -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            bail!(
-                "{} is readable by others (mode {mode:o}); run: chmod 600 {}",
-                path.display(),
-                path.display()
-            );
-        }
-    }
     Ok(())
 }
 
