@@ -58,6 +58,16 @@ pub enum Fault {
     FlipByte,
     /// Never answer (the connection stays open until the client gives up or the server stops).
     Hang,
+    /// Answer gzip-encoded (`Content-Encoding: gzip`), whatever the request accepted, after
+    /// appending this many spaces to the body: a JSON document that expands far beyond its
+    /// compressed size (a decompression bomb) when the padding is large.
+    Gzip {
+        /// Spaces appended before compressing.
+        pad: usize,
+    },
+    /// Answer the body unchanged but labelled `Content-Encoding: gzip` (what some servers do
+    /// for `.tgz` files, which are gzip already).
+    LabelGzip,
 }
 
 /// Which requests a fault applies to.
@@ -105,6 +115,8 @@ pub struct RequestRecord {
     pub accept: Option<String>,
     /// `If-None-Match`, if sent.
     pub if_none_match: Option<String>,
+    /// `Accept-Encoding`, if sent.
+    pub accept_encoding: Option<String>,
 }
 
 /// What [`FakeUpstream::publish`] stored.

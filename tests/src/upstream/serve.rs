@@ -135,6 +135,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
         raw: raw.clone(),
         accept: header(header::ACCEPT),
         if_none_match: header(header::IF_NONE_MATCH),
+        accept_encoding: header(header::ACCEPT_ENCODING),
     };
     let fault = {
         let mut st = shared.state();
@@ -397,11 +398,15 @@ fn respond(reply: Reply, fault: Option<Fault>) -> Response<Body> {
             body = Bytes::from(v);
         }
         Some(Fault::Truncate) => truncate = true,
+        Some(Fault::Gzip { pad }) => body = gzip(&body, pad),
         _ => {}
     }
     let mut builder = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, reply.content_type);
+    if matches!(fault, Some(Fault::Gzip { .. } | Fault::LabelGzip)) {
+        builder = builder.header(header::CONTENT_ENCODING, "gzip");
+    }
     if status != StatusCode::NOT_MODIFIED {
         builder = builder.header(header::CONTENT_LENGTH, body.len());
     }
@@ -427,4 +432,24 @@ fn respond(reply: Reply, fault: Option<Fault>) -> Response<Body> {
     builder
         .body(body)
         .unwrap_or_else(|_| Response::new(Body::from("bad injected response")))
+}
+
+/// `body` followed by `pad` spaces, gzip-compressed (the padding costs next to nothing).
+fn gzip(body: &[u8], pad: usize) -> Bytes {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let spaces = [b' '; 64 << 10];
+    let written = enc.write_all(body).and_then(|()| {
+        let mut left = pad;
+        while left > 0 {
+            let n = left.min(spaces.len());
+            enc.write_all(&spaces[..n])?;
+            left -= n;
+        }
+        Ok(())
+    });
+    match written.and_then(|()| enc.finish()) {
+        Ok(v) => Bytes::from(v),
+        Err(_) => Bytes::from_static(b"gzip failed"),
+    }
 }

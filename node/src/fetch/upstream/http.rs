@@ -1,5 +1,12 @@
 //! [`Client`]: the upstream over HTTP (reqwest), with deadlines, retries, size caps and
 //! redirects confined to the upstream's origin.
+//!
+//! Content codings are handled here, not by reqwest: documents (packuments, keys, the changes
+//! feed, forwarded answers) are requested with `Accept-Encoding: gzip` and decoded by
+//! [`read_capped`], which caps the *decoded* size; tarballs are requested with
+//! `Accept-Encoding: identity` and passed on exactly as sent, whatever `Content-Encoding` the
+//! upstream labels them with (their integrity is over those bytes). reqwest's own decoding
+//! would decode any response labelled gzip, even one asked for as identity, so it is off.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +28,9 @@ use crate::metrics::Metrics;
 
 /// What `send` calls a changes-feed request.
 const FEED: &str = "changes feed";
+
+/// The one content coding documents are accepted in (and decoded by [`read_capped`]).
+const GZIP: &str = "gzip";
 
 /// The upstream over HTTP.
 #[derive(Debug, Clone)]
@@ -48,6 +58,9 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("open-registry/", env!("CARGO_PKG_VERSION")))
             .redirect(same_origin_redirects(&base))
+            // Decoding is `read_capped`'s (see the module docs); reqwest's would also decode
+            // tarballs, which must be stored as sent.
+            .no_gzip()
             .build()?;
         Ok(Some(Client {
             base,
@@ -132,7 +145,8 @@ impl Client {
                         .get(url.clone())
                         // The full document: abbreviated forms are derived here, never trusted
                         // from an upstream that may ignore the header anyway.
-                        .header(header::ACCEPT, "application/json");
+                        .header(header::ACCEPT, "application/json")
+                        .header(header::ACCEPT_ENCODING, GZIP);
                     if let Some(e) = etag {
                         req = req.header(header::IF_NONE_MATCH, e);
                     } else if let Some(lm) = last_modified {
@@ -208,7 +222,12 @@ impl Client {
     ) -> Result<Download, UpstreamError> {
         let url = self.tarball_url(name, file, dist_tarball)?;
         let r = self
-            .send(url.path(), deadline, 0, || self.http.get(url.clone()))
+            .send(url.path(), deadline, 0, || {
+                // The bytes as published: their integrity is what is checked and stored.
+                self.http
+                    .get(url.clone())
+                    .header(header::ACCEPT_ENCODING, "identity")
+            })
             .await?;
         let len = r.content_length();
         let body = r
@@ -226,7 +245,9 @@ impl Client {
         let deadline = Instant::now() + self.timeout;
         let r = self
             .send("signing keys", deadline, self.retries, || {
-                self.http.get(url.clone())
+                self.http
+                    .get(url.clone())
+                    .header(header::ACCEPT_ENCODING, GZIP)
             })
             .await?;
         read_capped(r, 1 << 20, deadline, &self.metrics).await
@@ -255,6 +276,7 @@ impl Client {
         if let Some(ce) = &req.content_encoding {
             b = b.header(header::CONTENT_ENCODING, ce);
         }
+        b = b.header(header::ACCEPT_ENCODING, GZIP);
         // No retries: audits are POSTs, and a search is cheap for npm to repeat.
         let r = match tokio::time::timeout(self.timeout, b.timeout(self.timeout).send()).await {
             Err(_) => return Err(UpstreamError::Timeout(self.timeout)),
@@ -316,7 +338,11 @@ impl Source for Client {
         Box::pin(async move {
             let deadline = Instant::now() + self.timeout;
             let r = self
-                .send(FEED, deadline, 0, || self.http.get(url.clone()))
+                .send(FEED, deadline, 0, || {
+                    self.http
+                        .get(url.clone())
+                        .header(header::ACCEPT_ENCODING, GZIP)
+                })
                 .await?;
             read_capped(r, cap, deadline, &self.metrics).await
         })
@@ -339,17 +365,35 @@ fn same_origin_redirects(base: &Url) -> reqwest::redirect::Policy {
     })
 }
 
-/// Reads a whole body, refusing more than `cap` bytes and anything after `deadline`.
+/// Reads a whole body, refusing more than `cap` bytes and anything after `deadline`. A body
+/// labelled `Content-Encoding: gzip` is decoded, and `cap` applies to the decoded bytes: a small
+/// compressed body that expands beyond it (a decompression bomb) is refused once `cap` decoded
+/// bytes are exceeded, without holding more than that. Any other coding is refused.
 async fn read_capped(
     r: reqwest::Response,
     cap: u64,
     deadline: Instant,
     metrics: &Metrics,
 ) -> Result<Bytes, UpstreamError> {
+    let coding = header_string(r.headers(), header::CONTENT_ENCODING)
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "identity");
+    let gzip = match coding.as_deref() {
+        None => false,
+        Some("gzip" | "x-gzip") => true,
+        Some(other) => {
+            return Err(UpstreamError::Body(format!(
+                "unsupported Content-Encoding {other:?} (only gzip was accepted)"
+            )));
+        }
+    };
+    // The decoded body is what is capped; the compressed one is held too, so it gets the same
+    // cap (a document that does not compress below its own size has no reason to be gzip).
     if r.content_length().is_some_and(|n| n > cap) {
         return Err(UpstreamError::TooLarge(cap));
     }
-    let mut buf = BytesMut::new();
+    let mut wire = BytesMut::new();
+    let mut decoded = gzip.then(|| Gunzip::new(cap));
     let mut body = r.bytes_stream();
     loop {
         let next = tokio::time::timeout_at(deadline, body.next())
@@ -359,15 +403,87 @@ async fn read_capped(
             None => break,
             Some(Ok(chunk)) => {
                 Metrics::add(&metrics.upstream_bytes, chunk.len() as u64);
-                if buf.len() as u64 + chunk.len() as u64 > cap {
+                if wire.len() as u64 + chunk.len() as u64 > cap {
                     return Err(UpstreamError::TooLarge(cap));
                 }
-                buf.extend_from_slice(&chunk);
+                match &mut decoded {
+                    Some(d) => d.write(&chunk)?,
+                    None => wire.extend_from_slice(&chunk),
+                }
             }
             Some(Err(e)) => return Err(UpstreamError::Body(error_chain(&e))),
         }
     }
-    Ok(buf.freeze())
+    match decoded {
+        Some(d) => d.finish(),
+        None => Ok(wire.freeze()),
+    }
+}
+
+/// A streaming gzip decoder that refuses more than `cap` decoded bytes.
+struct Gunzip {
+    dec: flate2::write::MultiGzDecoder<CappedVec>,
+    cap: u64,
+}
+
+impl Gunzip {
+    fn new(cap: u64) -> Gunzip {
+        Gunzip {
+            dec: flate2::write::MultiGzDecoder::new(CappedVec {
+                buf: Vec::new(),
+                cap,
+            }),
+            cap,
+        }
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> Result<(), UpstreamError> {
+        std::io::Write::write_all(&mut self.dec, chunk).map_err(|e| self.error(e))
+    }
+
+    fn finish(mut self) -> Result<Bytes, UpstreamError> {
+        std::io::Write::flush(&mut self.dec).map_err(|e| self.error(e))?;
+        let cap = self.cap;
+        self.dec
+            .finish()
+            .map(|v| Bytes::from(v.buf))
+            .map_err(|e| gunzip_error(e, cap))
+    }
+
+    fn error(&self, e: std::io::Error) -> UpstreamError {
+        gunzip_error(e, self.cap)
+    }
+}
+
+fn gunzip_error(e: std::io::Error, cap: u64) -> UpstreamError {
+    if e.kind() == std::io::ErrorKind::FileTooLarge {
+        UpstreamError::TooLarge(cap)
+    } else {
+        UpstreamError::Body(format!("bad gzip body: {e}"))
+    }
+}
+
+/// The decoder's output: refuses to grow beyond `cap` bytes.
+struct CappedVec {
+    buf: Vec<u8>,
+    cap: u64,
+}
+
+impl std::io::Write for CappedVec {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() as u64 + b.len() as u64 > self.cap {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "decoded body over the cap",
+            ));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn header_string(h: &HeaderMap, name: header::HeaderName) -> Option<String> {

@@ -1,0 +1,109 @@
+//! Content codings from the upstream (R20 in docs/security.md): packuments may come gzip-encoded
+//! and are capped by their decoded size (a decompression bomb is refused, not cached); tarballs
+//! are requested as `identity` and stored exactly as sent, whatever the upstream labels them.
+
+use anyhow::{Result, ensure};
+use open_registry_tests::{FakeUpstream, Fault, InProcessNode, Node as _, PackageSpec, probe};
+
+/// A small gzip-encoded packument is decoded and served; one that expands beyond
+/// `--max-packument-size` (64 MiB of padding in ~64 KiB on the wire, against a 1 MiB cap) is
+/// refused with a 502 and not stored, and the node keeps serving.
+#[test]
+fn r20_a_gzip_bomb_packument_is_refused_by_its_decoded_size() -> Result<()> {
+    let up = FakeUpstream::start()?;
+    let node = InProcessNode::start(&[
+        "--upstream",
+        up.url(),
+        "--retries",
+        "0",
+        "--max-packument-size",
+        "1MiB",
+    ])?;
+
+    let small = up.publish(&PackageSpec::new("or-r20-small", "1.0.0"))?;
+    up.set_fault(small.packument_path.as_str(), Fault::Gzip { pad: 1000 });
+    let r = node.get(&small.packument_path, &[])?;
+    ensure!(
+        r.status == 200,
+        "small gzip packument: {} {}",
+        r.status,
+        r.text()
+    );
+    ensure!(probe::json(&r)?["versions"]["1.0.0"]["dist"]["integrity"] == small.integrity.as_str());
+    let sent = up
+        .requests()
+        .into_iter()
+        .find(|q| q.path == small.packument_path)
+        .and_then(|q| q.accept_encoding);
+    ensure!(
+        sent.as_deref() == Some("gzip"),
+        "packuments accept gzip: {sent:?}"
+    );
+
+    let bomb = up.publish(&PackageSpec::new("or-r20-bomb", "1.0.0"))?;
+    up.set_fault(bomb.packument_path.as_str(), Fault::Gzip { pad: 64 << 20 });
+    let before = node.status()?.store;
+    for _ in 0..2 {
+        let r = node.get(&bomb.packument_path, &[])?;
+        ensure!(r.status == 502, "gzip bomb: {} {}", r.status, r.text());
+        probe::error_message(&r)?;
+    }
+    let after = node.status()?.store;
+    ensure!(
+        after.packuments == before.packuments,
+        "the bomb was stored: {before:?} → {after:?}"
+    );
+    ensure!(
+        up.hits(&bomb.packument_path) == 2,
+        "a refused bomb is not cached: each request asks the upstream again"
+    );
+
+    up.clear_fault(bomb.packument_path.as_str());
+    let r = node.get(&bomb.packument_path, &[])?;
+    ensure!(r.status == 200, "fault cleared: {} {}", r.status, r.text());
+    Ok(())
+}
+
+/// A tarball is requested with `Accept-Encoding: identity`; an upstream that labels the `.tgz`
+/// `Content-Encoding: gzip` anyway gets its bytes stored and served as sent (not gunzipped,
+/// which would break their integrity).
+#[test]
+fn r20_tarballs_are_requested_as_identity_and_stored_as_sent() -> Result<()> {
+    let up = FakeUpstream::start()?;
+    let node = InProcessNode::start(&["--upstream", up.url(), "--retries", "0"])?;
+    let p = up.publish(&PackageSpec::new("or-r20-tgz", "1.0.0").big_file(32 << 10))?;
+    ensure!(node.get(&p.packument_path, &[])?.status == 200);
+
+    up.set_fault(p.tarball_path.as_str(), Fault::LabelGzip);
+    let r = node.get(&p.tarball_path, &[])?;
+    ensure!(
+        r.status == 200,
+        "tarball labelled gzip: {} {}",
+        r.status,
+        r.text()
+    );
+    let published = up
+        .tarball("or-r20-tgz", "or-r20-tgz-1.0.0.tgz")
+        .expect("published");
+    ensure!(
+        r.body[..] == published[..],
+        "served bytes differ from the published tarball"
+    );
+    let sent: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|q| q.path == p.tarball_path)
+        .map(|q| q.accept_encoding)
+        .collect();
+    ensure!(
+        !sent.is_empty() && sent.iter().all(|a| a.as_deref() == Some("identity")),
+        "tarball requests' Accept-Encoding: {sent:?}"
+    );
+    // Stored as sent: served again from the store, byte for byte, without the upstream.
+    up.clear_fault(p.tarball_path.as_str());
+    let hits = up.hits(&p.tarball_path);
+    let again = node.get(&p.tarball_path, &[])?;
+    ensure!(again.status == 200 && again.body[..] == published[..]);
+    ensure!(up.hits(&p.tarball_path) == hits);
+    Ok(())
+}
