@@ -48,6 +48,7 @@ counters! {
     peer_errors: "Peer fetches that failed (error, stall, timeout, bad bytes); the next source was tried.",
     peer_bytes: "Blob bytes received from peers.",
     records_rejected: "Signed records from the network refused by the trust policy.",
+    records_unsigned: "Packument revisions served without a signed record because it would not fit the record encoding (too many versions, strings too long).",
     dht_queries: "DHT lookups finished: providers of a blob, or the values under a key.",
     dht_requests: "Requests those lookups sent to peers.",
     dht_request_successes: "Requests of those lookups that peers answered.",

@@ -35,6 +35,8 @@ pub const FORMAT: u8 = 1;
 pub const MAX_VERSIONS: u32 = 100_000;
 /// Largest encoded record accepted.
 pub const MAX_RECORD_LEN: usize = 16 << 20;
+/// Longest string (name, version, integrity) a record may hold: lengths are encoded as u16.
+pub const MAX_STR_LEN: usize = u16::MAX as usize;
 /// Length of a CID as encoded here (CIDv1 raw BLAKE3-256).
 const CID_LEN: usize = 36;
 
@@ -73,6 +75,11 @@ pub enum RecordError {
     BadKey,
     #[error("record signature is invalid (forged or altered)")]
     BadSignature,
+    /// The record does not fit the encoding (a string over [`MAX_STR_LEN`] bytes, an empty
+    /// version, more than [`MAX_VERSIONS`] versions, more than [`MAX_RECORD_LEN`] bytes): it
+    /// cannot be signed, as `decode` would refuse its bytes.
+    #[error("record cannot be encoded: {0}")]
+    Unencodable(String),
 }
 
 fn malformed(s: impl Into<String>) -> RecordError {
@@ -92,8 +99,67 @@ pub fn attested_integrity(d: &DistRef) -> Option<String> {
 }
 
 impl Record {
-    /// The canonical encoding.
+    /// Whether the record fits the encoding, so that [`Record::decode`] accepts what
+    /// [`Record::encode`] makes of it. Everything built from untrusted input (a packument)
+    /// must pass this (or go through [`Record::try_encode`] / [`Record::try_sign`]).
+    pub fn check(&self) -> Result<(), RecordError> {
+        let unencodable = |s: String| Err(RecordError::Unencodable(s));
+        if self.name.as_str().len() > MAX_STR_LEN {
+            return unencodable("the package name is too long".into());
+        }
+        if self.versions.len() > MAX_VERSIONS as usize {
+            return unencodable(format!(
+                "{} versions, more than the {MAX_VERSIONS} a record may list",
+                self.versions.len()
+            ));
+        }
+        let mut len = 1 + 2 + self.name.as_str().len() + 8 * 3 + CID_LEN + 4;
+        for (v, e) in &self.versions {
+            if v.is_empty() {
+                return unencodable("an empty version".into());
+            }
+            if v.len() > MAX_STR_LEN {
+                return unencodable(format!(
+                    "a version of {} bytes (at most {MAX_STR_LEN})",
+                    v.len()
+                ));
+            }
+            if e.integrity.len() > MAX_STR_LEN {
+                return unencodable(format!(
+                    "version {v:.40}: an integrity string of {} bytes (at most {MAX_STR_LEN})",
+                    e.integrity.len()
+                ));
+            }
+            len += 2 + v.len() + 2 + e.integrity.len() + 1 + e.tarball.map_or(0, |_| CID_LEN);
+        }
+        if len > MAX_RECORD_LEN {
+            return unencodable(format!(
+                "{len} bytes, more than the {MAX_RECORD_LEN} a record may take"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The canonical encoding, or why the record does not fit it ([`Record::check`]).
+    pub fn try_encode(&self) -> Result<Vec<u8>, RecordError> {
+        self.check()?;
+        Ok(self.encode_checked())
+    }
+
+    /// Signs the record with `key`, or says why it cannot be ([`Record::check`]).
+    pub fn try_sign(&self, key: &SigningKey) -> Result<Signed, RecordError> {
+        self.check()?;
+        Ok(Signable::sign(self, key))
+    }
+
+    /// The canonical encoding. For a record that passes [`Record::check`]; for one that does
+    /// not it is empty, which [`Record::decode`] refuses, never a panic nor bytes that decode
+    /// to another record. Use [`Record::try_encode`] on records built from untrusted input.
     pub fn encode(&self) -> Vec<u8> {
+        self.try_encode().unwrap_or_default()
+    }
+
+    fn encode_checked(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.versions.len() * 140);
         out.push(FORMAT);
         put_str16(&mut out, self.name.as_str());
@@ -165,7 +231,8 @@ impl Record {
         })
     }
 
-    /// Signs the record with `key`.
+    /// Signs the record with `key`. For records known to pass [`Record::check`] (tests, records
+    /// decoded from valid bytes); others get [`Record::try_sign`].
     pub fn sign(&self, key: &SigningKey) -> Signed {
         Signable::sign(self, key)
     }
@@ -210,10 +277,12 @@ pub fn signed_message(domain: &[u8], body: &[u8]) -> Vec<u8> {
     m
 }
 
+/// A u16 length and the string. [`Record::check`] has made sure it fits; a longer one would be
+/// cut (never a panic), which `encode` does not let happen.
 fn put_str16(out: &mut Vec<u8>, s: &str) {
-    let len = u16::try_from(s.len()).expect("strings in records are short");
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
+    let b = &s.as_bytes()[..s.len().min(MAX_STR_LEN)];
+    out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+    out.extend_from_slice(b);
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -457,7 +526,93 @@ mod tests {
         assert!(Record::decode(&out).is_err());
     }
 
+    fn with_version(version: String, integrity: String) -> Record {
+        let mut r = sample(1);
+        r.versions.insert(
+            version,
+            VersionEntry {
+                integrity,
+                tarball: None,
+            },
+        );
+        r
+    }
+
+    #[test]
+    fn strings_that_do_not_fit_are_an_error_not_a_panic() {
+        let key = SigningKey::from_bytes(&[4u8; 32]);
+        let long = "9".repeat(MAX_STR_LEN + 1);
+        for r in [
+            with_version(long.clone(), "sha512-x".into()),
+            with_version("3.0.0".into(), long.clone()),
+            with_version(String::new(), "sha512-x".into()),
+        ] {
+            assert!(matches!(r.check(), Err(RecordError::Unencodable(_))));
+            assert!(matches!(r.try_encode(), Err(RecordError::Unencodable(_))));
+            assert!(matches!(r.try_sign(&key), Err(RecordError::Unencodable(_))));
+            // The infallible form does not panic either, and what it makes is refused.
+            assert!(Record::decode(&r.encode()).is_err());
+        }
+        // Exactly at the limit still fits and round-trips.
+        let r = with_version("3.0.0".into(), "a".repeat(MAX_STR_LEN));
+        let b = r.try_encode().unwrap();
+        assert_eq!(Record::decode(&b).unwrap(), r);
+        r.try_sign(&key).unwrap().verify().unwrap();
+    }
+
+    #[test]
+    fn too_many_versions_or_bytes_are_an_error() {
+        let mut r = sample(1);
+        r.versions = (0..=MAX_VERSIONS)
+            .map(|i| {
+                (
+                    format!("{i}.0.0"),
+                    VersionEntry {
+                        integrity: String::new(),
+                        tarball: None,
+                    },
+                )
+            })
+            .collect();
+        assert!(matches!(r.check(), Err(RecordError::Unencodable(_))));
+        r.versions.pop_last();
+        r.check().unwrap();
+        // Fewer versions, but over MAX_RECORD_LEN in all.
+        let mut r = sample(1);
+        r.versions = (0..300)
+            .map(|i| {
+                (
+                    format!("{i}.0.0"),
+                    VersionEntry {
+                        integrity: "i".repeat(60_000),
+                        tarball: None,
+                    },
+                )
+            })
+            .collect();
+        assert!(matches!(r.check(), Err(RecordError::Unencodable(_))));
+        assert!(Record::decode(&r.encode()).is_err());
+    }
+
     proptest! {
+        /// Whatever strings a record holds, `try_encode` either refuses it or makes bytes that
+        /// decode back to it; nothing panics.
+        #[test]
+        fn any_strings_encode_exactly_or_are_refused(
+            version in proptest::collection::vec(any::<char>(), 0..4).prop_map(String::from_iter),
+            v_len in prop_oneof![Just(0usize), 65_530usize..65_540],
+            i_len in prop_oneof![Just(0usize), 65_530usize..65_540],
+        ) {
+            let r = with_version(format!("{version}{}", "1".repeat(v_len)), "s".repeat(i_len));
+            match r.try_encode() {
+                Ok(b) => prop_assert_eq!(Record::decode(&b).unwrap(), r),
+                Err(e) => {
+                    prop_assert!(matches!(e, RecordError::Unencodable(_)));
+                    prop_assert!(Record::decode(&r.encode()).is_err());
+                }
+            }
+        }
+
         #[test]
         fn encoding_is_deterministic_and_invertible(
             seq in any::<u64>(),

@@ -16,6 +16,7 @@ use super::upstream::{self, PackumentAnswer, UpstreamError};
 use super::{FetchError, Fetcher, STALE_GRACE, parse_dists};
 use crate::metrics::Metrics;
 use crate::peer::{self, PeerError};
+use crate::records::SignError;
 use crate::store::PackumentEntry;
 
 impl Fetcher {
@@ -369,12 +370,18 @@ impl Fetcher {
                 .records
                 .sign_packument(&self.store.index, name, p.id, &dists, fetched_at)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| {
+                    if matches!(e, SignError::Unsignable(_)) {
+                        // Served all the same; the count is in the status and the metrics.
+                        Metrics::inc(&self.metrics.records_unsigned);
+                    }
+                    e.to_string()
+                }),
             Err(e) => Err(crate::errors::chain(&e)),
         };
         match signed {
             Ok(s) => self.publish(s),
-            Err(e) => tracing::warn!(%name, error = %e, "could not sign a record"),
+            Err(e) => tracing::warn!(%name, error = %e, "served without a signed record"),
         }
     }
 }

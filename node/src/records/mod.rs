@@ -16,11 +16,25 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use open_registry_protocol::packument::DistRef;
-use open_registry_protocol::record::{Record, Signed, VersionEntry, attested_integrity};
+use open_registry_protocol::record::{
+    Record, RecordError, Signed, VersionEntry, attested_integrity,
+};
 use open_registry_protocol::{BlobId, PackageName, PeerId};
 use tokio::sync::Mutex;
 
 pub use identity::{Identity, KEY_FILE};
+
+/// Why a record was not signed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SignError {
+    /// The index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The packument's contents do not fit a record (too many versions, a string too long
+    /// for the encoding): it is served unsigned.
+    #[error("the record would not fit its encoding: {0}")]
+    Unsignable(#[from] RecordError),
+}
 
 use crate::clock::Clock;
 use crate::store::{Index, IndexError};
@@ -88,7 +102,7 @@ impl Records {
         packument: BlobId,
         dists: &HashMap<String, DistRef>,
         fetched_at: u64,
-    ) -> Result<Signed, IndexError> {
+    ) -> Result<Signed, SignError> {
         // Under the signing lock, so that the tarball ids read here cannot be overtaken by a
         // concurrent `add_tarball` signing from an older record.
         let _guard = self.signing.lock().await;
@@ -119,7 +133,7 @@ impl Records {
         name: &PackageName,
         version: &str,
         id: BlobId,
-    ) -> Result<Option<Signed>, IndexError> {
+    ) -> Result<Option<Signed>, SignError> {
         // Read, change and sign under one lock: two tarballs of one package stored at once
         // must both end up in the record (the second signature starts from the first).
         let _guard = self.signing.lock().await;
@@ -152,18 +166,22 @@ impl Records {
 
     /// Signs `record` with the next sequence number and stores it. The caller holds the
     /// signing lock from before it read anything the record is built from.
-    async fn publish(&self, index: &Index, mut record: Record) -> Result<Signed, IndexError> {
+    async fn publish(&self, index: &Index, mut record: Record) -> Result<Signed, SignError> {
+        // Before a sequence number is spent: a record that cannot be encoded is never signed.
+        record.check()?;
         let last = self
             .seqs
-            .get(record.name.as_str())?
+            .get(record.name.as_str())
+            .map_err(IndexError::from)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
         record.seq = (last + 1).max(self.clock.now_ms());
         // The sequence is durable before any record carrying it exists.
         self.seqs
-            .insert(record.name.as_str(), &record.seq.to_be_bytes())?;
+            .insert(record.name.as_str(), &record.seq.to_be_bytes())
+            .map_err(IndexError::from)?;
         index.flush().await?;
-        let signed = record.sign(self.identity.signing_key());
+        let signed = record.try_sign(self.identity.signing_key())?;
         self.put(&record.name, &signed)?;
         index.flush().await?;
         tracing::debug!(name = %record.name, seq = record.seq, "signed record");

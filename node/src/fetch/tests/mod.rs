@@ -439,3 +439,28 @@ async fn concurrent_cold_requests_share_one_upstream_fetch() {
     assert_eq!(up.tarball_calls(), 1);
     assert_eq!(rig.counter(|m| &m.coalesced), 49);
 }
+
+/// A packument whose record would not fit the encoding (a version string longer than its u16
+/// length prefix) is still served; it is not signed, and `records_unsigned` says so.
+#[tokio::test]
+async fn a_packument_too_big_for_a_record_is_served_unsigned() {
+    let long = format!("1.0.0-{}", "a".repeat(70_000));
+    let tgz = Bytes::from_static(b"x");
+    let doc = packument("big", &[(&long, &tgz)]);
+    let up = Arc::new(FakeUpstream::new());
+    up.answer("big", Answer::Document(doc.clone(), "\"a\""));
+    let (rig, _) = Rig::new(Some(up), |_| None).await;
+    let p = rig.fetcher.packument(&name("big"), false).await.unwrap();
+    assert_eq!(p.bytes, doc);
+    assert_eq!(rig.counter(|m| &m.records_unsigned), 1);
+    assert!(rig.records.list(&name("big")).unwrap().is_empty());
+
+    // A normal one is signed and not counted.
+    let ok = packument("small", &[("1.0.0", &tgz)]);
+    let up2 = Arc::new(FakeUpstream::new());
+    up2.answer("small", Answer::Document(ok, "\"b\""));
+    let (rig, _) = Rig::new(Some(up2), |_| None).await;
+    rig.fetcher.packument(&name("small"), false).await.unwrap();
+    assert_eq!(rig.counter(|m| &m.records_unsigned), 0);
+    assert_eq!(rig.records.list(&name("small")).unwrap().len(), 1);
+}
