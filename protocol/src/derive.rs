@@ -22,7 +22,11 @@ use crate::packument::{
     ABBREVIATED_VERSION_FIELDS, DistRef, INSTALL_SCRIPTS, PackumentError, tarball_file_of,
 };
 
-/// A JSON object's members in document order, values left as raw text.
+/// How the error for a duplicate key starts.
+const DUPLICATE: &str = "duplicate key";
+
+/// A JSON object's members in document order, values left as raw text; an object with a
+/// duplicate key is refused.
 struct Entries<'a>(Vec<(String, &'a RawValue)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
@@ -34,8 +38,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Entries<'a>, A::Error> {
-                let mut out = Vec::new();
+                let mut out: Vec<(String, &'de RawValue)> = Vec::new();
+                let mut seen = std::collections::HashSet::new();
                 while let Some((k, v)) = m.next_entry::<String, &'de RawValue>()? {
+                    // JSON.parse keeps the last of duplicate keys, this reader would keep the
+                    // first: a document with any is refused, so that what is checked is what
+                    // every client reads.
+                    if !seen.insert(k.clone()) {
+                        return Err(serde::de::Error::custom(format!("{DUPLICATE} {k:?}")));
+                    }
                     out.push((k, v));
                 }
                 Ok(Entries(out))
@@ -83,6 +94,9 @@ enum Raw<'a> {
 /// Checks the top level and returns its members.
 fn top<'a>(name: &PackageName, text: &'a str) -> Result<Entries<'a>, PackumentError> {
     let entries: Entries<'a> = serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data if e.to_string().starts_with(DUPLICATE) => {
+            PackumentError::Json(e.to_string())
+        }
         serde_json::error::Category::Data => PackumentError::NotObject,
         _ => PackumentError::Json(e.to_string()),
     })?;
@@ -100,6 +114,10 @@ fn top<'a>(name: &PackageName, text: &'a str) -> Result<Entries<'a>, PackumentEr
         None if entries.get("time").is_some() => Ok(entries),
         _ => Err(PackumentError::NoVersions),
     }
+}
+
+fn is_object(raw: &RawValue) -> bool {
+    raw.get().trim_start().starts_with('{')
 }
 
 fn as_text(bytes: &[u8]) -> Result<&str, PackumentError> {
@@ -166,7 +184,13 @@ fn versions(
         );
         out.push(b':');
         // A version that is not an object is carried over as is (abbreviate: as `{}`).
-        let Ok(fields) = Entries::parse(doc.get()) else {
+        // An object with a duplicate key refuses the whole document.
+        let parsed = if is_object(doc) {
+            Some(Entries::parse(doc.get())?)
+        } else {
+            None
+        };
+        let Some(fields) = parsed else {
             if abbreviated {
                 out.extend_from_slice(b"{}");
             } else {
@@ -276,6 +300,14 @@ pub fn tarball_index_json(
         return Ok(out);
     };
     for (version, doc) in Entries::parse(versions.get())?.0 {
+        // Duplicate keys in a version object or its `dist` refuse the document (a version or
+        // `dist` that is not an object is carried as it is, with no tarball named).
+        if is_object(doc) {
+            let fields = Entries::parse(doc.get())?;
+            if let Some(d) = fields.get("dist").filter(|d| is_object(d)) {
+                Entries::parse(d.get())?;
+            }
+        }
         let dist = serde_json::from_str::<Version>(doc.get())
             .ok()
             .and_then(|v| v.dist);
@@ -371,6 +403,30 @@ mod tests {
             out.contains(r#""tarball":"http://g/x/-/x-1.0.0.tgz""#),
             "{out}"
         );
+    }
+
+    #[test]
+    fn duplicate_keys_refuse_the_document() {
+        let name = PackageName::parse("demo").unwrap();
+        let v = r#"{"name":"demo","version":"1.0.0","dist":{"tarball":"http://x/demo/-/demo-1.0.0.tgz","integrity":"sha512-a"}}"#;
+        let ok = format!(r#"{{"name":"demo","versions":{{"1.0.0":{v}}}}}"#);
+        assert!(tarball_index_json(&name, ok.as_bytes()).is_ok());
+        for doc in [
+            // Top level.
+            format!(r#"{{"name":"demo","versions":{{"1.0.0":{v}}},"versions":{{}}}}"#),
+            format!(r#"{{"name":"other","name":"demo","versions":{{"1.0.0":{v}}}}}"#),
+            // In versions.
+            format!(r#"{{"name":"demo","versions":{{"1.0.0":{v},"1.0.0":{{}}}}}}"#),
+            // In a version object.
+            r#"{"name":"demo","versions":{"1.0.0":{"version":"1.0.0","dist":{},"dist":{"integrity":"sha512-b"}}}}"#.to_owned(),
+            // In dist.
+            r#"{"name":"demo","versions":{"1.0.0":{"dist":{"integrity":"sha512-a","integrity":"sha512-b"}}}}"#.to_owned(),
+        ] {
+            let e = tarball_index_json(&name, doc.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("duplicate key"), "{doc}: {e}");
+            assert!(full_json(&name, doc.as_bytes(), "http://h").is_err(), "{doc}");
+            assert!(abbreviated_json(&name, doc.as_bytes(), "http://h").is_err(), "{doc}");
+        }
     }
 
     #[test]

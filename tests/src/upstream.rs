@@ -68,6 +68,9 @@ pub enum Fault {
     /// Answer the body unchanged but labelled `Content-Encoding: gzip` (what some servers do
     /// for `.tgz` files, which are gzip already).
     LabelGzip,
+    /// Answer normally but with `,"versions":{}` added at the end of the JSON object: a
+    /// duplicate key that JSON.parse would read as an empty versions object.
+    DuplicateVersions,
 }
 
 /// Which requests a fault applies to.

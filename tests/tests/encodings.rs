@@ -1,6 +1,8 @@
 //! Content codings from the upstream (R20 in docs/security.md): packuments may come gzip-encoded
 //! and are capped by their decoded size (a decompression bomb is refused, not cached); tarballs
 //! are requested as `identity` and stored exactly as sent, whatever the upstream labels them.
+//! And a packument with a duplicate key (R22) is refused rather than read differently from
+//! the way npm reads it.
 
 use anyhow::{Result, ensure};
 use open_registry_tests::{FakeUpstream, Fault, InProcessNode, Node as _, PackageSpec, probe};
@@ -105,5 +107,33 @@ fn r20_tarballs_are_requested_as_identity_and_stored_as_sent() -> Result<()> {
     let again = node.get(&p.tarball_path, &[])?;
     ensure!(again.status == 200 && again.body[..] == published[..]);
     ensure!(up.hits(&p.tarball_path) == hits);
+    Ok(())
+}
+
+/// R22: a packument with a duplicate top-level key (`versions` twice) is refused with a 502 and
+/// not stored; the same document without it is served.
+#[test]
+fn r22_a_packument_with_a_duplicate_key_is_refused() -> Result<()> {
+    let up = FakeUpstream::start()?;
+    let node = InProcessNode::start(&["--upstream", up.url(), "--retries", "0"])?;
+    let p = up.publish(&PackageSpec::new("or-r22-dup", "1.0.0"))?;
+    up.set_fault(p.packument_path.as_str(), Fault::DuplicateVersions);
+    let before = node.status()?.store;
+    for path in [
+        p.packument_path.clone(),
+        format!("{}/1.0.0", p.packument_path),
+    ] {
+        let r = node.get(&path, &[])?;
+        ensure!(
+            r.status == 502,
+            "duplicate key, GET {path}: {} {}",
+            r.status,
+            r.text()
+        );
+        ensure!(probe::error_message(&r)?.contains("duplicate key"));
+    }
+    ensure!(node.status()?.store.packuments == before.packuments);
+    up.clear_fault(p.packument_path.as_str());
+    ensure!(node.get(&p.packument_path, &[])?.status == 200);
     Ok(())
 }
