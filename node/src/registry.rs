@@ -41,10 +41,13 @@ impl Registry for Node {
         name: &PackageName,
         refresh: bool,
     ) -> Result<Packument, gateway::Error> {
+        let p = self.fetcher.packument(name, refresh).await?;
+        // Only a real package the node could answer counts: requests for names that do not
+        // exist (or that fail) must not push a name into `pin add --top`.
         if !refresh {
             self.popularity.count(name);
         }
-        Ok(self.fetcher.packument(name, refresh).await?)
+        Ok(p)
     }
 
     async fn tarball(

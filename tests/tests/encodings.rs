@@ -2,7 +2,7 @@
 //! and are capped by their decoded size (a decompression bomb is refused, not cached); tarballs
 //! are requested as `identity` and stored exactly as sent, whatever the upstream labels them.
 //! And a packument with a duplicate key (R22) is refused rather than read differently from
-//! the way npm reads it.
+//! the way npm reads it. Popularity (R23) counts only packuments that were answered.
 
 use anyhow::{Result, ensure};
 use open_registry_tests::{FakeUpstream, Fault, InProcessNode, Node as _, PackageSpec, probe};
@@ -135,5 +135,27 @@ fn r22_a_packument_with_a_duplicate_key_is_refused() -> Result<()> {
     ensure!(node.status()?.store.packuments == before.packuments);
     up.clear_fault(p.packument_path.as_str());
     ensure!(node.get(&p.packument_path, &[])?.status == 200);
+    Ok(())
+}
+
+/// R23: requests for names the upstream does not have, or whose packument fails, are not
+/// counted as popular; a package answered 200 is.
+#[test]
+fn r23_only_answered_packuments_count_as_popular() -> Result<()> {
+    let up = FakeUpstream::start()?;
+    let node = InProcessNode::start(&["--upstream", up.url(), "--retries", "0"])?;
+    let real = up.publish(&PackageSpec::new("or-r23-real", "1.0.0"))?;
+    let broken = up.publish(&PackageSpec::new("or-r23-broken", "1.0.0"))?;
+    up.set_fault(broken.packument_path.as_str(), Fault::Status(500));
+    for _ in 0..3 {
+        ensure!(node.get("/or-r23-missing", &[])?.status == 404);
+        ensure!(node.get(&broken.packument_path, &[])?.status >= 500);
+        ensure!(node.get(&real.packument_path, &[])?.status == 200);
+    }
+    let (_, packages) = open_registry_tests::sync::popular(&node, 50)?;
+    ensure!(
+        packages == vec![("or-r23-real".to_owned(), 3)],
+        "popular: {packages:?}"
+    );
     Ok(())
 }
