@@ -12,7 +12,6 @@ use open_registry_protocol::{BlobId, PackageName, PeerId, Status, TarballFile};
 use tokio::sync::Mutex;
 use tokio_util::io::ReaderStream;
 
-use crate::fetch::keys::pin_keys;
 use crate::fetch::{FetchError, Fetcher};
 use crate::metrics::Metrics;
 use crate::peer::popularity::Popularity;
@@ -93,10 +92,10 @@ impl Registry for Node {
     }
 
     async fn keys(&self) -> Result<Bytes, gateway::Error> {
-        // The mutex makes concurrent first requests share one upstream fetch.
+        // Concurrent first requests share one upstream fetch, and a failure is answered from
+        // memory for a while (`KeysPin`); this lock only keeps the node's own order.
         let _guard = self.keys.lock().await;
-        let upstream = self.fetcher.upstream().map(|u| u.as_ref());
-        match pin_keys(&self.data_dir, upstream).await {
+        match self.fetcher.registry_keys(&self.data_dir).await {
             Ok(Some(b)) => Ok(b),
             Ok(None) => Err(gateway::Error::NotFound(
                 "this node has no registry signing keys pinned, and its upstream publishes none"

@@ -97,6 +97,7 @@ pub(crate) struct Fetcher {
     caches: Caches,
     /// Woken after every blob stored, so the cache cap is enforced promptly.
     ingested: Arc<tokio::sync::Notify>,
+    keys: keys::KeysPin,
 }
 
 impl Fetcher {
@@ -122,6 +123,7 @@ impl Fetcher {
             tarballs: Flights::new(tracker),
             caches: Caches::new(config.memory_cache_size),
             ingested: Arc::new(tokio::sync::Notify::new()),
+            keys: keys::KeysPin::new(config.clock.clone()),
         })
     }
 
@@ -138,6 +140,16 @@ impl Fetcher {
     /// Notified after every blob the fetcher stores.
     pub(crate) fn ingested(&self) -> &Arc<tokio::sync::Notify> {
         &self.ingested
+    }
+
+    /// The registry signing keys pinned in `dir`, fetched from the upstream at most once at a
+    /// time and not again for a while after a failure ([`keys::KeysPin`]).
+    pub(crate) async fn registry_keys(
+        &self,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<Option<Bytes>> {
+        let upstream = self.upstream.as_deref();
+        self.keys.get(dir, upstream).await
     }
 
     /// The upstream, if any.

@@ -39,6 +39,10 @@ pub(super) struct FakeUpstream {
     tarballs: Mutex<HashMap<String, Bytes>>,
     packument_calls: AtomicUsize,
     tarball_calls: AtomicUsize,
+    /// What `/-/npm/v1/keys` answers (404 unless set), after a short pause so that
+    /// concurrent requests overlap.
+    pub(super) keys: Mutex<Option<Result<Bytes, UpstreamError>>>,
+    pub(super) keys_calls: AtomicUsize,
     /// Tarball answers wait for a permit (tests that need requests to overlap).
     pub(super) gate: Option<Arc<Semaphore>>,
 }
@@ -51,6 +55,8 @@ impl FakeUpstream {
             tarballs: Mutex::default(),
             packument_calls: AtomicUsize::new(0),
             tarball_calls: AtomicUsize::new(0),
+            keys: Mutex::default(),
+            keys_calls: AtomicUsize::new(0),
             gate: None,
         }
     }
@@ -139,7 +145,15 @@ impl Source for FakeUpstream {
     }
 
     fn keys(&self) -> BoxFuture<'_, Result<Bytes, UpstreamError>> {
-        Box::pin(async { Err(UpstreamError::NotFound("keys".into())) })
+        Box::pin(async {
+            self.keys_calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.keys
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_else(|| Err(UpstreamError::NotFound("keys".into())))
+        })
     }
 
     fn forward(&self, _req: Forward) -> BoxFuture<'_, Result<Forwarded, UpstreamError>> {

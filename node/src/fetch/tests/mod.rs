@@ -464,3 +464,36 @@ async fn a_packument_too_big_for_a_record_is_served_unsigned() {
     assert_eq!(rig.counter(|m| &m.records_unsigned), 0);
     assert_eq!(rig.records.list(&name("small")).unwrap().len(), 1);
 }
+
+/// `/-/npm/v1/keys`: concurrent first requests share one upstream fetch, and its failure is
+/// answered from memory for `KEYS_FAILURE_TTL` (on the node's clock), then tried again.
+#[tokio::test]
+async fn registry_keys_share_one_fetch_and_cache_failures_briefly() {
+    let up = Arc::new(FakeUpstream::new());
+    *up.keys.lock().unwrap() = Some(Err(UpstreamError::Status {
+        status: 503,
+        what: "signing keys".into(),
+    }));
+    let (rig, _) = Rig::new(Some(up.clone()), |_| None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let calls = || up.keys_calls.load(Ordering::SeqCst);
+
+    let all =
+        futures::future::join_all((0..8).map(|_| rig.fetcher.registry_keys(dir.path()))).await;
+    assert!(all.iter().all(Result::is_err));
+    assert_eq!(calls(), 1, "concurrent first requests share one fetch");
+    for _ in 0..5 {
+        assert!(rig.fetcher.registry_keys(dir.path()).await.is_err());
+    }
+    assert_eq!(
+        calls(),
+        1,
+        "a recent failure is answered without the upstream"
+    );
+
+    rig.clock
+        .advance(super::keys::KEYS_FAILURE_TTL + Duration::from_secs(1));
+    *up.keys.lock().unwrap() = Some(Err(UpstreamError::NotFound("keys".into())));
+    assert_eq!(rig.fetcher.registry_keys(dir.path()).await.unwrap(), None);
+    assert_eq!(calls(), 2, "tried again once the failure expired");
+}
