@@ -58,12 +58,27 @@ impl Fetcher {
             // A stale copy is at hand: wait a little for the upstream, then answer with the copy
             // while the revalidation finishes in the background (stale-while-revalidate).
             (Some(e), false) => {
-                match tokio::time::timeout(STALE_GRACE, self.packument_flight(name, asked_at)).await
-                {
-                    Ok(r) => r,
-                    Err(_) => {
+                // The grace ends early when the upstream is known to be down: no wait at all.
+                let grace = async {
+                    match &self.upstream {
+                        Some(u) => {
+                            tokio::select! {
+                                () = tokio::time::sleep(STALE_GRACE) => {}
+                                () = u.outage() => {}
+                            }
+                        }
+                        None => tokio::time::sleep(STALE_GRACE).await,
+                    }
+                };
+                let waited = tokio::select! {
+                    r = self.packument_flight(name, asked_at) => Some(r),
+                    () = grace => None,
+                };
+                match waited {
+                    Some(r) => r,
+                    None => {
                         if let Some(p) = self.load(name, e).await? {
-                            tracing::warn!(%name, "upstream slow; serving the stored packument");
+                            tracing::warn!(%name, "upstream slow or down; serving the stored packument");
                             Metrics::inc(&self.metrics.stale_served);
                             return Ok(p);
                         }
