@@ -58,12 +58,17 @@ impl Fetcher {
             // A stale copy is at hand: wait a little for the upstream, then answer with the copy
             // while the revalidation finishes in the background (stale-while-revalidate).
             (Some(e), false) => {
-                // The grace ends early when the upstream is known to be down: no wait at all.
+                // The wait is no longer than the upstream usually takes to answer (a hung
+                // upstream costs a fraction of a second, not the whole grace), and ends at once
+                // when the upstream is known to be down.
                 let grace = async {
                     match &self.upstream {
                         Some(u) => {
+                            let wait = u
+                                .answers_within()
+                                .map_or(STALE_GRACE, |d| d.min(STALE_GRACE));
                             tokio::select! {
-                                () = tokio::time::sleep(STALE_GRACE) => {}
+                                () = tokio::time::sleep(wait) => {}
                                 () = u.outage() => {}
                             }
                         }

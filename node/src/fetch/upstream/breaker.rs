@@ -35,7 +35,7 @@ pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(10);
 /// A request is slow past this many times the upstream's average time to answer...
 pub(crate) const SLOW_FACTOR: f64 = 8.0;
 /// ...but never before this...
-pub(crate) const SLOW_MIN: Duration = Duration::from_millis(200);
+pub(crate) const SLOW_MIN: Duration = Duration::from_millis(100);
 /// ...and always after this.
 pub(crate) const SLOW_MAX: Duration = Duration::from_secs(5);
 /// The threshold before the upstream answered anything.
@@ -97,6 +97,17 @@ impl Breaker {
     pub(crate) async fn opened(&self) {
         let mut rx = self.open.subscribe();
         let _ = rx.wait_for(|open| *open).await;
+    }
+
+    /// The slowness threshold, once the upstream has answered at least once.
+    pub(crate) fn answers_within(&self) -> Option<Duration> {
+        let answered = self
+            .state
+            .lock()
+            .expect("breaker state poisoned")
+            .answer_ms
+            .is_some();
+        answered.then(|| self.slow_after())
     }
 
     /// How long a request may go unanswered before it counts as an outage.

@@ -343,6 +343,10 @@ impl Source for Client {
         Some(self.breaker.health())
     }
 
+    fn answers_within(&self) -> Option<Duration> {
+        self.breaker.answers_within()
+    }
+
     fn feed<'a>(&'a self, url: &'a Url, cap: u64) -> BoxFuture<'a, Result<Bytes, UpstreamError>> {
         Box::pin(async move {
             let deadline = Instant::now() + self.timeout;

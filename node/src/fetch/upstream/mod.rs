@@ -156,6 +156,13 @@ pub(crate) trait Source: Send + Sync + fmt::Debug {
         Box::pin(std::future::pending())
     }
 
+    /// How long this upstream usually takes to answer at most, if it is known: a request with a
+    /// stale copy at hand waits no longer than this (nor than the stale grace) before it is
+    /// answered with the copy.
+    fn answers_within(&self) -> Option<Duration> {
+        None
+    }
+
     /// The upstream's health as a circuit breaker sees it, if this source tracks it.
     fn health(&self) -> Option<UpstreamHealth> {
         None
