@@ -40,6 +40,8 @@ counters! {
     feed_requests: "Requests to the upstream's changes feed.",
     upstream_errors: "Upstream requests that failed (connection, timeout, 5xx, bad body).",
     upstream_bytes: "Body bytes received from the upstream.",
+    upstream_circuit_opened: "Times the upstream's circuit breaker opened (the upstream stopped answering).",
+    upstream_fast_failures: "Upstream requests not sent because the circuit breaker was open.",
     stale_served: "Packuments served from the store because the upstream failed (stale-if-error).",
     integrity_failures: "Blobs refused because their bytes did not match integrity or content id.",
     store_errors: "Local store failures (disk full, I/O).",

@@ -126,6 +126,7 @@ impl Registry for Node {
             store: self.fetcher.store().stats(),
             counters: self.metrics.snapshot(),
             sync: Some(self.sync.status()),
+            upstream_health: self.fetcher.upstream().and_then(|u| u.health()),
         }
     }
 
@@ -143,6 +144,16 @@ impl Registry for Node {
                 "store_tarballs",
                 "Tarballs indexed in the store.",
                 s.tarballs,
+            ),
+            (
+                "upstream_circuit_open",
+                "1 while the upstream's circuit breaker is open (the upstream is not answering).",
+                u64::from(
+                    self.fetcher
+                        .upstream()
+                        .and_then(|u| u.health())
+                        .is_some_and(|h| h.state != "closed"),
+                ),
             ),
             (
                 "uptime_seconds",

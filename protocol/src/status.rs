@@ -28,6 +28,23 @@ pub struct Status {
     pub counters: BTreeMap<String, u64>,
     /// How far behind the upstream the node is.
     pub sync: Option<SyncStatus>,
+    /// Whether the upstream answers (its circuit breaker), if there is one.
+    pub upstream_health: Option<UpstreamHealth>,
+}
+
+/// The upstream's circuit breaker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpstreamHealth {
+    /// `closed` (requests go to the upstream), `open` (they fail at once) or `probing` (one
+    /// request is testing whether it answers again).
+    pub state: String,
+    /// Outages (failures, or requests not answered in time) since the last answer.
+    pub consecutive_failures: u64,
+    /// When the circuit opened (unix ms), while it is open.
+    pub open_since_ms: Option<u64>,
+    /// When the next probe may go (unix ms), while it is open.
+    pub next_probe_ms: Option<u64>,
 }
 
 /// Lag behind the upstream.

@@ -84,6 +84,7 @@ impl From<FetchError> for gateway::Error {
             | FetchError::Upstream(UpstreamError::NotFound(_))
             | FetchError::Peers(PeerError::NoQuorum { .. }) => gateway::Error::NotFound(msg),
             FetchError::Upstream(UpstreamError::Timeout(_)) => gateway::Error::Timeout(msg),
+            FetchError::Upstream(UpstreamError::Down { .. }) => gateway::Error::Unavailable(msg),
             FetchError::Upstream(_)
             | FetchError::Integrity(_)
             | FetchError::Invalid { .. }

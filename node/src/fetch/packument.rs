@@ -59,12 +59,32 @@ impl Fetcher {
             // A stale copy is at hand: wait a little for the upstream, then answer with the copy
             // while the revalidation finishes in the background (stale-while-revalidate).
             (Some(e), false) => {
-                match tokio::time::timeout(STALE_GRACE, self.packument_flight(name, asked_at)).await
-                {
-                    Ok(r) => r,
-                    Err(_) => {
+                // The wait is no longer than the upstream usually takes to answer (a hung
+                // upstream costs a fraction of a second, not the whole grace), and ends at once
+                // when the upstream is known to be down.
+                let grace = async {
+                    match &self.upstream {
+                        Some(u) => {
+                            let wait = u
+                                .answers_within()
+                                .map_or(STALE_GRACE, |d| d.min(STALE_GRACE));
+                            tokio::select! {
+                                () = tokio::time::sleep(wait) => {}
+                                () = u.outage() => {}
+                            }
+                        }
+                        None => tokio::time::sleep(STALE_GRACE).await,
+                    }
+                };
+                let waited = tokio::select! {
+                    r = self.packument_flight(name, asked_at) => Some(r),
+                    () = grace => None,
+                };
+                match waited {
+                    Some(r) => r,
+                    None => {
                         if let Some(p) = self.load(name, e).await? {
-                            tracing::warn!(%name, "upstream slow; serving the stored packument");
+                            tracing::warn!(%name, "upstream slow or down; serving the stored packument");
                             Metrics::inc(&self.metrics.stale_served);
                             return Ok(p);
                         }

@@ -45,6 +45,8 @@ pub(super) struct FakeUpstream {
     pub(super) keys_calls: AtomicUsize,
     /// Tarball answers wait for a permit (tests that need requests to overlap).
     pub(super) gate: Option<Arc<Semaphore>>,
+    /// Set when the test declares the upstream down (what a circuit breaker would say).
+    down: tokio::sync::watch::Sender<bool>,
 }
 
 impl FakeUpstream {
@@ -58,7 +60,13 @@ impl FakeUpstream {
             keys: Mutex::default(),
             keys_calls: AtomicUsize::new(0),
             gate: None,
+            down: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Says the upstream is down, as a circuit breaker opening would.
+    pub(super) fn declare_down(&self) {
+        self.down.send_replace(true);
     }
 
     pub(super) fn answer(&self, name: &str, a: Answer) {
@@ -162,6 +170,13 @@ impl Source for FakeUpstream {
 
     fn feed<'a>(&'a self, _url: &'a Url, _cap: u64) -> BoxFuture<'a, Result<Bytes, UpstreamError>> {
         Box::pin(async { Err(UpstreamError::NotFound("feed".into())) })
+    }
+
+    fn outage(&self) -> BoxFuture<'_, ()> {
+        let mut rx = self.down.subscribe();
+        Box::pin(async move {
+            let _ = rx.wait_for(|down| *down).await;
+        })
     }
 }
 

@@ -497,3 +497,31 @@ async fn registry_keys_share_one_fetch_and_cache_failures_briefly() {
     assert_eq!(rig.fetcher.registry_keys(dir.path()).await.unwrap(), None);
     assert_eq!(calls(), 2, "tried again once the failure expired");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_request_is_answered_the_moment_the_upstream_is_known_down() {
+    let doc = packument("p", &[("1.0.0", &Bytes::from_static(b"x"))]);
+    let up = Arc::new(FakeUpstream::new());
+    up.answer("p", Answer::Document(doc.clone(), "\"a\""));
+    let (rig, _) = Rig::new(Some(up.clone()), |_| None).await;
+    let n = name("p");
+    rig.fetcher.packument(&n, false).await.unwrap();
+    up.answer("p", Answer::Hang);
+    rig.clock.advance(Duration::from_secs(600));
+    let started = Instant::now();
+    let down_after = Duration::from_millis(400);
+    let (p, ()) = tokio::join!(rig.fetcher.packument(&n, false), async {
+        tokio::time::sleep(down_after).await;
+        up.declare_down();
+    });
+    assert_eq!(p.unwrap().bytes, doc);
+    assert_eq!(
+        started.elapsed(),
+        down_after,
+        "not the whole grace of {STALE_GRACE:?}"
+    );
+    // And once it is down, at once.
+    let started = Instant::now();
+    rig.fetcher.packument(&n, false).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}

@@ -21,10 +21,12 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use tokio::time::Instant;
 use url::Url;
 
+use super::breaker::Breaker;
 use super::{Budget, Download, PackumentAnswer, Source, UpstreamError, backoff};
 use crate::config::Config;
 use crate::errors::chain as error_chain;
 use crate::metrics::Metrics;
+use open_registry_protocol::status::UpstreamHealth;
 
 /// What `send` calls a changes-feed request.
 const FEED: &str = "changes feed";
@@ -41,6 +43,8 @@ pub(crate) struct Client {
     retries: u32,
     max_packument: u64,
     metrics: Arc<Metrics>,
+    /// Whether the upstream answers lately; every request goes through it.
+    breaker: Arc<Breaker>,
 }
 
 impl Client {
@@ -68,6 +72,7 @@ impl Client {
             timeout: config.upstream_timeout,
             retries: config.retries,
             max_packument: config.max_packument_size,
+            breaker: Arc::new(Breaker::new(config.clock.clone(), metrics.clone())),
             metrics,
         }))
     }
@@ -93,19 +98,27 @@ impl Client {
             } else {
                 Metrics::inc(&self.metrics.upstream_requests);
             }
-            let result = match tokio::time::timeout(left, build().timeout(left).send()).await {
-                Err(_) => Err(UpstreamError::Timeout(self.timeout)),
-                Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(self.timeout)),
-                Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
-                Ok(Ok(r)) => match r.status() {
-                    s if s.is_success() || s == StatusCode::NOT_MODIFIED => Ok(r),
-                    StatusCode::NOT_FOUND => return Err(UpstreamError::NotFound(what.to_owned())),
-                    s => Err(UpstreamError::Status {
-                        status: s.as_u16(),
-                        what: what.to_owned(),
-                    }),
-                },
-            };
+            let result = self
+                .breaker
+                .guard(|| async {
+                    match tokio::time::timeout(left, build().timeout(left).send()).await {
+                        Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+                        Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(self.timeout)),
+                        Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
+                        Ok(Ok(r)) => match r.status() {
+                            s if s.is_success() || s == StatusCode::NOT_MODIFIED => Ok(r),
+                            StatusCode::NOT_FOUND => Err(UpstreamError::NotFound(what.to_owned())),
+                            s => Err(UpstreamError::Status {
+                                status: s.as_u16(),
+                                what: what.to_owned(),
+                            }),
+                        },
+                    }
+                })
+                .await;
+            if let Err(e @ (UpstreamError::NotFound(_) | UpstreamError::Down { .. })) = result {
+                return Err(e);
+            }
             match result {
                 Ok(r) => return Ok(r),
                 Err(e) if e.retriable() && attempt < retries => {
@@ -278,12 +291,22 @@ impl Client {
         }
         b = b.header(header::ACCEPT_ENCODING, GZIP);
         // No retries: audits are POSTs, and a search is cheap for npm to repeat.
-        let r = match tokio::time::timeout(self.timeout, b.timeout(self.timeout).send()).await {
-            Err(_) => return Err(UpstreamError::Timeout(self.timeout)),
-            Ok(Err(e)) if e.is_timeout() => return Err(UpstreamError::Timeout(self.timeout)),
-            Ok(Err(e)) => return Err(UpstreamError::Unreachable(error_chain(&e))),
-            Ok(Ok(r)) => r,
-        };
+        let timeout = self.timeout;
+        let r = self
+            .breaker
+            .guard(|| async move {
+                match tokio::time::timeout(timeout, b.timeout(timeout).send()).await {
+                    Err(_) => Err(UpstreamError::Timeout(timeout)),
+                    Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout(timeout)),
+                    Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
+                    Ok(Ok(r)) if r.status().as_u16() >= 500 => Err(UpstreamError::Status {
+                        status: r.status().as_u16(),
+                        what: "a forwarded request".into(),
+                    }),
+                    Ok(Ok(r)) => Ok(r),
+                }
+            })
+            .await?;
         let status = r.status().as_u16();
         let content_type = header_string(r.headers(), header::CONTENT_TYPE);
         let body = read_capped(r, 32 << 20, deadline, &self.metrics).await?;
@@ -332,6 +355,18 @@ impl Source for Client {
 
     fn forward(&self, req: Forward) -> BoxFuture<'_, Result<Forwarded, UpstreamError>> {
         Box::pin(self.pass_on(req))
+    }
+
+    fn outage(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.breaker.opened())
+    }
+
+    fn health(&self) -> Option<UpstreamHealth> {
+        Some(self.breaker.health())
+    }
+
+    fn answers_within(&self) -> Option<Duration> {
+        self.breaker.answers_within()
     }
 
     fn feed<'a>(&'a self, url: &'a Url, cap: u64) -> BoxFuture<'a, Result<Bytes, UpstreamError>> {

@@ -7,6 +7,7 @@
 //! and only the configured upstream is ever contacted (a tarball URL found in metadata
 //! contributes its path, never its host: R9 in docs/security.md). Tests replace it with a fake.
 
+pub(crate) mod breaker;
 pub(crate) mod http;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use open_registry_gateway::{Forward, Forwarded};
 use open_registry_protocol::PackageName;
+use open_registry_protocol::status::UpstreamHealth;
 use tokio::time::Instant;
 use url::Url;
 
@@ -39,9 +41,26 @@ pub enum UpstreamError {
     TooLarge(u64),
     #[error("{0}")]
     Refused(String),
+    /// The circuit breaker is open: the upstream did not answer lately, so it is not asked.
+    #[error(
+        "the upstream registry is down (not answering for {for_secs}s); this node serves what it stores and what its peers hold, and asks the upstream again in {probe_in_secs}s"
+    )]
+    Down { for_secs: u64, probe_in_secs: u64 },
 }
 
 impl UpstreamError {
+    /// Whether this failure means the upstream is not there (as opposed to an answer, even an
+    /// unwelcome one): what the circuit breaker counts.
+    pub(crate) fn is_outage(&self) -> bool {
+        match self {
+            UpstreamError::Status { status, .. } => *status >= 500 || *status == 429,
+            UpstreamError::Timeout(_) | UpstreamError::Unreachable(_) | UpstreamError::Body(_) => {
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether trying again may help.
     pub fn retriable(&self) -> bool {
         match self {
@@ -130,4 +149,22 @@ pub(crate) trait Source: Send + Sync + fmt::Debug {
 
     /// One page of a configured changes feed: the body of `GET url`, at most `cap` bytes.
     fn feed<'a>(&'a self, url: &'a Url, cap: u64) -> BoxFuture<'a, Result<Bytes, UpstreamError>>;
+
+    /// Resolves when the upstream is known to be down (a circuit breaker opened); never, for a
+    /// source that does not track its health.
+    fn outage(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
+
+    /// How long this upstream usually takes to answer at most, if it is known: a request with a
+    /// stale copy at hand waits no longer than this (nor than the stale grace) before it is
+    /// answered with the copy.
+    fn answers_within(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The upstream's health as a circuit breaker sees it, if this source tracks it.
+    fn health(&self) -> Option<UpstreamHealth> {
+        None
+    }
 }
