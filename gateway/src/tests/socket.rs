@@ -320,3 +320,28 @@ async fn connections_over_the_per_address_cap_are_closed_at_once() {
     }
     server.shutdown().await;
 }
+
+/// A keep-alive connection left idle after its answer is closed after the idle timeout, well
+/// before the (longer) header-read timeout.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
+    let (_, app) = gateway();
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let server = Server::start_with(app, limits).await;
+    let mut conn = TcpStream::connect(server.addr).await.expect("connect");
+    conn.write_all(b"GET /-/ping HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let got = closed_within(&mut conn, Duration::from_secs(10))
+        .await
+        .expect("closed by the server");
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+    let idle = started.elapsed();
+    assert!(idle >= Duration::from_millis(250), "closed after {idle:?}");
+    server.shutdown().await;
+}
