@@ -14,6 +14,8 @@
 //!   revision, and keeping them in a byte-bounded LRU that renders each key once.
 //! - `tarball`: tarballs, streamed and never re-compressed.
 //! - `meta`: ping, keys, status, metrics, and search and audits passed to the upstream.
+//! - [`mod@serve`]: [`serve()`], the HTTP/1.1 server with its [`Limits`] (timeouts and
+//!   connection caps against slow and hostile clients).
 //! - [`error`]: [`ApiError`], the one place failures become status codes and JSON.
 //! - `metrics`: the gateway's own Prometheus counters.
 //! - [`memory`]: [`MemoryRegistry`], an in-memory [`Registry`] for tests.
@@ -22,6 +24,7 @@ pub mod error;
 pub mod memory;
 pub mod registry;
 pub mod router;
+pub mod serve;
 
 mod cache;
 mod documents;
@@ -43,3 +46,4 @@ pub use negotiate::HostError;
 pub use path::PathError;
 pub use registry::{Blob, Body, Error, Forward, ForwardMethod, Forwarded, Packument, Registry};
 pub use router::{Config, DEFAULT_RENDER_CACHE_BYTES, router};
+pub use serve::{Limits, serve};

@@ -54,6 +54,17 @@ pub enum HostError {
     Missing,
     #[error("the Host header is not a valid host[:port]")]
     Invalid,
+    #[error("the request has more than one Host header; send exactly one")]
+    Duplicate,
+}
+
+/// Refuses a request with several Host headers (RFC 9112 §3.2: answer 400). Proxies and the
+/// node could each read a different one, so none is trusted.
+pub(crate) fn single_host(headers: &HeaderMap) -> Result<(), HostError> {
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(HostError::Duplicate);
+    }
+    Ok(())
 }
 
 /// The base URL (no trailing `/`) that tarball URLs are rewritten to: the configured public URL
@@ -66,6 +77,7 @@ pub(crate) fn base_url(
     headers: &HeaderMap,
     uri_authority: Option<&str>,
 ) -> Result<String, HostError> {
+    single_host(headers)?;
     if let Some(url) = public_url {
         return Ok(url.to_owned());
     }
@@ -218,6 +230,10 @@ mod tests {
             base_url(None, &HeaderMap::new(), None),
             Err(HostError::Missing)
         );
+        let two = headers(&[(header::HOST, "a.test"), (header::HOST, "b.test")]);
+        assert_eq!(base_url(None, &two, None), Err(HostError::Duplicate));
+        assert_eq!(single_host(&two), Err(HostError::Duplicate));
+        assert_eq!(single_host(&h), Ok(()));
         for bad in ["evil.com/x?", "a b", "a\"b", ""] {
             assert_eq!(
                 base_url(None, &headers(&[(header::HOST, bad)]), None),

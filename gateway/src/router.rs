@@ -23,7 +23,7 @@ use crate::metrics::{Metrics, RouteClass};
 use crate::path::{self, Route};
 use crate::registry::{ForwardMethod, Registry};
 use crate::shared::Shared;
-use crate::{documents, meta, tarball};
+use crate::{documents, meta, negotiate, tarball};
 
 /// The default render cache budget: enough for the hot set of a busy mirror (react's two forms
 /// with their gzip are about 7 MB).
@@ -81,6 +81,9 @@ async fn handle<R: Registry>(
     req: Request,
 ) -> (RouteClass, Result<Response, ApiError>) {
     let method = req.method().clone();
+    if let Err(e) = negotiate::single_host(req.headers()) {
+        return (RouteClass::Rejected, Err(e.into()));
+    }
     if matches!(method, Method::PUT | Method::DELETE | Method::PATCH) {
         return (RouteClass::Write, Err(ApiError::ReadOnly));
     }

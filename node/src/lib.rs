@@ -19,6 +19,7 @@
 //! - [`client`]: the command line and what it does against a running node.
 //! - [`config`]: flags, environment and `config.toml`, validated into one [`Config`].
 //! - [`clock`]: the wall clock the node's calendar decisions read ([`clock::Clock`]).
+//! - `fdlimit`: the file descriptor limit, raised at start, and the connection cap under it.
 //! - [`metrics`]: the counters behind `/-/metrics` and the status; `errors`: error chains.
 //!
 //! Public here is what other crates use: the binary (`client::cli`), the end-to-end tests
@@ -33,6 +34,7 @@ pub mod store;
 
 mod admin;
 mod errors;
+mod fdlimit;
 mod fetch;
 mod node;
 mod peer;

@@ -3,7 +3,7 @@
 //!
 //! This file only wires. What each part does is in its module: the store and pins
 //! ([`crate::store`]), records and the operator key ([`crate::records`]), the network
-//! ([`crate::net`], [`crate::peer`]), the Fetcher and the upstream ([`crate::fetch`]),
+//! ([`crate::net`], [`crate::peer`]), the gateway's connection limits (`crate::fdlimit`), the Fetcher and the upstream ([`crate::fetch`]),
 //! background work ([`crate::tasks`]), the operator routes ([`crate::admin`]) and the gateway's
 //! view of it all ([`crate::registry`]).
 
@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::{Config, gateway_url};
+use crate::fdlimit;
 use crate::fetch::keys::KEYS_FILE;
 use crate::fetch::{self, Fetcher, upstream};
 use crate::metrics::Metrics;
@@ -75,6 +76,7 @@ impl NodeHandle {
 
 /// Opens the store, joins the network, binds the gateway and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
+    let fd_limit = fdlimit::raise_limit();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let clock = config.clock.clone();
@@ -188,15 +190,18 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             }
         });
     }
+    let mut limits = config.connections.clone();
+    limits.max_connections = fdlimit::connection_cap(limits.max_connections, fd_limit);
+    if limits.max_connections < config.connections.max_connections {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            configured = config.connections.max_connections,
+            "max_connections lowered to fit the file descriptor limit"
+        );
+    }
     let stop = cancel.clone();
     tracker.spawn(async move {
-        // Without TCP_NODELAY a streamed response waits ~40 ms on Nagle and delayed ACKs.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let serve =
-            axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
-        if let Err(e) = serve.await {
+        if let Err(e) = gateway::serve(listener, router, limits, stop.clone()).await {
             tracing::error!(error = %e, "gateway failed");
             stop.cancel();
         }

@@ -22,6 +22,7 @@ use anyhow::{Context as _, bail};
 
 use url::Url;
 
+use open_registry_gateway as gateway;
 use open_registry_protocol::{PeerId, Policy};
 
 use crate::clock::Clock;
@@ -57,6 +58,8 @@ pub struct Config {
     pub max_packument_size: u64,
     /// Memory for hot packuments.
     pub memory_cache_size: u64,
+    /// The gateway's timeouts and connection caps.
+    pub connections: gateway::Limits,
     /// Operators whose records are trusted.
     pub trust: Vec<PeerId>,
     /// How many of them must agree.
@@ -99,6 +102,7 @@ impl Config {
             max_tarball_size: 1 << 30,
             max_packument_size: 256 << 20,
             memory_cache_size: 24 << 20,
+            connections: gateway::Limits::default(),
             trust: Vec::new(),
             trust_threshold: 1,
             record_ttl: Duration::from_secs(7 * 86400),
@@ -158,6 +162,19 @@ impl Config {
         c.max_tarball_size = size(&s.max_tarball_size, c.max_tarball_size)?;
         c.max_packument_size = size(&s.max_packument_size, c.max_packument_size)?;
         c.memory_cache_size = size(&s.memory_cache_size, c.memory_cache_size)?;
+        let l = &mut c.connections;
+        l.header_read_timeout = dur(&s.header_read_timeout, l.header_read_timeout)?;
+        l.idle_timeout = dur(&s.idle_timeout, l.idle_timeout)?;
+        l.max_connections = s.max_connections.unwrap_or(l.max_connections);
+        l.max_connections_per_address = s
+            .max_connections_per_address
+            .unwrap_or(l.max_connections_per_address);
+        if l.header_read_timeout.is_zero() || l.idle_timeout.is_zero() {
+            bail!("header_read_timeout and idle_timeout must be more than 0s");
+        }
+        if l.max_connections == 0 || l.max_connections_per_address == 0 {
+            bail!("max_connections and max_connections_per_address must be at least 1");
+        }
         c.record_ttl = dur(&s.record_ttl, c.record_ttl)?;
         c.max_cache_size = size(&s.max_cache_size, c.max_cache_size)?;
         c.pin_latest = s.pin_latest.unwrap_or(c.pin_latest);
@@ -402,6 +419,16 @@ mod tests {
         };
         assert!(resolve(s, None).is_err());
         let s = Settings {
+            header_read_timeout: Some("0s".into()),
+            ..Default::default()
+        };
+        assert!(resolve(s, None).is_err());
+        let s = Settings {
+            max_connections_per_address: Some(0),
+            ..Default::default()
+        };
+        assert!(resolve(s, None).is_err());
+        let s = Settings {
             no_upstream: Some(true),
             changes_feed: Some("http://127.0.0.1:1/_changes".into()),
             ..Default::default()
@@ -417,6 +444,12 @@ mod tests {
     fn rendered_toml_round_trips() {
         let mut c = Config::new("/d", Some(Url::parse("http://127.0.0.1:4873/").unwrap()));
         c.max_age = Duration::from_secs(60);
+        c.connections = gateway::Limits {
+            header_read_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 100,
+            max_connections_per_address: 7,
+        };
         let text = render_toml(&c);
         let s: Settings = toml::from_str(&text).unwrap();
         let back = Config::resolve("/d".into(), s, || None).unwrap();
@@ -425,6 +458,7 @@ mod tests {
         assert_eq!(back.listen, c.listen);
         assert_eq!(back.max_tarball_size, c.max_tarball_size);
         assert_eq!(back.memory_cache_size, c.memory_cache_size);
+        assert_eq!(back.connections, c.connections);
         let none = render_toml(&Config::new("/d", None));
         let s: Settings = toml::from_str(&none).unwrap();
         assert_eq!(s.no_upstream, Some(true));

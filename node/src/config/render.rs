@@ -46,6 +46,15 @@ upstream_timeout = "{timeout}"
 connect_timeout = "{connect}"
 retries = {retries}
 
+# Hostile and idle clients: the time a client has to send a request's headers, how long a
+# connection may sit with nothing moving, and how many connections may be open at once (in all,
+# and from one IP address; over a cap, new connections are closed on arrival). The node raises
+# its file descriptor limit to the hard limit at start and lowers max_connections to fit it.
+header_read_timeout = "{header_read_timeout}"
+idle_timeout = "{idle_timeout}"
+max_connections = {max_connections}
+max_connections_per_address = {max_connections_per_address}
+
 # Size caps: bigger documents and tarballs are refused.
 max_tarball_size = "{tarball}"
 max_packument_size = "{packument}"
@@ -91,6 +100,10 @@ popularity_interval = "{popularity_interval}"
         timeout = format_duration(c.upstream_timeout),
         connect = format_duration(c.connect_timeout),
         retries = c.retries,
+        header_read_timeout = format_duration(c.connections.header_read_timeout),
+        idle_timeout = format_duration(c.connections.idle_timeout),
+        max_connections = c.connections.max_connections,
+        max_connections_per_address = c.connections.max_connections_per_address,
         tarball = format_size_exact(c.max_tarball_size),
         packument = format_size_exact(c.max_packument_size),
         mem = format_size_exact(c.memory_cache_size),

@@ -66,6 +66,33 @@ pub struct Settings {
     #[arg(long, env = "OPEN_REGISTRY_MEMORY_CACHE_SIZE", value_name = "SIZE")]
     pub memory_cache_size: Option<String>,
 
+    /// Time a client has to send a request's headers before the gateway closes the connection
+    /// [default: 10s]
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_HEADER_READ_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub header_read_timeout: Option<String>,
+
+    /// A gateway connection with no request in flight and no byte moving this long is closed
+    /// [default: 60s]
+    #[arg(long, env = "OPEN_REGISTRY_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+
+    /// Gateway connections open at once; more are closed on arrival (lowered to fit the file
+    /// descriptor limit) [default: 4096]
+    #[arg(long, env = "OPEN_REGISTRY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Gateway connections open at once from one IP address [default: 256]
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_MAX_CONNECTIONS_PER_ADDRESS",
+        value_name = "N"
+    )]
+    pub max_connections_per_address: Option<usize>,
+
     /// Trust records signed by this operator (a PeerId; repeatable, or comma-separated)
     #[arg(
         long = "trust",
@@ -194,6 +221,12 @@ impl Settings {
             max_tarball_size: self.max_tarball_size.or(other.max_tarball_size),
             max_packument_size: self.max_packument_size.or(other.max_packument_size),
             memory_cache_size: self.memory_cache_size.or(other.memory_cache_size),
+            header_read_timeout: self.header_read_timeout.or(other.header_read_timeout),
+            idle_timeout: self.idle_timeout.or(other.idle_timeout),
+            max_connections: self.max_connections.or(other.max_connections),
+            max_connections_per_address: self
+                .max_connections_per_address
+                .or(other.max_connections_per_address),
             trust: self.trust.or(other.trust),
             trust_threshold: self.trust_threshold.or(other.trust_threshold),
             record_ttl: self.record_ttl.or(other.record_ttl),
