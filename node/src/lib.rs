@@ -20,6 +20,7 @@
 //! - [`config`]: flags, environment and `config.toml`, validated into one [`Config`].
 //! - [`clock`]: the wall clock the node's calendar decisions read ([`clock::Clock`]).
 //! - `fdlimit`: the file descriptor limit, raised at start, and the connection cap under it.
+//! - `private_file`: the mode check for secrets in the data dir (`operator.key`, `admin.token`).
 //! - [`metrics`]: the counters behind `/-/metrics` and the status; `errors`: error chains.
 //!
 //! Public here is what other crates use: the binary (`client::cli`), the end-to-end tests
