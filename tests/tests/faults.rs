@@ -313,7 +313,16 @@ fn transient_upstream_failures_are_retried_within_the_request() -> Result<()> {
 #[test]
 fn retries_follow_the_retries_flag() -> Result<()> {
     let up = FakeUpstream::start()?;
-    let node = NodeProcess::start(&["--upstream", up.url(), "--retries", "1"])?;
+    // The breaker off: this test counts every attempt the retries make (R24's breaker, which
+    // stops sending to an upstream that keeps failing, is tested in tests/tests/breaker.rs).
+    let node = NodeProcess::start(&[
+        "--upstream",
+        up.url(),
+        "--retries",
+        "1",
+        "--breaker-outages",
+        "0",
+    ])?;
     let mut report = Vec::new();
     for (i, fault) in [Fault::Status(500), Fault::Truncate, Fault::EmptyBody]
         .into_iter()
@@ -366,6 +375,10 @@ fn r14_upstream_down_serves_the_store_and_fails_fast_otherwise() -> Result<()> {
     let uncached = up.publish(&PackageSpec::new("or-down-uncached", "1.0.0"))?;
     let timeout = Duration::from_secs(3);
     let node = InProcessNode::start(&[
+        // Without the breaker: these are the deadlines and the stale grace alone (the
+        // breaker is tested in tests/tests/breaker.rs).
+        "--breaker-outages",
+        "0",
         "--upstream",
         up.url(),
         "--max-age",
@@ -470,6 +483,10 @@ fn r14_upstream_500s_and_hangs_serve_the_stale_copy() -> Result<()> {
     let a = up.publish(&PackageSpec::new("or-sick-a", "1.0.0"))?;
     let cold = up.publish(&PackageSpec::new("or-sick-cold", "1.0.0"))?;
     let node = InProcessNode::start(&[
+        // Without the breaker: these are the deadlines and the stale grace alone (the
+        // breaker is tested in tests/tests/breaker.rs).
+        "--breaker-outages",
+        "0",
         "--upstream",
         up.url(),
         "--max-age",
@@ -558,6 +575,10 @@ fn r14_a_hanging_upstream_costs_at_most_3s_with_a_stored_copy() -> Result<()> {
     let up = FakeUpstream::start()?;
     let a = up.publish(&PackageSpec::new("or-slow", "1.0.0"))?;
     let node = InProcessNode::start(&[
+        // Without the breaker: these are the deadlines and the stale grace alone (the
+        // breaker is tested in tests/tests/breaker.rs).
+        "--breaker-outages",
+        "0",
         "--upstream",
         up.url(),
         "--max-age",

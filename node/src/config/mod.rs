@@ -52,6 +52,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Retries after a failed upstream request.
     pub retries: u32,
+    /// Outages in a row that open the upstream's circuit breaker (0: no breaker).
+    pub breaker_outages: u32,
     /// Largest tarball accepted.
     pub max_tarball_size: u64,
     /// Largest packument accepted.
@@ -99,6 +101,7 @@ impl Config {
             upstream_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
             retries: 2,
+            breaker_outages: 3,
             max_tarball_size: 1 << 30,
             max_packument_size: 256 << 20,
             memory_cache_size: 24 << 20,
@@ -159,6 +162,7 @@ impl Config {
         c.upstream_timeout = dur(&s.upstream_timeout, c.upstream_timeout)?;
         c.connect_timeout = dur(&s.connect_timeout, c.connect_timeout)?;
         c.retries = s.retries.unwrap_or(c.retries).min(10);
+        c.breaker_outages = s.breaker_outages.unwrap_or(c.breaker_outages);
         c.max_tarball_size = size(&s.max_tarball_size, c.max_tarball_size)?;
         c.max_packument_size = size(&s.max_packument_size, c.max_packument_size)?;
         c.memory_cache_size = size(&s.memory_cache_size, c.memory_cache_size)?;

@@ -45,6 +45,10 @@ max_age = "{max_age}"
 upstream_timeout = "{timeout}"
 connect_timeout = "{connect}"
 retries = {retries}
+# Outages in a row (failures, or no answer in 8x the upstream's usual time) that open its
+# circuit breaker: then stored copies are served at once and the rest fails fast, with one
+# probe every 10 s. 0 turns it off.
+breaker_outages = {breaker_outages}
 
 # Hostile and idle clients: the time a client has to send a request's headers, how long a
 # connection may sit with nothing moving, and how many connections may be open at once (in all,
@@ -100,6 +104,7 @@ popularity_interval = "{popularity_interval}"
         timeout = format_duration(c.upstream_timeout),
         connect = format_duration(c.connect_timeout),
         retries = c.retries,
+        breaker_outages = c.breaker_outages,
         header_read_timeout = format_duration(c.connections.header_read_timeout),
         idle_timeout = format_duration(c.connections.idle_timeout),
         max_connections = c.connections.max_connections,

@@ -54,6 +54,11 @@ pub struct Settings {
     #[arg(long, env = "OPEN_REGISTRY_RETRIES", value_name = "N")]
     pub retries: Option<u32>,
 
+    /// Upstream outages in a row (failures, or requests not answered in time) that open its
+    /// circuit breaker; 0 turns the breaker off [default: 3]
+    #[arg(long, env = "OPEN_REGISTRY_BREAKER_OUTAGES", value_name = "N")]
+    pub breaker_outages: Option<u32>,
+
     /// Largest tarball accepted [default: 1GiB]
     #[arg(long, env = "OPEN_REGISTRY_MAX_TARBALL_SIZE", value_name = "SIZE")]
     pub max_tarball_size: Option<String>,
@@ -218,6 +223,7 @@ impl Settings {
             upstream_timeout: self.upstream_timeout.or(other.upstream_timeout),
             connect_timeout: self.connect_timeout.or(other.connect_timeout),
             retries: self.retries.or(other.retries),
+            breaker_outages: self.breaker_outages.or(other.breaker_outages),
             max_tarball_size: self.max_tarball_size.or(other.max_tarball_size),
             max_packument_size: self.max_packument_size.or(other.max_packument_size),
             memory_cache_size: self.memory_cache_size.or(other.memory_cache_size),

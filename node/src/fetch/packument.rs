@@ -191,24 +191,25 @@ impl Fetcher {
             )
             .await;
         match (answer, entry.clone()) {
-            (Ok(PackumentAnswer::NotModified), Some(mut e)) => {
-                Metrics::inc(&self.metrics.packument_not_modified);
-                e.checked_at = self.clock.now_ms();
-                self.store
-                    .index
-                    .set_packument(name, &e)
-                    .await
-                    .map_err(store_err)?;
-                let p = self
-                    .load(name, &e)
-                    .await?
-                    .ok_or_else(|| vanished(format!("the stored packument of {name}")))?;
-                self.sign(name, &p, e.checked_at).await;
-                Ok(p)
+            (Ok(PackumentAnswer::NotModified), Some(e)) => {
+                self.unchanged(name, e, None, None, None).await
             }
             (Ok(PackumentAnswer::NotModified), None) => Err(FetchError::Upstream(
                 UpstreamError::Body("304 to an unconditional request".into()),
             )),
+            // An upstream that sends no validators answers 200 with the same bytes: recognised
+            // by the content id, it is a 304 in all but name.
+            (
+                Ok(PackumentAnswer::Document {
+                    bytes,
+                    etag,
+                    last_modified,
+                }),
+                Some(e),
+            ) if e.id == BlobId::of(&bytes) => {
+                self.unchanged(name, e, Some(bytes), etag, last_modified)
+                    .await
+            }
             (
                 Ok(PackumentAnswer::Document {
                     bytes,
@@ -224,6 +225,58 @@ impl Fetcher {
                 Err(FetchError::NotFound(format!("{what} (404 from upstream)")))
             }
             (Err(e), _) => Err(e.into()),
+        }
+    }
+
+    /// The upstream confirmed the stored revision (a 304, or the same bytes again): it is fresh
+    /// again, counted as not modified, and re-signed only when this node's record for it is
+    /// missing or past half its lifetime: a revalidation that changed nothing signs nothing new
+    /// and announces nothing.
+    async fn unchanged(
+        &self,
+        name: &PackageName,
+        mut e: PackumentEntry,
+        bytes: Option<Bytes>,
+        etag: Option<String>,
+        last_modified: Option<String>,
+    ) -> Result<Packument, FetchError> {
+        Metrics::inc(&self.metrics.packument_not_modified);
+        e.checked_at = self.clock.now_ms();
+        if etag.is_some() || last_modified.is_some() {
+            e.etag = etag;
+            e.last_modified = last_modified;
+        }
+        self.store
+            .index
+            .set_packument(name, &e)
+            .await
+            .map_err(store_err)?;
+        let p = match bytes {
+            Some(bytes) => {
+                let p = Packument { id: e.id, bytes };
+                self.caches.hot.insert(name.clone(), (e.clone(), p.clone()));
+                p
+            }
+            None => self
+                .load(name, &e)
+                .await?
+                .ok_or_else(|| vanished(format!("the stored packument of {name}")))?,
+        };
+        if !self.record_vouches_for(name, &e.id) {
+            self.sign(name, &p, e.checked_at).await;
+        }
+        Ok(p)
+    }
+
+    /// Whether this node's own record names revision `id` and has more than half its lifetime
+    /// left.
+    fn record_vouches_for(&self, name: &PackageName, id: &BlobId) -> bool {
+        match self.records.own_record(name) {
+            Ok(Some(r)) => {
+                let half = r.fetched_at + r.expires_at.saturating_sub(r.fetched_at) / 2;
+                r.packument == *id && self.clock.now_ms() < half
+            }
+            _ => false,
         }
     }
 

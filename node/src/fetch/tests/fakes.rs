@@ -26,6 +26,8 @@ use crate::store::Store;
 pub(super) enum Answer {
     /// 200 with this document and ETag (304 when the request carries the same ETag).
     Document(Bytes, &'static str),
+    /// 200 with this document and no validators at all (no ETag, no Last-Modified).
+    Plain(Bytes),
     /// Never answers.
     Hang,
     /// Fails.
@@ -118,6 +120,11 @@ impl Source for FakeUpstream {
                 Some(Answer::Document(bytes, tag)) => Ok(PackumentAnswer::Document {
                     bytes,
                     etag: Some(tag.into()),
+                    last_modified: None,
+                }),
+                Some(Answer::Plain(bytes)) => Ok(PackumentAnswer::Document {
+                    bytes,
+                    etag: None,
                     last_modified: None,
                 }),
                 Some(Answer::Hang) => std::future::pending().await,

@@ -525,3 +525,40 @@ async fn a_stale_request_is_answered_the_moment_the_upstream_is_known_down() {
     rig.fetcher.packument(&n, false).await.unwrap();
     assert_eq!(started.elapsed(), Duration::ZERO);
 }
+
+#[tokio::test]
+async fn a_revalidation_that_changes_nothing_signs_and_counts_nothing_new() {
+    let doc = packument("p", &[("1.0.0", &Bytes::from_static(b"x"))]);
+    for answer in [
+        Answer::Document(doc.clone(), "\"a\""),
+        Answer::Plain(doc.clone()),
+    ] {
+        let up = Arc::new(FakeUpstream::new());
+        up.answer("p", answer.clone());
+        let (rig, _) = Rig::new(Some(up.clone()), |_| None).await;
+        let n = name("p");
+        let seq = || rig.records.own_record(&n).unwrap().map(|r| r.seq);
+        rig.fetcher.packument(&n, false).await.unwrap();
+        let first = seq().expect("signed on ingest");
+        // Past max_age, twice: the upstream confirms (304, or the same bytes without
+        // validators). Fresh again, not modified, and no new record.
+        for _ in 0..2 {
+            rig.clock.advance(Duration::from_secs(301));
+            assert_eq!(rig.fetcher.packument(&n, false).await.unwrap().bytes, doc);
+        }
+        assert_eq!(up.packument_calls(), 3, "{answer:?}");
+        assert_eq!(rig.counter(|m| &m.packument_updates), 1, "{answer:?}");
+        assert_eq!(rig.counter(|m| &m.packument_not_modified), 2, "{answer:?}");
+        assert_eq!(
+            seq(),
+            Some(first),
+            "{answer:?}: re-signed although nothing changed"
+        );
+        // Past half the record's lifetime (an hour here), a confirmation re-signs it, so the
+        // record never expires while the upstream keeps confirming it.
+        rig.clock.advance(Duration::from_secs(1800));
+        rig.fetcher.packument(&n, false).await.unwrap();
+        assert!(seq().unwrap() > first, "{answer:?}");
+        assert_eq!(rig.counter(|m| &m.packument_updates), 1, "{answer:?}");
+    }
+}

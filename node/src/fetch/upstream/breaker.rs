@@ -7,7 +7,8 @@
 //! a slowness threshold. The threshold follows the upstream's own recent time to answer
 //! ([`SLOW_FACTOR`] times its moving average, within [`SLOW_MIN`]..[`SLOW_MAX`];
 //! [`SLOW_FIRST`] before the first answer), so a hung upstream on loopback is noticed in a
-//! fraction of a second and a distant one is given its usual time. After [`OPEN_AFTER`]
+//! fraction of a second and a distant one is given its usual time. After `breaker_outages`
+//! (3 by default)
 //! outages with no answer in between the breaker **opens**: every request fails at once with
 //! [`UpstreamError::Down`], so the Fetcher serves stale copies without waiting and uncached
 //! names get a clear "the upstream is down" at once. Every [`PROBE_EVERY`] one request is let
@@ -28,7 +29,8 @@ use super::UpstreamError;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 
-/// Outages in a row that open the breaker.
+/// Outages in a row that open the breaker, by default.
+#[cfg(test)]
 pub(crate) const OPEN_AFTER: u32 = 3;
 /// How often an open breaker lets one request through to probe the upstream.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(10);
@@ -58,6 +60,8 @@ struct State {
 /// The upstream's circuit breaker.
 #[derive(Debug)]
 pub(crate) struct Breaker {
+    /// Outages in a row that open it; 0: it never opens and watches nothing.
+    open_after: u32,
     clock: Clock,
     metrics: std::sync::Arc<Metrics>,
     // std Mutex: held only to read or update the state, never across an await.
@@ -67,9 +71,11 @@ pub(crate) struct Breaker {
 }
 
 impl Breaker {
-    /// A closed breaker that reads its probe schedule off `clock`.
-    pub(crate) fn new(clock: Clock, metrics: std::sync::Arc<Metrics>) -> Breaker {
+    /// A closed breaker that opens after `open_after` outages in a row (never, for 0) and reads
+    /// its probe schedule off `clock`.
+    pub(crate) fn new(open_after: u32, clock: Clock, metrics: std::sync::Arc<Metrics>) -> Breaker {
         Breaker {
+            open_after,
             clock,
             metrics,
             state: Mutex::new(State::default()),
@@ -99,8 +105,12 @@ impl Breaker {
         let _ = rx.wait_for(|open| *open).await;
     }
 
-    /// The slowness threshold, once the upstream has answered at least once.
+    /// The slowness threshold, once the upstream has answered at least once (and the breaker
+    /// is on).
     pub(crate) fn answers_within(&self) -> Option<Duration> {
+        if self.open_after == 0 {
+            return None;
+        }
         let answered = self
             .state
             .lock()
@@ -147,7 +157,7 @@ impl Breaker {
         if probe {
             s.probing = false;
         }
-        let opens = s.open_since.is_none() && s.outages >= OPEN_AFTER;
+        let opens = s.open_since.is_none() && self.open_after > 0 && s.outages >= self.open_after;
         if opens {
             s.open_since = Some(now);
             Metrics::inc(&self.metrics.upstream_circuit_opened);
@@ -182,6 +192,9 @@ impl Breaker {
     where
         F: Future<Output = Result<T, UpstreamError>>,
     {
+        if self.open_after == 0 {
+            return request().await;
+        }
         let probe = self.admit()?;
         let started = Instant::now();
         let mut request = std::pin::pin!(request());
@@ -218,7 +231,11 @@ mod tests {
     fn rig() -> (Breaker, Clock, Arc<Metrics>) {
         let clock = Clock::manual();
         let metrics = Arc::new(Metrics::default());
-        (Breaker::new(clock.clone(), metrics.clone()), clock, metrics)
+        (
+            Breaker::new(OPEN_AFTER, clock.clone(), metrics.clone()),
+            clock,
+            metrics,
+        )
     }
 
     fn unavailable() -> UpstreamError {

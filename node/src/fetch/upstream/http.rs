@@ -72,7 +72,11 @@ impl Client {
             timeout: config.upstream_timeout,
             retries: config.retries,
             max_packument: config.max_packument_size,
-            breaker: Arc::new(Breaker::new(config.clock.clone(), metrics.clone())),
+            breaker: Arc::new(Breaker::new(
+                config.breaker_outages,
+                config.clock.clone(),
+                metrics.clone(),
+            )),
             metrics,
         }))
     }
