@@ -162,6 +162,8 @@ impl Source for FakeUpstream {
     fn keys(&self) -> BoxFuture<'_, Result<Bytes, UpstreamError>> {
         Box::pin(async {
             self.keys_calls.fetch_add(1, Ordering::SeqCst);
+            // Takes a while (tokio's paused time in the tests that use it), so that concurrent
+            // requests overlap.
             tokio::time::sleep(Duration::from_millis(20)).await;
             self.keys
                 .lock()

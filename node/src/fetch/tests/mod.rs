@@ -466,8 +466,9 @@ async fn a_packument_too_big_for_a_record_is_served_unsigned() {
 }
 
 /// `/-/npm/v1/keys`: concurrent first requests share one upstream fetch, and its failure is
-/// answered from memory for `KEYS_FAILURE_TTL` (on the node's clock), then tried again.
-#[tokio::test]
+/// answered from memory for `KEYS_FAILURE_TTL` (on the node's clock), then tried again. Paused
+/// time: the fake upstream's answer takes 20 ms of it, so the requests overlap.
+#[tokio::test(start_paused = true)]
 async fn registry_keys_share_one_fetch_and_cache_failures_briefly() {
     let up = Arc::new(FakeUpstream::new());
     *up.keys.lock().unwrap() = Some(Err(UpstreamError::Status {
