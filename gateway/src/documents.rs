@@ -128,11 +128,20 @@ pub(crate) fn respond(doc: &Rendered, headers: &HeaderMap) -> Response {
         res
     } else {
         let gzip = negotiate::accepts_gzip(headers);
-        let bytes = if gzip { &doc.gzip } else { &doc.identity };
-        let mut res = Response::new(Body::from(bytes.clone()));
+        let (body, len) = match (&doc.identity, gzip) {
+            (_, true) => (Body::from(doc.gzip.clone()), doc.gzip.len()),
+            (Some(identity), false) => (Body::from(identity.clone()), identity.len()),
+            // A large document for a client that takes no gzip: decompressed as it is sent,
+            // a chunk at a time, so it is never held uncompressed.
+            (None, false) => (
+                Body::from_stream(crate::render::gunzip_stream(doc.gzip.clone())),
+                doc.identity_len,
+            ),
+        };
+        let mut res = Response::new(body);
         let h = res.headers_mut();
         h.insert(header::CONTENT_TYPE, doc.content_type.clone());
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         if gzip {
             h.insert(header::CONTENT_ENCODING, GZIP);
         }
@@ -169,7 +178,7 @@ mod tests {
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(
             res.headers()[header::CONTENT_LENGTH],
-            d.identity.len().to_string()
+            d.identity_len.to_string()
         );
         assert!(res.headers().get(header::CONTENT_ENCODING).is_none());
         assert_eq!(res.headers()[header::VARY], "Accept, Accept-Encoding");

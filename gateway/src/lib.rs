@@ -5,13 +5,15 @@
 //! is the node's business, never the gateway's.
 //!
 //! - [`registry`]: the trait a node implements, and the types it returns.
+//! - [`budget`]: [`MemoryBudget`], the bytes of packuments held at once, and the [`Lease`] a
+//!   packument carries while it is held.
 //! - [`mod@router`]: [`router()`] and its [`Config`]; dispatches every request by method and path.
 //! - `path`: raw request paths → routes, with npm's name rules and traversal checks.
 //! - `negotiate`: Accept, Accept-Encoding, If-None-Match and Host → what to send.
 //! - `shared`: what every handler reads (the registry, the render cache, the counters).
 //! - `documents`: packuments, versions and dist-tags (the hot path), from the render cache.
 //! - `render` and `cache`: deriving a document's final bytes (JSON, gzip, ETag) once per
-//!   revision, and keeping them in a byte-bounded LRU that renders each key once.
+//!   revision, straight into the compressor, and keeping them in a byte-bounded LRU that renders each key once.
 //! - `tarball`: tarballs, streamed and never re-compressed.
 //! - `meta`: ping, keys, status, metrics, and search and audits passed to the upstream.
 //! - [`mod@serve`]: [`serve()`], the HTTP/1.1 server with its [`Limits`] (timeouts and
@@ -20,6 +22,7 @@
 //! - `metrics`: the gateway's own Prometheus counters.
 //! - [`memory`]: [`MemoryRegistry`], an in-memory [`Registry`] for tests.
 
+pub mod budget;
 pub mod error;
 pub mod memory;
 pub mod registry;
@@ -39,6 +42,7 @@ mod tarball;
 #[cfg(test)]
 mod tests;
 
+pub use budget::{Lease, MemoryBudget};
 pub use error::ApiError;
 pub use memory::MemoryRegistry;
 pub use meta::MAX_FORWARD_BODY;

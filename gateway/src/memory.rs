@@ -102,10 +102,7 @@ impl MemoryRegistry {
         let bytes = bytes.into();
         let package = Package {
             doc: serde_json::from_slice(&bytes).ok(),
-            current: Packument {
-                id: BlobId::of(&bytes),
-                bytes,
-            },
+            current: Packument::new(BlobId::of(&bytes), bytes),
         };
         self.lock().packages.insert(name.clone(), package);
     }
@@ -221,10 +218,7 @@ fn add_version(
         .entry(name.clone())
         .or_insert_with(|| Package {
             doc: None,
-            current: Packument {
-                id: BlobId::of(b""),
-                bytes: Bytes::new(),
-            },
+            current: Packument::new(BlobId::of(b""), Bytes::new()),
         });
     let doc = package.doc.get_or_insert_with(|| {
         json!({
@@ -280,10 +274,7 @@ fn reencode(state: &mut State, name: &PackageName) {
         && let Some(doc) = &package.doc
         && let Ok(bytes) = serde_json::to_vec(doc)
     {
-        package.current = Packument {
-            id: BlobId::of(&bytes),
-            bytes: Bytes::from(bytes),
-        };
+        package.current = Packument::new(BlobId::of(&bytes), Bytes::from(bytes));
     }
 }
 

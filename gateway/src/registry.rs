@@ -12,6 +12,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use open_registry_protocol::{BlobId, PackageName, Status, TarballFile};
 
+use crate::budget::Lease;
+
 /// A packument revision: the full document exactly as the source sent it.
 #[derive(Clone)]
 pub struct Packument {
@@ -19,6 +21,21 @@ pub struct Packument {
     pub id: BlobId,
     /// The full document.
     pub bytes: Bytes,
+    /// The share of the node's packument memory these bytes hold while they are in use
+    /// (downloaded or read for this request); none when they are counted elsewhere (a cache).
+    /// The gateway keeps it until it has derived what it serves.
+    pub lease: Lease,
+}
+
+impl Packument {
+    /// A revision whose bytes are counted elsewhere (or nowhere).
+    pub fn new(id: BlobId, bytes: Bytes) -> Packument {
+        Packument {
+            id,
+            bytes,
+            lease: Lease::none(),
+        }
+    }
 }
 
 impl fmt::Debug for Packument {
@@ -26,6 +43,7 @@ impl fmt::Debug for Packument {
         f.debug_struct("Packument")
             .field("id", &self.id)
             .field("len", &self.bytes.len())
+            .field("lease", &self.lease)
             .finish()
     }
 }

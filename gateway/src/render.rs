@@ -11,7 +11,7 @@
 //! exactly what the upstream sent.
 
 use std::fmt;
-use std::io::Write as _;
+use std::io::{Read, Write};
 
 use axum::http::HeaderValue;
 use bytes::Bytes;
@@ -20,7 +20,6 @@ use flate2::write::GzEncoder;
 use open_registry_protocol::PackageName;
 use open_registry_protocol::derive;
 use open_registry_protocol::packument::{self, ABBREVIATED_MEDIA_TYPE};
-use serde_json::Value;
 
 use crate::registry::Error;
 
@@ -37,59 +36,118 @@ pub(crate) enum Form {
     DistTags,
 }
 
+/// Documents up to this size keep their uncompressed bytes beside the gzip; larger ones keep
+/// only the gzip (every npm client asks for it) and are decompressed on the way out for a
+/// client that does not. A 20 MB packument's full form is then held as its ~3 MB gzip, and it
+/// is never held uncompressed at all: it is derived straight into the compressor.
+pub(crate) const IDENTITY_KEPT: usize = 256 << 10;
+
 /// A document ready to send: a hot request only clones these (reference-counted) bytes.
 pub(crate) struct Rendered {
-    /// The JSON, uncompressed.
-    pub(crate) identity: Bytes,
+    /// The JSON, uncompressed, when it is at most [`IDENTITY_KEPT`] bytes.
+    pub(crate) identity: Option<Bytes>,
+    /// The length of the uncompressed JSON.
+    pub(crate) identity_len: usize,
     /// The same JSON, gzip-compressed.
     pub(crate) gzip: Bytes,
-    /// Weak ETag over `identity`, shared by both encodings (weak comparison allows that).
+    /// Weak ETag over the uncompressed JSON, shared by both encodings (weak comparison allows
+    /// that).
     pub(crate) etag: HeaderValue,
     /// The Content-Type to send.
     pub(crate) content_type: HeaderValue,
 }
 
-impl Rendered {
-    /// Encodes `doc` and derives its gzip and ETag.
-    pub(crate) fn new(doc: &Value, content_type: &'static str) -> Result<Self, Error> {
-        let identity = serde_json::to_vec(doc)
-            .map_err(|e| Error::Internal(format!("encoding a document: {e}")))?;
-        Self::from_bytes(Bytes::from(identity), content_type)
+/// Where a document is derived into: its hash, its gzip, and its first [`IDENTITY_KEPT`] bytes
+/// (dropped when it outgrows them), all in one pass.
+struct Sink {
+    hash: blake3::Hasher,
+    gz: GzEncoder<Vec<u8>>,
+    identity: Option<Vec<u8>>,
+    len: usize,
+}
+
+impl Sink {
+    fn new(hint: usize) -> Sink {
+        Sink {
+            hash: blake3::Hasher::new(),
+            gz: GzEncoder::new(Vec::with_capacity(hint / 6 + 64), Compression::default()),
+            identity: Some(Vec::with_capacity(hint.min(IDENTITY_KEPT))),
+            len: 0,
+        }
     }
 
-    /// Derives the gzip and ETag of already encoded JSON.
-    pub(crate) fn from_bytes(identity: Bytes, content_type: &'static str) -> Result<Self, Error> {
-        let mut gz = GzEncoder::new(
-            Vec::with_capacity(identity.len() / 4 + 64),
-            Compression::default(),
-        );
-        gz.write_all(&identity)
-            .map_err(|e| Error::Internal(format!("gzip: {e}")))?;
-        let gzip = gz
+    fn finish(self, content_type: &'static str) -> Result<Rendered, Error> {
+        let gzip = self
+            .gz
             .finish()
             .map_err(|e| Error::Internal(format!("gzip: {e}")))?;
-        let hash = blake3::hash(&identity).to_hex();
+        let hash = self.hash.finalize().to_hex();
         // 128 bits of the hash: collisions are not a concern, header bytes per request are.
         let etag = HeaderValue::from_str(&format!("W/\"{}\"", &hash.as_str()[..32]))
             .map_err(|e| Error::Internal(format!("etag: {e}")))?;
-        Ok(Self {
-            identity,
+        Ok(Rendered {
+            identity: self.identity.map(Bytes::from),
+            identity_len: self.len,
             gzip: Bytes::from(gzip),
             etag,
             content_type: HeaderValue::from_static(content_type),
         })
     }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.gz.write_all(buf)?;
+        self.hash.update(buf);
+        self.len += buf.len();
+        if self.len > IDENTITY_KEPT {
+            self.identity = None;
+        } else if let Some(id) = &mut self.identity {
+            id.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Rendered {
+    /// Derives the gzip and ETag of already encoded JSON.
+    pub(crate) fn from_bytes(identity: Bytes, content_type: &'static str) -> Result<Self, Error> {
+        let mut sink = Sink::new(identity.len());
+        sink.write_all(&identity)
+            .map_err(|e| Error::Internal(format!("gzip: {e}")))?;
+        sink.finish(content_type)
+    }
+
+    /// The uncompressed JSON: kept, or decompressed from the gzip.
+    #[cfg(test)]
+    pub(crate) fn identity_bytes(&self) -> Result<Bytes, Error> {
+        if let Some(b) = &self.identity {
+            return Ok(b.clone());
+        }
+        let mut out = Vec::with_capacity(self.identity_len);
+        flate2::read::GzDecoder::new(&self.gzip[..])
+            .read_to_end(&mut out)
+            .map_err(|e| Error::Internal(format!("gunzip: {e}")))?;
+        Ok(Bytes::from(out))
+    }
 
     /// Bytes this entry holds, for the cache's budget.
     pub(crate) fn weight(&self) -> usize {
-        self.identity.len() + self.gzip.len() + self.etag.len() + self.content_type.len()
+        self.identity.as_ref().map_or(0, Bytes::len)
+            + self.gzip.len()
+            + self.etag.len()
+            + self.content_type.len()
     }
 }
 
 impl fmt::Debug for Rendered {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rendered")
-            .field("identity", &self.identity.len())
+            .field("identity", &self.identity_len)
             .field("gzip", &self.gzip.len())
             .field("etag", &self.etag)
             .finish()
@@ -109,45 +167,67 @@ pub(crate) fn render(
     let unusable = |e: packument::PackumentError| {
         Error::BadGateway(format!("the packument of {name} is unusable: {e}"))
     };
-    // The two forms npm installs from are derived from the bytes directly (no JSON tree: a
-    // popular packument is megabytes, and its tree many times that).
+    // Every form is derived from the bytes directly (no JSON tree: a popular packument is
+    // megabytes, and its tree many times that), straight into the compressor; and every form
+    // reads the document the same way, so no route refuses a document another one serves.
     match form {
         Form::Full => {
-            let json = derive::full_json(name, bytes, base).map_err(unusable)?;
-            return Rendered::from_bytes(Bytes::from(json), "application/json").map(Some);
+            let mut sink = Sink::new(bytes.len());
+            derive::write_full(&mut sink, name, bytes, base).map_err(unusable)?;
+            sink.finish("application/json").map(Some)
         }
         Form::Abbreviated => {
-            let json = derive::abbreviated_json(name, bytes, base).map_err(unusable)?;
-            return Rendered::from_bytes(Bytes::from(json), ABBREVIATED_MEDIA_TYPE).map(Some);
+            let mut sink = Sink::new(bytes.len() / 2);
+            derive::write_abbreviated(&mut sink, name, bytes, base).map_err(unusable)?;
+            sink.finish(ABBREVIATED_MEDIA_TYPE).map(Some)
         }
-        Form::Version(_) | Form::DistTags => {}
-    }
-    let mut doc = packument::parse(name, bytes).map_err(unusable)?;
-    let rendered = match form {
-        Form::Full | Form::Abbreviated => unreachable!("derived above"),
         Form::Version(spec) => {
-            packument::rewrite_tarballs(&mut doc, name, base);
-            match packument::resolve(&doc, spec) {
-                Some(version) => Rendered::new(version, "application/json")?,
-                None => return Ok(None),
+            let mut sink = Sink::new(4096);
+            if !derive::write_version(&mut sink, name, bytes, base, spec).map_err(unusable)? {
+                return Ok(None);
             }
+            sink.finish("application/json").map(Some)
         }
         Form::DistTags => {
-            let tags = doc
-                .get("dist-tags")
-                .cloned()
-                .unwrap_or_else(|| Value::Object(Default::default()));
-            Rendered::new(&tags, "application/json")?
+            let tags = derive::dist_tags_json(name, bytes).map_err(unusable)?;
+            Rendered::from_bytes(Bytes::from(tags), "application/json").map(Some)
         }
-    };
-    Ok(Some(rendered))
+    }
+}
+
+/// Decompresses `gzip` on a blocking thread, a chunk at a time, as the receiver takes them:
+/// at most two chunks are in memory whatever the document's size.
+pub(crate) fn gunzip_stream(
+    gzip: Bytes,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    const CHUNK: usize = 64 << 10;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
+    tokio::task::spawn_blocking(move || {
+        let mut dec = flate2::read::GzDecoder::new(&gzip[..]);
+        loop {
+            let mut buf = vec![0; CHUNK];
+            match dec.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return; // The client went away.
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-    use std::io::Read as _;
+    use serde_json::{Value, json};
 
     fn doc() -> Vec<u8> {
         serde_json::to_vec(&json!({
@@ -168,7 +248,7 @@ mod tests {
     }
 
     fn json_of(r: &Rendered) -> Value {
-        serde_json::from_slice(&r.identity).unwrap()
+        serde_json::from_slice(&r.identity_bytes().unwrap()).unwrap()
     }
 
     #[test]
@@ -236,7 +316,7 @@ mod tests {
         flate2::read::GzDecoder::new(&a.gzip[..])
             .read_to_end(&mut out)
             .unwrap();
-        assert_eq!(out, a.identity);
+        assert_eq!(out, a.identity_bytes().unwrap());
         let c = render(&name, &doc(), "http://other:2", &Form::Full)
             .unwrap()
             .unwrap();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use open_registry_gateway::{self as gateway, Registry as _};
+use open_registry_gateway::{self as gateway, MemoryBudget, Registry as _};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -84,9 +84,17 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let metrics = Arc::new(Metrics::default());
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
+    // One packument memory for the upstream's bodies and the fetcher's reads alike.
+    let memory = MemoryBudget::new(config.packument_memory);
     let upstream = upstream::Client::new(&config, metrics.clone())
         .context("building the upstream HTTP client")?
-        .map(|u| Arc::new(u) as Arc<dyn upstream::Source>);
+        .map(|u| {
+            let u = u.with_memory(upstream::body::Memory {
+                budget: memory.clone(),
+                spill: store.blobs.tmp_dir().to_owned(),
+            });
+            Arc::new(u) as Arc<dyn upstream::Source>
+        });
     let identity = Identity::load_or_create(&config.data_dir)?;
     let records = Arc::new(Records::open(
         &store.index,
@@ -111,6 +119,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             records,
             upstream,
             peers: peers.clone().map(|p| p as Arc<dyn peer::Source>),
+            memory,
         },
         metrics.clone(),
         tracker.clone(),

@@ -124,7 +124,13 @@ impl Registry for Node {
             peer_id: self.operator.to_string(),
             upstream: self.fetcher.upstream().map(|u| u.base().to_string()),
             store: self.fetcher.store().stats(),
-            counters: self.metrics.snapshot(),
+            counters: {
+                let mut c = self.metrics.snapshot();
+                let m = self.fetcher.memory();
+                c.insert("packument_memory_waits".into(), m.waits());
+                c.insert("packument_memory_oversized".into(), m.oversized());
+                c
+            },
             sync: Some(self.sync.status()),
             upstream_health: self.fetcher.upstream().and_then(|u| u.health()),
         }
@@ -154,6 +160,21 @@ impl Registry for Node {
                         .and_then(|u| u.health())
                         .is_some_and(|h| h.state != "closed"),
                 ),
+            ),
+            (
+                "packument_memory_bytes",
+                "Bytes of packument memory leased now (downloads, reads and derivations in progress).",
+                self.fetcher.memory().in_use(),
+            ),
+            (
+                "packument_memory_limit_bytes",
+                "The packument memory budget (packument_memory).",
+                self.fetcher.memory().capacity(),
+            ),
+            (
+                "packument_memory_waits",
+                "Requests that waited for packument memory held by others, since start.",
+                self.fetcher.memory().waits(),
             ),
             (
                 "uptime_seconds",

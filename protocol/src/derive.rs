@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::{self, Write};
 
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -67,22 +68,35 @@ impl<'a> Entries<'a> {
 }
 
 /// Writes `{"k":raw,...}`.
-fn write_object<'b>(out: &mut Vec<u8>, entries: impl IntoIterator<Item = (&'b str, Raw<'b>)>) {
-    out.push(b'{');
+fn write_object<'b, W: Write>(
+    out: &mut W,
+    entries: impl IntoIterator<Item = (&'b str, Raw<'b>)>,
+) -> io::Result<()> {
+    out.write_all(b"{")?;
     let mut first = true;
     for (k, v) in entries {
         if !first {
-            out.push(b',');
+            out.write_all(b",")?;
         }
         first = false;
-        out.extend_from_slice(serde_json::to_string(k).expect("strings encode").as_bytes());
-        out.push(b':');
+        write_key(out, k)?;
         match v {
-            Raw::Borrowed(r) => out.extend_from_slice(r.get().as_bytes()),
-            Raw::Owned(s) => out.extend_from_slice(&s),
+            Raw::Borrowed(r) => out.write_all(r.get().as_bytes())?,
+            Raw::Owned(s) => out.write_all(&s)?,
         }
     }
-    out.push(b'}');
+    out.write_all(b"}")
+}
+
+/// Writes `"k":`.
+fn write_key<W: Write>(out: &mut W, k: &str) -> io::Result<()> {
+    out.write_all(serde_json::to_string(k).expect("strings encode").as_bytes())?;
+    out.write_all(b":")
+}
+
+/// A failure of the sink a document is derived into (a `Vec` never fails).
+fn sink_err(e: io::Error) -> PackumentError {
+    PackumentError::Write(e.to_string())
 }
 
 /// A value to write: borrowed from the source, or newly encoded.
@@ -155,34 +169,26 @@ fn rewrite_dist(
     if !replaced {
         members.push(("tarball", Raw::Owned(url)));
     }
-    write_object(&mut out, members);
+    write_object(&mut out, members).map_err(sink_err)?;
     Ok(out)
 }
 
-/// The versions object with each version passed through `keep` and its `dist` rewritten.
-fn versions(
+/// Writes the versions object with each version passed through `keep` and its `dist`
+/// rewritten.
+fn write_versions<W: Write>(
+    out: &mut W,
     raw: &RawValue,
     name: &PackageName,
     base: &str,
     abbreviated: bool,
-) -> Result<Vec<u8>, PackumentError> {
+) -> Result<(), PackumentError> {
     let versions = Entries::parse(raw.get())?;
-    let mut out = Vec::with_capacity(if abbreviated {
-        raw.get().len() / 2
-    } else {
-        raw.get().len() + 64 * versions.0.len()
-    });
-    out.push(b'{');
+    out.write_all(b"{").map_err(sink_err)?;
     for (i, (version, doc)) in versions.0.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.write_all(b",").map_err(sink_err)?;
         }
-        out.extend_from_slice(
-            serde_json::to_string(version)
-                .expect("strings encode")
-                .as_bytes(),
-        );
-        out.push(b':');
+        write_key(out, version).map_err(sink_err)?;
         // A version that is not an object is carried over as is (abbreviate: as `{}`).
         // An object with a duplicate key refuses the whole document.
         let parsed = if is_object(doc) {
@@ -191,11 +197,8 @@ fn versions(
             None
         };
         let Some(fields) = parsed else {
-            if abbreviated {
-                out.extend_from_slice(b"{}");
-            } else {
-                out.extend_from_slice(doc.get().as_bytes());
-            }
+            let kept = if abbreviated { "{}" } else { doc.get() };
+            out.write_all(kept.as_bytes()).map_err(sink_err)?;
             continue;
         };
         let mut members: Vec<(&str, Raw<'_>)> = Vec::with_capacity(fields.0.len());
@@ -212,10 +215,9 @@ fn versions(
         if abbreviated && fields.get("hasInstallScript").is_none() && has_install_script(&fields) {
             members.push(("hasInstallScript", Raw::Owned(b"true".to_vec())));
         }
-        write_object(&mut out, members);
+        write_object(out, members).map_err(sink_err)?;
     }
-    out.push(b'}');
-    Ok(out)
+    out.write_all(b"}").map_err(sink_err)
 }
 
 fn has_install_script(fields: &Entries<'_>) -> bool {
@@ -231,6 +233,19 @@ pub fn abbreviated_json(
     bytes: &[u8],
     base: &str,
 ) -> Result<Vec<u8>, PackumentError> {
+    let mut out = Vec::with_capacity(bytes.len() / 2);
+    write_abbreviated(&mut out, name, bytes, base)?;
+    Ok(out)
+}
+
+/// Writes [`abbreviated_json`] into `out` as it is derived, never holding it whole (so it can
+/// go straight into a compressor). On an error, what was written is not a document.
+pub fn write_abbreviated<W: Write>(
+    out: &mut W,
+    name: &PackageName,
+    bytes: &[u8],
+    base: &str,
+) -> Result<(), PackumentError> {
     let entries = top(name, as_text(bytes)?)?;
     let modified = entries.get("modified").or_else(|| {
         entries
@@ -238,11 +253,7 @@ pub fn abbreviated_json(
             .and_then(|t| Entries::parse(t.get()).ok())
             .and_then(|t| t.get("modified"))
     });
-    let versions = match entries.get("versions") {
-        Some(v) => versions(v, name, base, true)?,
-        None => b"{}".to_vec(),
-    };
-    let mut members: Vec<(&str, Raw<'_>)> = Vec::with_capacity(4);
+    let mut members: Vec<(&str, Raw<'_>)> = Vec::with_capacity(3);
     if let Some(n) = entries.get("name") {
         members.push(("name", Raw::Borrowed(n)));
     }
@@ -256,26 +267,101 @@ pub fn abbreviated_json(
             None => Raw::Owned(b"{}".to_vec()),
         },
     ));
-    members.push(("versions", Raw::Owned(versions)));
-    let mut out = Vec::with_capacity(bytes.len() / 2);
-    write_object(&mut out, members);
-    Ok(out)
+    // The same object `write_object` would write, with the versions streamed as the last member.
+    let mut head = Vec::new();
+    write_object(&mut head, members).map_err(sink_err)?;
+    head.pop();
+    out.write_all(&head).map_err(sink_err)?;
+    out.write_all(b",").map_err(sink_err)?;
+    write_key(out, "versions").map_err(sink_err)?;
+    match entries.get("versions") {
+        Some(v) => write_versions(out, v, name, base, true)?,
+        None => out.write_all(b"{}").map_err(sink_err)?,
+    }
+    out.write_all(b"}").map_err(sink_err)
 }
 
 /// The full document, tarballs pointing at `base`, everything else byte for byte.
 pub fn full_json(name: &PackageName, bytes: &[u8], base: &str) -> Result<Vec<u8>, PackumentError> {
+    let mut out = Vec::with_capacity(bytes.len() + 1024);
+    write_full(&mut out, name, bytes, base)?;
+    Ok(out)
+}
+
+/// Writes [`full_json`] into `out` as it is derived, never holding it whole. On an error, what
+/// was written is not a document.
+pub fn write_full<W: Write>(
+    out: &mut W,
+    name: &PackageName,
+    bytes: &[u8],
+    base: &str,
+) -> Result<(), PackumentError> {
     let entries = top(name, as_text(bytes)?)?;
-    let mut members: Vec<(&str, Raw<'_>)> = Vec::with_capacity(entries.0.len());
-    for (k, v) in &entries.0 {
+    out.write_all(b"{").map_err(sink_err)?;
+    for (i, (k, v)) in entries.0.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",").map_err(sink_err)?;
+        }
+        write_key(out, k).map_err(sink_err)?;
         if k == "versions" && v.get().trim_start().starts_with('{') {
-            members.push(("versions", Raw::Owned(versions(v, name, base, false)?)));
+            write_versions(out, v, name, base, false)?;
+        } else {
+            out.write_all(v.get().as_bytes()).map_err(sink_err)?;
+        }
+    }
+    out.write_all(b"}").map_err(sink_err)
+}
+
+/// Writes the document of one version, by exact version or dist-tag (what
+/// [`crate::packument::resolve`] finds), its `dist.tarball` pointing at `base` and every other
+/// value byte for byte. `Ok(false)`: this revision has no such version (nothing written).
+pub fn write_version<W: Write>(
+    out: &mut W,
+    name: &PackageName,
+    bytes: &[u8],
+    base: &str,
+    spec: &str,
+) -> Result<bool, PackumentError> {
+    let entries = top(name, as_text(bytes)?)?;
+    let Some(versions) = entries.get("versions").filter(|v| is_object(v)) else {
+        return Ok(false);
+    };
+    let versions = Entries::parse(versions.get())?;
+    let mut found = versions.get(spec).map(|v| (spec.to_owned(), v));
+    if found.is_none()
+        && let Some(tags) = entries.get("dist-tags").filter(|t| is_object(t))
+        && let Some(tagged) = Entries::parse(tags.get())?.get(spec)
+        && let Ok(version) = serde_json::from_str::<String>(tagged.get())
+    {
+        found = versions.get(&version).map(|v| (version, v));
+    }
+    let Some((version, doc)) = found else {
+        return Ok(false);
+    };
+    if !is_object(doc) {
+        out.write_all(doc.get().as_bytes()).map_err(sink_err)?;
+        return Ok(true);
+    }
+    let fields = Entries::parse(doc.get())?;
+    let mut members: Vec<(&str, Raw<'_>)> = Vec::with_capacity(fields.0.len());
+    for (k, v) in &fields.0 {
+        if k == "dist" && is_object(v) {
+            members.push(("dist", Raw::Owned(rewrite_dist(v, name, &version, base)?)));
         } else {
             members.push((k.as_str(), Raw::Borrowed(v)));
         }
     }
-    let mut out = Vec::with_capacity(bytes.len() + 1024);
-    write_object(&mut out, members);
-    Ok(out)
+    write_object(out, members).map_err(sink_err)?;
+    Ok(true)
+}
+
+/// The `dist-tags` object of a packument, byte for byte (`{}` when it has none).
+pub fn dist_tags_json(name: &PackageName, bytes: &[u8]) -> Result<Vec<u8>, PackumentError> {
+    let entries = top(name, as_text(bytes)?)?;
+    Ok(match entries.get("dist-tags") {
+        Some(t) if is_object(t) => t.get().as_bytes().to_vec(),
+        _ => b"{}".to_vec(),
+    })
 }
 
 /// What each version's `dist` says, by tarball file name (see
@@ -384,6 +470,28 @@ mod tests {
             tarball_index_json(&name, bytes).unwrap(),
             tarball_index(&name, &tree)
         );
+        let mut rewritten = tree.clone();
+        rewrite_tarballs(&mut rewritten, &name, base);
+        let mut specs: Vec<String> = ["nope", "latest", "next"].map(String::from).to_vec();
+        if let Some(v) = tree.get("versions").and_then(Value::as_object) {
+            specs.extend(v.keys().cloned());
+        }
+        for spec in specs {
+            let mut out = Vec::new();
+            let found = write_version(&mut out, &name, bytes, base, &spec).unwrap();
+            let want = crate::packument::resolve(&rewritten, &spec);
+            assert_eq!(found, want.is_some(), "{spec}");
+            if let Some(want) = want {
+                let got: Value = serde_json::from_slice(&out).unwrap();
+                assert_eq!(&got, want, "{spec}");
+            }
+        }
+        let tags: Value = serde_json::from_slice(&dist_tags_json(&name, bytes).unwrap()).unwrap();
+        let want = match tree.get("dist-tags") {
+            Some(t @ Value::Object(_)) => t.clone(),
+            _ => Value::Object(Default::default()),
+        };
+        assert_eq!(tags, want);
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub enum PackumentError {
     WrongName { expected: String, found: String },
     #[error("packument has no versions object")]
     NoVersions,
+    #[error("could not write the derived document: {0}")]
+    Write(String),
 }
 
 /// Parses packument bytes and checks that they describe `name`.

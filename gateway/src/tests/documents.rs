@@ -286,3 +286,104 @@ async fn concurrent_first_requests_render_once() {
     assert!(metric(&app, "open_registry_gateway_render_cache_hits_total").await >= 1);
     assert!(metric(&app, "open_registry_gateway_render_cache_bytes").await > 0);
 }
+
+/// A packument of `versions` versions with a readme of `readme` bytes.
+fn big_packument(name: &str, versions: usize, readme: usize) -> Vec<u8> {
+    let mut vs = serde_json::Map::new();
+    for i in 0..versions {
+        let v = format!("1.0.{i}");
+        vs.insert(
+            v.clone(),
+            serde_json::json!({
+                "name": name, "version": v, "description": "d".repeat(40),
+                "scripts": {"test": "node test.js"},
+                "dist": {"tarball": format!("https://up.example/{name}/-/{name}-{v}.tgz"),
+                         "integrity": "sha512-AA==", "shasum": "ab"}
+            }),
+        );
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "name": name, "readme": "r".repeat(readme),
+        "dist-tags": {"latest": format!("1.0.{}", versions - 1)},
+        "versions": vs,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn large_documents_are_kept_compressed_and_decompressed_for_clients_without_gzip() {
+    let (reg, app) = gateway();
+    let name = PackageName::parse("big").unwrap();
+    reg.set_packument(&name, big_packument("big", 3000, 1 << 20));
+    for accept in ["application/json", ABBREVIATED_MEDIA_TYPE] {
+        let gz = get(
+            &app,
+            "/big",
+            &[("accept", accept), ("accept-encoding", "gzip")],
+        )
+        .await;
+        assert_eq!(gz.status, 200);
+        assert_eq!(gz.header("content-encoding"), Some("gzip"));
+        let plain = get(&app, "/big", &[("accept", accept)]).await;
+        assert_eq!(plain.status, 200);
+        assert_eq!(plain.header("content-encoding"), None);
+        assert_eq!(
+            plain.header("content-length"),
+            Some(plain.body.len().to_string().as_str())
+        );
+        assert!(
+            plain.body.len() > 256 << 10,
+            "{accept}: {}",
+            plain.body.len()
+        );
+        assert_eq!(gz.decoded(), plain.body.to_vec(), "{accept}");
+        assert_eq!(gz.header("etag"), plain.header("etag"));
+        let doc = plain.json();
+        assert_eq!(doc["versions"].as_object().unwrap().len(), 3000);
+        assert_eq!(
+            doc["versions"]["1.0.7"]["dist"]["tarball"],
+            format!("http://{HOST}/big/-/big-1.0.7.tgz")
+        );
+    }
+    // The render cache weighs the big forms by their gzip, not their JSON.
+    let held = metric(&app, "open_registry_gateway_render_cache_bytes").await;
+    assert!(
+        held < 1 << 20,
+        "the cache holds {held} bytes for two big forms"
+    );
+}
+
+/// `{"a":` nested `depth` times around `1`.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth))
+}
+
+#[tokio::test]
+async fn every_route_reads_a_deeply_nested_document_the_same_way() {
+    // Every form is derived from raw slices of the document, which any depth passes (no
+    // recursion): no route refuses what another serves, and the value comes back as sent.
+    let (reg, app) = gateway();
+    for depth in [100, 200, 5000, 100_000] {
+        let name = PackageName::parse("deep").unwrap();
+        let doc = format!(
+            r#"{{"name":"deep","dist-tags":{{"latest":"1.0.0"}},"versions":{{"1.0.0":{{"name":"deep","version":"1.0.0","deep":{},"dist":{{"tarball":"https://up.example/deep/-/deep-1.0.0.tgz","integrity":"sha512-AA=="}}}}}}}}"#,
+            nested(depth)
+        );
+        reg.set_packument(&name, doc);
+        let routes: [(&str, &[(&str, &str)]); 5] = [
+            ("/deep", &[]),
+            ("/deep", &[("accept", ABBREVIATED_MEDIA_TYPE)]),
+            ("/deep/1.0.0", &[]),
+            ("/deep/latest", &[]),
+            ("/-/package/deep/dist-tags", &[]),
+        ];
+        for (path, headers) in routes {
+            let a = get(&app, path, headers).await;
+            assert_eq!(a.status, 200, "depth {depth}: {path} {headers:?}");
+            let text = String::from_utf8_lossy(&a.body);
+            if path.starts_with("/deep/") || headers.is_empty() && path == "/deep" {
+                assert!(text.contains(&nested(depth)), "depth {depth}: {path}");
+            }
+        }
+    }
+}

@@ -60,6 +60,8 @@ pub struct Config {
     pub max_packument_size: u64,
     /// Memory for hot packuments.
     pub memory_cache_size: u64,
+    /// Memory for packuments being downloaded, checked and derived, all requests together.
+    pub packument_memory: u64,
     /// The gateway's timeouts and connection caps.
     pub connections: gateway::Limits,
     /// Operators whose records are trusted.
@@ -105,6 +107,7 @@ impl Config {
             max_tarball_size: 1 << 30,
             max_packument_size: 256 << 20,
             memory_cache_size: 24 << 20,
+            packument_memory: 32 << 20,
             connections: gateway::Limits::default(),
             trust: Vec::new(),
             trust_threshold: 1,
@@ -166,6 +169,13 @@ impl Config {
         c.max_tarball_size = size(&s.max_tarball_size, c.max_tarball_size)?;
         c.max_packument_size = size(&s.max_packument_size, c.max_packument_size)?;
         c.memory_cache_size = size(&s.memory_cache_size, c.memory_cache_size)?;
+        c.packument_memory = size(&s.packument_memory, c.packument_memory)?;
+        if c.packument_memory < 1 << 20 {
+            bail!(
+                "packument_memory must be at least 1MiB, not {}",
+                units::format_size_exact(c.packument_memory)
+            );
+        }
         let l = &mut c.connections;
         l.header_read_timeout = dur(&s.header_read_timeout, l.header_read_timeout)?;
         l.idle_timeout = dur(&s.idle_timeout, l.idle_timeout)?;

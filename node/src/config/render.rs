@@ -66,6 +66,11 @@ max_packument_size = "{packument}"
 # Memory for hot packuments, kept in their final encoded and compressed forms.
 memory_cache_size = "{mem}"
 
+# Memory for packuments being downloaded, checked and derived, all requests together. A request
+# waits for its share when others hold it; a packument bigger than this is read through the
+# disk. With memory_cache_size, this bounds what packuments hold in memory.
+packument_memory = "{packument_memory}"
+
 # Operators (PeerIds, as `open-registry id` prints them) whose signed records this node accepts
 # for metadata that does not come from the upstream, and how many of them must agree.
 trust = [{trust}]
@@ -112,6 +117,7 @@ popularity_interval = "{popularity_interval}"
         tarball = format_size_exact(c.max_tarball_size),
         packument = format_size_exact(c.max_packument_size),
         mem = format_size_exact(c.memory_cache_size),
+        packument_memory = format_size_exact(c.packument_memory),
         trust = c
             .trust
             .iter()

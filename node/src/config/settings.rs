@@ -71,6 +71,12 @@ pub struct Settings {
     #[arg(long, env = "OPEN_REGISTRY_MEMORY_CACHE_SIZE", value_name = "SIZE")]
     pub memory_cache_size: Option<String>,
 
+    /// Memory for packuments being downloaded, checked and derived, all requests together; a
+    /// request waits for its share, and a packument bigger than it is read through the disk
+    /// [default: 32MiB]
+    #[arg(long, env = "OPEN_REGISTRY_PACKUMENT_MEMORY", value_name = "SIZE")]
+    pub packument_memory: Option<String>,
+
     /// Time a client has to send a request's headers before the gateway closes the connection
     /// [default: 10s]
     #[arg(
@@ -227,6 +233,7 @@ impl Settings {
             max_tarball_size: self.max_tarball_size.or(other.max_tarball_size),
             max_packument_size: self.max_packument_size.or(other.max_packument_size),
             memory_cache_size: self.memory_cache_size.or(other.memory_cache_size),
+            packument_memory: self.packument_memory.or(other.packument_memory),
             header_read_timeout: self.header_read_timeout.or(other.header_read_timeout),
             idle_timeout: self.idle_timeout.or(other.idle_timeout),
             max_connections: self.max_connections.or(other.max_connections),

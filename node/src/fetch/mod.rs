@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use open_registry_gateway::Packument;
+use open_registry_gateway::{MemoryBudget, Packument};
 use open_registry_protocol::packument::DistRef;
 use open_registry_protocol::{BlobId, PackageName, Signed};
 use tokio_util::task::TaskTracker;
@@ -77,6 +77,9 @@ pub(crate) struct Sources {
     pub upstream: Option<Arc<dyn upstream::Source>>,
     /// The network, if the node joined it.
     pub peers: Option<Arc<dyn peer::Source>>,
+    /// The packument memory every packument read for a request is held within (the upstream
+    /// client reads its bodies within the same one).
+    pub memory: MemoryBudget,
 }
 
 /// Orders sources and coalesces fetches.
@@ -95,6 +98,8 @@ pub(crate) struct Fetcher {
     packuments: Flights<PackageName, Result<Packument, FetchError>>,
     tarballs: Flights<(PackageName, String), Result<Fetched, FetchError>>,
     caches: Caches,
+    /// See [`Sources::memory`].
+    memory: MemoryBudget,
     /// Woken after every blob stored, so the cache cap is enforced promptly.
     ingested: Arc<tokio::sync::Notify>,
     keys: keys::KeysPin,
@@ -122,9 +127,15 @@ impl Fetcher {
             packuments: Flights::new(tracker.clone()),
             tarballs: Flights::new(tracker),
             caches: Caches::new(config.memory_cache_size),
+            memory: sources.memory,
             ingested: Arc::new(tokio::sync::Notify::new()),
             keys: keys::KeysPin::new(config.clock.clone()),
         })
+    }
+
+    /// The packument memory.
+    pub(crate) fn memory(&self) -> &MemoryBudget {
+        &self.memory
     }
 
     /// The store.

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use open_registry_gateway::Packument;
+use open_registry_gateway::{Lease, Packument};
 use open_registry_protocol::pointer::Pointer;
 use open_registry_protocol::record::Verified;
 use open_registry_protocol::{BlobId, PackageName, Verifier};
@@ -155,17 +155,27 @@ impl Fetcher {
     }
 
     /// Reads a stored revision (and warms the hot cache). A vanished blob drops the entry.
+    ///
+    /// The bytes are leased from the packument memory before they are read (the caller holds
+    /// no lease while it waits), and the lease goes with the packument to the gateway.
     pub(super) async fn load(
         &self,
         name: &PackageName,
         e: &PackumentEntry,
     ) -> Result<Option<Packument>, FetchError> {
+        let lease = self
+            .memory
+            .lease(self.store.blobs.size(&e.id).unwrap_or(0))
+            .await;
         match self.store.blobs.read(&e.id).await.map_err(store_err)? {
             Some(bytes) => {
                 self.store.index.touch(&e.id, self.clock.now_ms());
-                let p = Packument { id: e.id, bytes };
-                self.caches.hot.insert(name.clone(), (e.clone(), p.clone()));
-                Ok(Some(p))
+                self.keep_hot(name, e, &bytes);
+                Ok(Some(Packument {
+                    id: e.id,
+                    bytes,
+                    lease,
+                }))
             }
             None => {
                 tracing::warn!(%name, id = %e.id.short(), "packument blob missing; refetching");
@@ -173,6 +183,14 @@ impl Fetcher {
                 Ok(None)
             }
         }
+    }
+
+    /// Keeps a revision in the hot cache, which counts its bytes itself (no lease).
+    fn keep_hot(&self, name: &PackageName, e: &PackumentEntry, bytes: &Bytes) {
+        self.caches.hot.insert(
+            name.clone(),
+            (e.clone(), Packument::new(e.id, bytes.clone())),
+        );
     }
 
     /// One conditional request to the upstream, and what follows from its answer.
@@ -202,24 +220,30 @@ impl Fetcher {
             (
                 Ok(PackumentAnswer::Document {
                     bytes,
+                    lease,
                     etag,
                     last_modified,
                 }),
                 Some(e),
             ) if e.id == BlobId::of(&bytes) => {
-                self.unchanged(name, e, Some(bytes), etag, last_modified)
+                self.unchanged(name, e, Some((bytes, lease)), etag, last_modified)
                     .await
             }
             (
                 Ok(PackumentAnswer::Document {
                     bytes,
+                    lease,
                     etag,
                     last_modified,
                 }),
                 _,
             ) => {
-                self.ingest_packument(name, bytes, etag, last_modified)
-                    .await
+                let p = Packument {
+                    id: BlobId::of(&bytes),
+                    bytes,
+                    lease,
+                };
+                self.ingest_packument(name, p, etag, last_modified).await
             }
             (Err(UpstreamError::NotFound(what)), _) => {
                 Err(FetchError::NotFound(format!("{what} (404 from upstream)")))
@@ -236,7 +260,7 @@ impl Fetcher {
         &self,
         name: &PackageName,
         mut e: PackumentEntry,
-        bytes: Option<Bytes>,
+        bytes: Option<(Bytes, Lease)>,
         etag: Option<String>,
         last_modified: Option<String>,
     ) -> Result<Packument, FetchError> {
@@ -252,10 +276,13 @@ impl Fetcher {
             .await
             .map_err(store_err)?;
         let p = match bytes {
-            Some(bytes) => {
-                let p = Packument { id: e.id, bytes };
-                self.caches.hot.insert(name.clone(), (e.clone(), p.clone()));
-                p
+            Some((bytes, lease)) => {
+                self.keep_hot(name, &e, &bytes);
+                Packument {
+                    id: e.id,
+                    bytes,
+                    lease,
+                }
             }
             None => self
                 .load(name, &e)
@@ -321,6 +348,10 @@ impl Fetcher {
         if !self.store.blobs.contains(&id) {
             peers.fetch_blob(&id, None, self.max_packument).await?;
         }
+        let lease = self
+            .memory
+            .lease(self.store.blobs.size(&id).unwrap_or(0))
+            .await;
         let bytes = self
             .store
             .blobs
@@ -344,9 +375,9 @@ impl Fetcher {
         peers.announce(&id).await;
         Metrics::inc(&self.metrics.packument_updates);
         self.stored();
-        let p = Packument { id, bytes };
         self.caches.dists.insert(id, dists);
-        self.caches.hot.insert(name.clone(), (e, p.clone()));
+        self.keep_hot(name, &e, &bytes);
+        let p = Packument { id, bytes, lease };
         tracing::info!(%name, id = %id.short(), signers = agreed.records.len(), "took a packument revision from peers");
         Ok(p)
     }
@@ -388,15 +419,15 @@ impl Fetcher {
     async fn ingest_packument(
         &self,
         name: &PackageName,
-        bytes: Bytes,
+        p: Packument,
         etag: Option<String>,
         last_modified: Option<String>,
     ) -> Result<Packument, FetchError> {
-        let dists = parse_dists(name, &bytes, format!("upstream packument of {name}")).await?;
+        let dists = parse_dists(name, &p.bytes, format!("upstream packument of {name}")).await?;
         let id = match self
             .store
             .blobs
-            .put(&bytes, Verifier::id_only(), u64::MAX)
+            .put(&p.bytes, Verifier::id_only(), u64::MAX)
             .await
         {
             Ok(id) => id,
@@ -404,10 +435,7 @@ impl Fetcher {
             Err(e) if e.is_local() => {
                 let e = self.metrics.refused(e);
                 tracing::warn!(%name, error = %e, "cannot store; passing the packument through uncached");
-                return Ok(Packument {
-                    id: BlobId::of(&bytes),
-                    bytes,
-                });
+                return Ok(p);
             }
             Err(e) => return Err(self.metrics.refused(e).into()),
         };
@@ -424,11 +452,8 @@ impl Fetcher {
             .map_err(store_err)?;
         Metrics::inc(&self.metrics.packument_updates);
         self.stored();
-        let p = Packument { id, bytes };
         self.caches.dists.insert(id, dists);
-        self.caches
-            .hot
-            .insert(name.clone(), (entry.clone(), p.clone()));
+        self.keep_hot(name, &entry, &p.bytes);
         self.announce(id);
         self.sign(name, &p, entry.checked_at).await;
         tracing::debug!(%name, id = %id.short(), "stored packument revision");

@@ -77,6 +77,11 @@ impl Blobs {
         })
     }
 
+    /// The directory for files being written (emptied at every start).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Where the blob `id` lives.
     pub fn path(&self, id: &BlobId) -> PathBuf {
         let shard = format!("{:02x}", id.digest()[0]);

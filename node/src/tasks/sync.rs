@@ -183,8 +183,11 @@ impl Sync {
             Ok(p) => {
                 self.progress.refreshed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%name, "refreshed after an upstream change");
-                if before != Some(p.id) {
-                    self.mirror_tagged(&name, &p.bytes).await;
+                // Its share of the packument memory goes back first: mirroring reads the
+                // packument again, and nothing may wait for memory while holding some.
+                let (id, bytes) = (p.id, p.bytes);
+                if before != Some(id) {
+                    self.mirror_tagged(&name, &bytes).await;
                 }
             }
             Err(e) => {

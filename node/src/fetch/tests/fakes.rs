@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
-use open_registry_gateway::{Forward, Forwarded};
+use open_registry_gateway::{Forward, Forwarded, Lease};
 use open_registry_protocol::pointer::Pointer;
 use open_registry_protocol::record::{Signed, Verified};
 use open_registry_protocol::{BlobId, Integrity, PackageName, Verifier};
@@ -119,11 +119,13 @@ impl Source for FakeUpstream {
                 }
                 Some(Answer::Document(bytes, tag)) => Ok(PackumentAnswer::Document {
                     bytes,
+                    lease: Lease::none(),
                     etag: Some(tag.into()),
                     last_modified: None,
                 }),
                 Some(Answer::Plain(bytes)) => Ok(PackumentAnswer::Document {
                     bytes,
+                    lease: Lease::none(),
                     etag: None,
                     last_modified: None,
                 }),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt as _};
-use open_registry_gateway::{Body, Packument};
+use open_registry_gateway::{Body, MemoryBudget, Packument};
 use open_registry_protocol::packument::DistRef;
 use open_registry_protocol::{BlobId, Integrity, PackageName, TarballFile, Verifier};
 use tokio::sync::Semaphore;
@@ -71,9 +71,27 @@ impl Rig {
         upstream: Option<Arc<FakeUpstream>>,
         peers: impl FnOnce(Arc<Store>) -> Option<Arc<FakePeers>>,
     ) -> (Rig, Option<Arc<FakePeers>>) {
+        let defaults = Config::new("/x", None);
+        Rig::with_memory(
+            upstream,
+            peers,
+            defaults.packument_memory,
+            defaults.memory_cache_size,
+        )
+        .await
+    }
+
+    /// A rig whose packument memory and memory caches are `memory` and `caches` bytes.
+    async fn with_memory(
+        upstream: Option<Arc<FakeUpstream>>,
+        peers: impl FnOnce(Arc<Store>) -> Option<Arc<FakePeers>>,
+        memory: u64,
+        caches: u64,
+    ) -> (Rig, Option<Arc<FakePeers>>) {
         let dir = tempfile::tempdir().unwrap();
         let clock = Clock::manual();
         let mut config = Config::new(dir.path(), None);
+        config.memory_cache_size = caches;
         config.clock = clock.clone();
         config.max_age = Duration::from_secs(300);
         let store = Arc::new(Store::open(dir.path(), clock.clone()).await.unwrap());
@@ -95,6 +113,7 @@ impl Rig {
                 records: records.clone(),
                 upstream: upstream.map(|u| u as Arc<dyn Source>),
                 peers: peers.clone().map(|p| p as Arc<dyn peer::Source>),
+                memory: MemoryBudget::new(memory),
             },
             metrics.clone(),
             TaskTracker::new(),
@@ -562,4 +581,45 @@ async fn a_revalidation_that_changes_nothing_signs_and_counts_nothing_new() {
         assert!(seq().unwrap() > first, "{answer:?}");
         assert_eq!(rig.counter(|m| &m.packument_updates), 1, "{answer:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn packuments_read_for_requests_share_the_packument_memory() {
+    // Two stored packuments of ~1.2 MB each (too big for the 1 MiB hot cache); 2 MiB of
+    // packument memory holds one at a time.
+    let big = |n: &str| {
+        let doc = serde_json::json!({
+            "name": n, "readme": "r".repeat(1200 << 10),
+            "dist-tags": {"latest": "1.0.0"},
+            "versions": {"1.0.0": {"name": n, "version": "1.0.0", "dist": {
+                "tarball": format!("http://upstream.test/{n}/-/{n}-1.0.0.tgz"),
+                "integrity": Integrity::sha512_sri(b"x")}}}
+        });
+        Bytes::from(serde_json::to_vec(&doc).unwrap())
+    };
+    let up = Arc::new(FakeUpstream::new());
+    up.answer("a", Answer::Plain(big("a")));
+    up.answer("b", Answer::Plain(big("b")));
+    let (rig, _) = Rig::with_memory(Some(up.clone()), |_| None, 2 << 20, 4 << 20).await;
+    let f = &rig.fetcher;
+    drop(f.packument(&name("a"), false).await.unwrap());
+    drop(f.packument(&name("b"), false).await.unwrap());
+    let a = f.packument(&name("a"), false).await.unwrap();
+    assert!(a.lease.bytes() >= a.bytes.len() as u64, "{:?}", a.lease);
+    assert_eq!(f.memory().in_use(), a.lease.bytes());
+    // The second read waits while the first is held, and goes on once it is dropped.
+    let b_name = name("b");
+    let mut second = Box::pin(f.packument(&b_name, false));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut second)
+            .await
+            .is_err(),
+        "a read went past the packument memory"
+    );
+    drop(a);
+    let b = second.await.unwrap();
+    assert_eq!(b.bytes.len(), big("b").len());
+    assert!(f.memory().waits() >= 1);
+    drop(b);
+    assert_eq!(f.memory().in_use(), 0, "every lease went back");
 }

@@ -3,7 +3,8 @@
 //!
 //! Content codings are handled here, not by reqwest: documents (packuments, keys, the changes
 //! feed, forwarded answers) are requested with `Accept-Encoding: gzip` and decoded by
-//! [`read_capped`], which caps the *decoded* size; tarballs are requested with
+//! [`body::read`], which caps the *decoded* size (and holds packuments within the node's
+//! packument memory); tarballs are requested with
 //! `Accept-Encoding: identity` and passed on exactly as sent, whatever `Content-Encoding` the
 //! upstream labels them with (their integrity is over those bytes). reqwest's own decoding
 //! would decode any response labelled gzip, even one asked for as identity, so it is off.
@@ -11,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use open_registry_gateway::{Forward, ForwardMethod, Forwarded};
@@ -21,6 +22,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use tokio::time::Instant;
 use url::Url;
 
+use super::body::{self, Memory};
 use super::breaker::Breaker;
 use super::{Budget, Download, PackumentAnswer, Source, UpstreamError, backoff};
 use crate::config::Config;
@@ -31,7 +33,7 @@ use open_registry_protocol::status::UpstreamHealth;
 /// What `send` calls a changes-feed request.
 const FEED: &str = "changes feed";
 
-/// The one content coding documents are accepted in (and decoded by [`read_capped`]).
+/// The one content coding documents are accepted in (and decoded by [`body::read`]).
 const GZIP: &str = "gzip";
 
 /// The upstream over HTTP.
@@ -45,6 +47,8 @@ pub(crate) struct Client {
     metrics: Arc<Metrics>,
     /// Whether the upstream answers lately; every request goes through it.
     breaker: Arc<Breaker>,
+    /// The packument memory packument bodies are read within; none: unbounded.
+    memory: Option<Memory>,
 }
 
 impl Client {
@@ -62,7 +66,7 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("open-registry/", env!("CARGO_PKG_VERSION")))
             .redirect(same_origin_redirects(&base))
-            // Decoding is `read_capped`'s (see the module docs); reqwest's would also decode
+            // Decoding is `body::read`'s (see the module docs); reqwest's would also decode
             // tarballs, which must be stored as sent.
             .no_gzip()
             .build()?;
@@ -78,7 +82,14 @@ impl Client {
                 metrics.clone(),
             )),
             metrics,
+            memory: None,
         }))
+    }
+
+    /// Reads packument bodies within `memory` (see [`body`]).
+    pub(crate) fn with_memory(mut self, memory: Memory) -> Client {
+        self.memory = Some(memory);
+        self
     }
 
     /// Sends a request built by `build` with retries and backoff inside one deadline; returns the
@@ -186,10 +197,18 @@ impl Client {
             }
             let etag = header_string(r.headers(), header::ETAG);
             let last_modified = header_string(r.headers(), header::LAST_MODIFIED);
-            match read_capped(r, self.max_packument, deadline, &self.metrics).await {
-                Ok(bytes) => {
+            let read = body::read(
+                r,
+                self.max_packument,
+                deadline,
+                &self.metrics,
+                self.memory.as_ref(),
+            );
+            match read.await {
+                Ok((bytes, lease)) => {
                     return Ok(PackumentAnswer::Document {
                         bytes,
+                        lease,
                         etag,
                         last_modified,
                     });
@@ -404,125 +423,16 @@ fn same_origin_redirects(base: &Url) -> reqwest::redirect::Policy {
     })
 }
 
-/// Reads a whole body, refusing more than `cap` bytes and anything after `deadline`. A body
-/// labelled `Content-Encoding: gzip` is decoded, and `cap` applies to the decoded bytes: a small
-/// compressed body that expands beyond it (a decompression bomb) is refused once `cap` decoded
-/// bytes are exceeded, without holding more than that. Any other coding is refused.
+/// A small document's body, decoded and capped (see [`body::read`]).
 async fn read_capped(
     r: reqwest::Response,
     cap: u64,
     deadline: Instant,
     metrics: &Metrics,
 ) -> Result<Bytes, UpstreamError> {
-    let coding = header_string(r.headers(), header::CONTENT_ENCODING)
-        .map(|c| c.trim().to_ascii_lowercase())
-        .filter(|c| !c.is_empty() && c != "identity");
-    let gzip = match coding.as_deref() {
-        None => false,
-        Some("gzip" | "x-gzip") => true,
-        Some(other) => {
-            return Err(UpstreamError::Body(format!(
-                "unsupported Content-Encoding {other:?} (only gzip was accepted)"
-            )));
-        }
-    };
-    // The decoded body is what is capped; the compressed one is held too, so it gets the same
-    // cap (a document that does not compress below its own size has no reason to be gzip).
-    if r.content_length().is_some_and(|n| n > cap) {
-        return Err(UpstreamError::TooLarge(cap));
-    }
-    let mut wire = BytesMut::new();
-    let mut decoded = gzip.then(|| Gunzip::new(cap));
-    let mut body = r.bytes_stream();
-    loop {
-        let next = tokio::time::timeout_at(deadline, body.next())
-            .await
-            .map_err(|_| UpstreamError::Timeout(Duration::ZERO))?;
-        match next {
-            None => break,
-            Some(Ok(chunk)) => {
-                Metrics::add(&metrics.upstream_bytes, chunk.len() as u64);
-                if wire.len() as u64 + chunk.len() as u64 > cap {
-                    return Err(UpstreamError::TooLarge(cap));
-                }
-                match &mut decoded {
-                    Some(d) => d.write(&chunk)?,
-                    None => wire.extend_from_slice(&chunk),
-                }
-            }
-            Some(Err(e)) => return Err(UpstreamError::Body(error_chain(&e))),
-        }
-    }
-    match decoded {
-        Some(d) => d.finish(),
-        None => Ok(wire.freeze()),
-    }
-}
-
-/// A streaming gzip decoder that refuses more than `cap` decoded bytes.
-struct Gunzip {
-    dec: flate2::write::MultiGzDecoder<CappedVec>,
-    cap: u64,
-}
-
-impl Gunzip {
-    fn new(cap: u64) -> Gunzip {
-        Gunzip {
-            dec: flate2::write::MultiGzDecoder::new(CappedVec {
-                buf: Vec::new(),
-                cap,
-            }),
-            cap,
-        }
-    }
-
-    fn write(&mut self, chunk: &[u8]) -> Result<(), UpstreamError> {
-        std::io::Write::write_all(&mut self.dec, chunk).map_err(|e| self.error(e))
-    }
-
-    fn finish(mut self) -> Result<Bytes, UpstreamError> {
-        std::io::Write::flush(&mut self.dec).map_err(|e| self.error(e))?;
-        let cap = self.cap;
-        self.dec
-            .finish()
-            .map(|v| Bytes::from(v.buf))
-            .map_err(|e| gunzip_error(e, cap))
-    }
-
-    fn error(&self, e: std::io::Error) -> UpstreamError {
-        gunzip_error(e, self.cap)
-    }
-}
-
-fn gunzip_error(e: std::io::Error, cap: u64) -> UpstreamError {
-    if e.kind() == std::io::ErrorKind::FileTooLarge {
-        UpstreamError::TooLarge(cap)
-    } else {
-        UpstreamError::Body(format!("bad gzip body: {e}"))
-    }
-}
-
-/// The decoder's output: refuses to grow beyond `cap` bytes.
-struct CappedVec {
-    buf: Vec<u8>,
-    cap: u64,
-}
-
-impl std::io::Write for CappedVec {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        if self.buf.len() as u64 + b.len() as u64 > self.cap {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::FileTooLarge,
-                "decoded body over the cap",
-            ));
-        }
-        self.buf.extend_from_slice(b);
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    body::read(r, cap, deadline, metrics, None)
+        .await
+        .map(|(bytes, _)| bytes)
 }
 
 fn header_string(h: &HeaderMap, name: header::HeaderName) -> Option<String> {

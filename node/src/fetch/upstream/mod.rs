@@ -7,6 +7,7 @@
 //! and only the configured upstream is ever contacted (a tarball URL found in metadata
 //! contributes its path, never its host: R9 in docs/security.md). Tests replace it with a fake.
 
+pub(crate) mod body;
 pub(crate) mod breaker;
 pub(crate) mod http;
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use open_registry_gateway::{Forward, Forwarded};
+use open_registry_gateway::{Forward, Forwarded, Lease};
 use open_registry_protocol::PackageName;
 use open_registry_protocol::status::UpstreamHealth;
 use tokio::time::Instant;
@@ -79,6 +80,8 @@ pub(crate) enum PackumentAnswer {
     /// 200: a document.
     Document {
         bytes: Bytes,
+        /// The share of the packument memory `bytes` hold.
+        lease: Lease,
         etag: Option<String>,
         last_modified: Option<String>,
     },
