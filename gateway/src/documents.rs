@@ -65,9 +65,10 @@ pub(crate) async fn version<R: Registry>(
     }
     // Absent from this revision: refresh once, then answer from whatever that returned.
     let pack = shared.registry.packument(&name, true).await?;
-    match lookup(shared, name, pack, base, form.clone()).await? {
+    match lookup(shared, name.clone(), pack, base, form.clone()).await? {
         Some(doc) => Ok(respond(&doc, headers)),
         None => {
+            shared.registry.still_missing(&name);
             let Form::Version(spec) = form else {
                 return Err(Error::Internal("version form expected".into()).into());
             };

@@ -150,12 +150,21 @@ pub enum Error {
 /// Methods return `Send` futures so the router can run them on any worker.
 pub trait Registry: Send + Sync + 'static {
     /// The current packument of `name`. When `refresh` is true the caller looked for a version
-    /// or dist-tag that the cached copy lacks: revalidate with the source once before answering.
+    /// or dist-tag that the cached copy lacks: revalidate with the source once before answering
+    /// (a registry may decline to while a recent refresh for a miss found nothing; see
+    /// [`Registry::still_missing`]).
     fn packument(
         &self,
         name: &PackageName,
         refresh: bool,
     ) -> impl Future<Output = Result<Packument, Error>> + Send;
+
+    /// What the caller looked for in `name` is missing even from the packument a refresh
+    /// returned: a registry may remember that for a while, so that asking again for what does
+    /// not exist does not reach its source every time.
+    fn still_missing(&self, name: &PackageName) {
+        let _ = name;
+    }
 
     /// A tarball of `name`, verified against the integrity its packument promises.
     fn tarball(

@@ -43,6 +43,7 @@ counters! {
     upstream_circuit_opened: "Times the upstream's circuit breaker opened (the upstream stopped answering).",
     upstream_fast_failures: "Upstream requests not sent because the circuit breaker was open.",
     packument_spills: "Packument bodies that outgrew their share of the packument memory while downloading and were read through the disk.",
+    miss_refreshes_skipped: "Requests for a missing version, dist-tag or tarball answered without a refresh, because one for the same package found nothing less than the miss TTL ago.",
     stale_served: "Packuments served from the store because the upstream failed (stale-if-error).",
     integrity_failures: "Blobs refused because their bytes did not match integrity or content id.",
     store_errors: "Local store failures (disk full, I/O).",

@@ -40,13 +40,21 @@ impl Registry for Node {
         name: &PackageName,
         refresh: bool,
     ) -> Result<Packument, gateway::Error> {
-        let p = self.fetcher.packument(name, refresh).await?;
+        let p = if refresh {
+            self.fetcher.packument_for_miss(name).await?
+        } else {
+            self.fetcher.packument(name, false).await?
+        };
         // Only a real package the node could answer counts: requests for names that do not
         // exist (or that fail) must not push a name into `pin add --top`.
         if !refresh {
             self.popularity.count(name);
         }
         Ok(p)
+    }
+
+    fn still_missing(&self, name: &PackageName) {
+        self.fetcher.still_missing(name);
     }
 
     async fn tarball(

@@ -169,13 +169,15 @@ fn r10_200_cold_packument_gets_are_one_upstream_fetch() -> Result<()> {
 }
 
 /// A version or dist-tag missing from the stored packument, or a tarball it does not list,
-/// revalidates once (conditionally) before the node answers; a bogus one is then a JSON 404.
+/// revalidates once (conditionally) before the node answers; a bogus one is then a JSON 404,
+/// and further misses of that package within the miss TTL (60 s) do not revalidate again.
 #[test]
 fn version_and_tarball_misses_refresh_once() -> Result<()> {
     let up = FakeUpstream::start()?;
     let p1 = up.publish(&PackageSpec::new("or-grow", "1.0.0"))?;
     // Default max-age (5 min): everything below that reaches the upstream is a miss refresh.
-    let node = NodeProcess::start(&["--upstream", up.url()])?;
+    // In this process, so that the miss TTL passes by advancing the node's clock.
+    let node = InProcessNode::start(&["--upstream", up.url()])?;
     let path = p1.packument_path.as_str();
 
     let r = node.get(path, &[])?;
@@ -234,7 +236,22 @@ fn version_and_tarball_misses_refresh_once() -> Result<()> {
     );
     ensure!(node.counter("packument_not_modified")? == 1);
 
-    // A new dist-tag.
+    // The negative cache: more misses of the package within the miss TTL ask nothing, and sign
+    // nothing new.
+    for bogus in [
+        "/or-grow/9.9.9",
+        "/or-grow/8.8.8",
+        "/or-grow/-/or-grow-6.6.6.tgz",
+    ] {
+        let r = node.get(bogus, &[])?;
+        ensure!(r.status == 404, "GET {bogus}: {} {}", r.status, r.text());
+    }
+    ensure!(up.hits(path) == 3, "{} packument fetches", up.hits(path));
+    ensure!(node.counter("miss_refreshes_skipped")? == 3);
+    ensure!(node.counter("packument_updates")? == 2);
+    node.clock().advance(Duration::from_secs(61));
+
+    // A new dist-tag, once the miss TTL has passed.
     up.publish_tagged(&PackageSpec::new("or-grow", "2.0.0-beta.1"), "beta")?;
     let r = node.get("/or-grow/beta", &[])?;
     ensure!(
@@ -268,6 +285,12 @@ fn version_and_tarball_misses_refresh_once() -> Result<()> {
     error_message(&r)?;
     ensure!(up.hits(path) == 6);
     ensure!(up.hits("/or-grow/-/or-grow-7.7.7.tgz") == 0);
+    let r = node.get("/or-grow/-/or-grow-7.7.8.tgz", &[])?;
+    ensure!(r.status == 404, "bogus tarball: {} {}", r.status, r.text());
+    ensure!(
+        up.hits(path) == 6,
+        "a second miss within the miss TTL refreshed"
+    );
 
     // A package the upstream does not have: its 404, as JSON, not a 502.
     let r = node.get("/or-never-published", &[])?;

@@ -31,6 +31,9 @@ pub(super) struct Caches {
     /// Packages whose tarball ids no trusted record on the network named, and when (clock ms):
     /// bounded in size and in time, so a miss is not looked up again for every file.
     pub(super) misses: Cache<PackageName, u64>,
+    /// Packages a refresh for a missing version, dist-tag or file found nothing new in, and when
+    /// (clock ms): for the miss TTL, asking again for what does not exist does not refresh.
+    pub(super) absent: Cache<PackageName, u64>,
 }
 
 impl Caches {
@@ -55,6 +58,7 @@ impl Caches {
             small: Cache::with_weighter(8192, small_bytes, BytesWeight),
             dists: Cache::new(256),
             misses: Cache::new(1024),
+            absent: Cache::new(4096),
         }
     }
 }

@@ -13,7 +13,7 @@ use open_registry_protocol::{BlobId, PackageName, Verifier};
 use super::error::store_err;
 use super::flight::Role;
 use super::upstream::{self, PackumentAnswer, UpstreamError};
-use super::{FetchError, Fetcher, STALE_GRACE, parse_dists};
+use super::{FetchError, Fetcher, MISS_TTL, STALE_GRACE, parse_dists};
 use crate::metrics::Metrics;
 use crate::peer::{self, PeerError};
 use crate::records::SignError;
@@ -99,6 +99,41 @@ impl Fetcher {
             Metrics::inc(&self.metrics.coalesced);
         }
         result.unwrap_or(Err(FetchError::Panicked))
+    }
+
+    /// The packument of `name` after a request found no such version, dist-tag or file in the
+    /// current one: refreshed once, unless a refresh for a miss of this package found nothing
+    /// less than [`MISS_TTL`] ago (the negative cache). So requests for what does not exist
+    /// reach the upstream at most once per package per miss TTL.
+    pub(crate) async fn packument_for_miss(
+        self: &Arc<Self>,
+        name: &PackageName,
+    ) -> Result<Packument, FetchError> {
+        let recent = self
+            .caches
+            .absent
+            .get(name)
+            .is_some_and(|at| self.clock.since(at) < MISS_TTL);
+        if recent {
+            Metrics::inc(&self.metrics.miss_refreshes_skipped);
+        }
+        self.packument(name, !recent).await
+    }
+
+    /// Remembers that a refresh for a miss of `name` found nothing (see
+    /// [`packument_for_miss`](Self::packument_for_miss)).
+    /// An entry still within its TTL is kept as it is: misses that did not refresh do not
+    /// extend it, so a version published meanwhile is found once the TTL has passed.
+    pub(crate) fn still_missing(&self, name: &PackageName) {
+        let now = self.clock.now_ms();
+        let fresh = self
+            .caches
+            .absent
+            .get(name)
+            .is_some_and(|at| self.clock.since(at) < MISS_TTL);
+        if !fresh {
+            self.caches.absent.insert(name.clone(), now);
+        }
     }
 
     /// Joins (or starts) the one flight that fetches `name`'s packument.

@@ -293,12 +293,17 @@ impl Fetcher {
             if refresh && self.upstream.is_none() {
                 break;
             }
-            let p = self.packument(name, refresh).await?;
+            let p = if refresh {
+                self.packument_for_miss(name).await?
+            } else {
+                self.packument(name, false).await?
+            };
             let index = self.dist_index(name, &p).await?;
             if let Some((f, d)) = index.iter().find(|(f, d)| wanted(f, d)) {
                 return Ok(Some((f.clone(), d.clone())));
             }
         }
+        self.still_missing(name);
         Ok(None)
     }
 
