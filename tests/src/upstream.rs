@@ -4,8 +4,11 @@
 //! `dist.tarball` points back at itself, with `integrity`, `shasum`, `time`, and optionally
 //! npm-style `dist.signatures` and `/-/npm/v1/keys` — plus search, audit endpoints (canned
 //! answers) and a CouchDB-style `/_changes` feed. Packuments carry an ETag and answer
-//! `If-None-Match` with 304. Like some real upstreams it sends the full document even when
-//! asked for the abbreviated one, unless [`Options::abbreviated`] is set.
+//! `If-None-Match` with 304, unless [`Options::no_validators`] is set. Like some real upstreams
+//! it sends the full document even when asked for the abbreviated one, unless
+//! [`Options::abbreviated`] is set. A packument can also be given as ready bytes
+//! ([`FakeUpstream::put_packument`]), which is how benchmarks serve multi-megabyte documents
+//! without building them as JSON trees.
 //!
 //! Tests observe it through per-path request counts ([`FakeUpstream::hits`]) and a request log,
 //! and break it with [`Fault`]s per path or globally, including going [`down`] (the port
@@ -103,6 +106,9 @@ pub struct Options {
     /// Serve the abbreviated packument for `Accept: application/vnd.npm.install-v1+json`
     /// (otherwise the full document is always sent).
     pub abbreviated: bool,
+    /// Send no validators with packuments (no `ETag`, so never a 304), like upstreams that
+    /// send neither `ETag` nor `Last-Modified`.
+    pub no_validators: bool,
 }
 
 /// One request as it arrived.
@@ -315,6 +321,25 @@ impl FakeUpstream {
         pkg.rev += 1;
         st.record_change(&name);
         Ok(published)
+    }
+
+    /// Serves `packument` (a full packument's JSON, byte for byte) for `name`, and `tarballs`
+    /// (file name → bytes) under `/<name>/-/<file>`, replacing whatever was published for
+    /// `name`. Nothing is checked or derived: the document's `dist.tarball` URLs, integrities
+    /// and `time` are the caller's. Such a package is not listed by search.
+    pub fn put_packument(&self, name: &str, packument: Bytes, tarballs: Vec<(String, Bytes)>) {
+        let now = iso_now();
+        let mut st = self.state();
+        let pkg = st.packages.entry(name.to_owned()).or_default();
+        *pkg = state::Package {
+            raw: Some(packument),
+            tarballs: tarballs.into_iter().collect(),
+            created: now.clone(),
+            modified: now,
+            rev: pkg.rev + 1,
+            ..state::Package::default()
+        };
+        st.record_change(name);
     }
 
     /// Points `tag` of `name` at `version`.

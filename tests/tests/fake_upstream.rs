@@ -465,3 +465,51 @@ async fn keys_search_audit_and_changes_endpoints() -> Result<()> {
     ensure!(put.status() == 405);
     Ok(())
 }
+
+#[tokio::test]
+async fn given_packuments_are_served_byte_for_byte_and_without_validators() -> Result<()> {
+    let up = FakeUpstream::start_with(UpstreamOptions {
+        no_validators: true,
+        ..UpstreamOptions::default()
+    })?;
+    let t = PackageSpec::new("or-given", "2.0.0").tarball()?;
+    let body = format!(
+        r#"{{"_id":"or-given","name":"or-given","dist-tags":{{"latest":"2.0.0"}},"versions":{{"2.0.0":{{"name":"or-given","version":"2.0.0","dist":{{"integrity":"{}","shasum":"{}","tarball":"{}/or-given/-/or-given-2.0.0.tgz"}}}}}}}}"#,
+        t.integrity,
+        t.shasum,
+        up.url()
+    );
+    up.put_packument(
+        "or-given",
+        body.clone().into(),
+        vec![("or-given-2.0.0.tgz".into(), t.bytes.clone().into())],
+    );
+    let c = client()?;
+    let r = c
+        .get(format!("{}/or-given", up.url()))
+        .header("accept", "application/vnd.npm.install-v1+json")
+        .header("if-none-match", "*")
+        .send()
+        .await?;
+    ensure!(r.status() == 200, "{}", r.status());
+    ensure!(r.headers().get("etag").is_none());
+    ensure!(r.headers().get("last-modified").is_none());
+    ensure!(r.headers()["content-type"] == "application/json");
+    ensure!(r.bytes().await? == body.as_bytes());
+    let v: Value = c
+        .get(format!("{}/or-given/latest", up.url()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(v["version"] == "2.0.0", "{v}");
+    let tgz = c
+        .get(format!("{}/or-given/-/or-given-2.0.0.tgz", up.url()))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    ensure!(tgz == t.bytes);
+    ensure!(up.packument("or-given").context("packument")?["dist-tags"]["latest"] == "2.0.0");
+    Ok(())
+}

@@ -201,42 +201,56 @@ fn package_route(shared: &Shared, path: &str, headers: &HeaderMap) -> Reply {
     };
     match rest {
         [] => {
-            let full = pkg.document(&name);
             let wants_abbrev = headers
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|a| a.contains("application/vnd.npm.install-v1+json"));
-            let (doc, content_type) = if shared.options.abbreviated && wants_abbrev {
-                (
-                    open_registry_protocol::packument::abbreviate(&full),
-                    "application/vnd.npm.install-v1+json",
-                )
-            } else {
-                (full, "application/json")
+            let abbreviate = shared.options.abbreviated && wants_abbrev;
+            let (body, content_type) = match &pkg.raw {
+                // Given bytes go out as they are (a cheap clone; the lock is released at once).
+                Some(raw) if !abbreviate => (raw.clone(), "application/json"),
+                _ => {
+                    let full = pkg.document(&name);
+                    let (doc, content_type) = if abbreviate {
+                        (
+                            open_registry_protocol::packument::abbreviate(&full),
+                            "application/vnd.npm.install-v1+json",
+                        )
+                    } else {
+                        (full, "application/json")
+                    };
+                    (
+                        Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()),
+                        content_type,
+                    )
+                }
             };
-            let body = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
-            let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
-            let matches = headers
-                .get(header::IF_NONE_MATCH)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|inm| {
-                    inm.split(',')
-                        .any(|t| t.trim().trim_start_matches("W/") == etag || t.trim() == "*")
-                });
-            Reply {
-                status: if matches {
-                    StatusCode::NOT_MODIFIED
-                } else {
-                    StatusCode::OK
-                },
+            drop(st);
+            let mut reply = Reply {
+                status: StatusCode::OK,
                 content_type,
                 headers: vec![
-                    (header::ETAG, etag),
                     (header::CACHE_CONTROL, "public, max-age=300".into()),
                     (header::VARY, "Accept, Accept-Encoding".into()),
                 ],
-                body: if matches { Bytes::new() } else { body },
+                body,
+            };
+            if !shared.options.no_validators {
+                let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&reply.body)[..16]));
+                let matches = headers
+                    .get(header::IF_NONE_MATCH)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|inm| {
+                        inm.split(',')
+                            .any(|t| t.trim().trim_start_matches("W/") == etag || t.trim() == "*")
+                    });
+                if matches {
+                    reply.status = StatusCode::NOT_MODIFIED;
+                    reply.body = Bytes::new();
+                }
+                reply.headers.insert(0, (header::ETAG, etag));
             }
+            reply
         }
         ["-", file] => match pkg.tarballs.get(*file) {
             Some(bytes) => Reply {
@@ -247,6 +261,14 @@ fn package_route(shared: &Shared, path: &str, headers: &HeaderMap) -> Reply {
             },
             None => Reply::not_found(),
         },
+        [spec] if pkg.raw.is_some() => {
+            let doc = pkg.document(&name);
+            let version = doc["dist-tags"][*spec].as_str().unwrap_or(spec);
+            match doc["versions"].get(version) {
+                Some(m) => Reply::json(StatusCode::OK, m),
+                None => Reply::not_found(),
+            }
+        }
         [spec] => {
             let version = pkg.dist_tags.get(*spec).map(String::as_str).unwrap_or(spec);
             match pkg.versions.get(version) {

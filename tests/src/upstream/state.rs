@@ -38,6 +38,11 @@ pub(super) struct Package {
     /// tarball file name → bytes.
     pub(super) tarballs: HashMap<String, Bytes>,
     pub(super) rev: u64,
+    /// The packument's bytes as given ([`FakeUpstream::put_packument`]); the fields above
+    /// other than `tarballs` are then unused.
+    ///
+    /// [`FakeUpstream::put_packument`]: super::FakeUpstream::put_packument
+    pub(super) raw: Option<Bytes>,
 }
 
 impl State {
@@ -65,8 +70,11 @@ impl State {
 }
 
 impl Package {
-    /// The full packument, as npm's registry shapes it.
+    /// The full packument, as npm's registry shapes it (or the given bytes, parsed).
     pub(super) fn document(&self, name: &str) -> Value {
+        if let Some(raw) = &self.raw {
+            return serde_json::from_slice(raw).unwrap_or(Value::Null);
+        }
         let mut time = serde_json::Map::new();
         time.insert("created".into(), json!(self.created));
         time.insert("modified".into(), json!(self.modified));

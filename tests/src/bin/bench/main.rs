@@ -12,6 +12,7 @@
 //! its fixtures (a [`FakeUpstream`](open_registry_tests::FakeUpstream) in this process, with
 //! generated packages), starts what it compares (the node, nginx, Verdaccio), measures them
 //! back to back, and returns a [`report::Report`] that is printed and written as JSON.
+//! B8 measures memory in real use (`npm install` of multi-megabyte packuments).
 //! The peer benchmarks (B3p, B4, B5) start several nodes on loopback (`targets::start_peer`)
 //! and compare with B3 and with in-process transport references (`perf`).
 
@@ -23,6 +24,7 @@ mod b4;
 mod b5;
 mod b6;
 mod b7;
+mod b8;
 mod load;
 mod perf;
 mod profile;
@@ -81,6 +83,11 @@ const BENCHMARKS: &[Bench] = &[
         "B7",
         "200 concurrent cold GETs, upstream fetches, RSS",
         b7::run,
+    ),
+    (
+        "B8",
+        "npm install without a lockfile, 1–25 MB packuments, 16 in flight: peak RSS",
+        b8::run,
     ),
 ];
 

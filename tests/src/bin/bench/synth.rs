@@ -48,7 +48,7 @@ impl Rng {
     }
 }
 
-const WORDS: &[&str] = &[
+pub(crate) const WORDS: &[&str] = &[
     "ansi",
     "array",
     "async",
@@ -355,9 +355,317 @@ fn tarball_size(rng: &mut Rng) -> usize {
     (2_000.0 * 100f64.powf(x)) as usize
 }
 
+/// A full packument written straight as JSON text, for documents of many megabytes (B8):
+/// building them as `serde_json::Value` trees would cost seconds and several times their size
+/// in memory.
+#[derive(Debug)]
+pub(crate) struct BigPackument {
+    /// The document, as served.
+    pub(crate) body: Vec<u8>,
+    pub(crate) versions: usize,
+    /// The `latest` dist-tag: a version without dependencies, with a real tarball.
+    pub(crate) latest: String,
+    /// The latest version's tarball (file name, bytes). The other versions' `dist` entries
+    /// point at files that are never downloaded (and not served).
+    pub(crate) tarball: (String, Vec<u8>),
+}
+
+/// `n` characters of base64 from `rng` (integrities, signatures: incompressible as real ones).
+fn push_b64(out: &mut String, rng: &mut Rng, n: usize) {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut left = n;
+    while left > 0 {
+        let mut x = rng.next();
+        for _ in 0..left.min(10) {
+            out.push(char::from(B64[(x & 63) as usize]));
+            x >>= 6;
+        }
+        left -= left.min(10);
+    }
+}
+
+/// `n` hex digits from `rng`.
+fn push_hex(out: &mut String, rng: &mut Rng, n: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut left = n;
+    while left > 0 {
+        let mut x = rng.next();
+        for _ in 0..left.min(16) {
+            out.push(char::from(HEX[(x & 15) as usize]));
+            x >>= 4;
+        }
+        left -= left.min(16);
+    }
+}
+
+/// `{"a":"^1.2.3","b":"~0.4.0"}`.
+fn push_map(out: &mut String, entries: &[(String, String)]) {
+    use std::fmt::Write as _;
+    out.push('{');
+    for (i, (k, v)) in entries.iter().enumerate() {
+        let _ = write!(out, "{}\"{k}\":\"{v}\"", if i == 0 { "" } else { "," });
+    }
+    out.push('}');
+}
+
+/// A markdown readme of about `n` bytes, JSON-escaped (newlines as `\n`).
+fn push_readme(out: &mut String, name: &str, rng: &mut Rng, n: usize) {
+    use std::fmt::Write as _;
+    let start = out.len();
+    let _ = write!(out, "# {name}\\n\\n");
+    let mut section = 0;
+    while out.len() - start < n {
+        match rng.range(0, 9) {
+            0 => {
+                section += 1;
+                let _ = write!(out, "\\n## {} {section}\\n\\n", word_name(rng));
+            }
+            1 => {
+                let _ = write!(
+                    out,
+                    "```js\\nconst {} = require('{name}');\\n{}({{ {}: true }});\\n```\\n\\n",
+                    word_name(rng).replace('-', "_"),
+                    word_name(rng).replace('-', "_"),
+                    rng.pick(WORDS)
+                );
+            }
+            _ => {
+                for _ in 0..rng.range(8, 40) {
+                    let w: &&str = rng.pick(WORDS);
+                    out.push_str(w);
+                    out.push(' ');
+                }
+                out.push_str("\\n\\n");
+            }
+        }
+    }
+}
+
+/// Generates `name`'s full packument of about `target` bytes (never less than one version):
+/// as many versions as fit, shaped like the largest real packuments — thousands of versions,
+/// each manifest with scripts, dependencies and a long devDependencies list that drift from
+/// version to version, a signed `dist`; about a third of the releases preceded by `-dev.N`
+/// prereleases; a `time` entry per version; a readme (target / 25, up to 1 MB) and `users` in
+/// the root. Tarball URLs point at `base_url`. The last version (`latest`) has no dependencies
+/// and a real tarball, so `npm install name@^latest` works.
+pub(crate) fn big_packument(
+    base_url: &str,
+    name: &str,
+    target: usize,
+    rng: &mut Rng,
+) -> Result<BigPackument> {
+    use std::fmt::Write as _;
+    let mut shape = Rng::new(name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }));
+    let file_base = name.rsplit('/').next().unwrap_or(name);
+    let user = word_name(&mut shape);
+    let person = format!(r#"{{"name":"{user}","email":"{user}@example.org"}}"#);
+    let description = format!(
+        "{} {} for {name}",
+        word_name(&mut shape),
+        word_name(&mut shape)
+    );
+    let keywords: Vec<String> = (0..shape.range(3, 8))
+        .map(|_| format!("\"{}\"", word_name(&mut shape)))
+        .collect();
+    let keywords = format!("[{}]", keywords.join(","));
+    let repo = format!(r#"{{"type":"git","url":"git+https://git.example.org/{name}.git"}}"#);
+    let bugs = format!(r#"{{"url":"https://git.example.org/{name}/issues"}}"#);
+    let homepage = format!("https://git.example.org/{name}#readme");
+
+    // The root's other fields, written first to know their size.
+    let mut tail = String::new();
+    let _ = write!(
+        tail,
+        r#","maintainers":[{person}],"description":"{description}","homepage":"{homepage}","keywords":{keywords},"repository":{repo},"author":{person},"bugs":{bugs},"license":"MIT","readme":""#
+    );
+    push_readme(
+        &mut tail,
+        name,
+        &mut shape,
+        (target / 25).clamp(1_000, 1_000_000),
+    );
+    tail.push_str(r#"","readmeFilename":"README.md","users":{"#);
+    for i in 0..(target / 2_000).min(5_000) {
+        let _ = write!(
+            tail,
+            "{}\"{}{i}\":true",
+            if i == 0 { "" } else { "," },
+            word_name(&mut shape)
+        );
+    }
+    tail.push_str("}}");
+
+    let mut dev: Vec<(String, String)> = (0..shape.range(8, 20))
+        .map(|_| (word_name(&mut shape), semver_range(&mut shape)))
+        .collect();
+    let mut deps: Vec<(String, String)> = (0..shape.range(0, 5))
+        .map(|_| (word_name(&mut shape), semver_range(&mut shape)))
+        .collect();
+    let mut versions = String::with_capacity(target + (64 << 10));
+    let mut time = String::with_capacity(target / 40);
+    let (mut secs, mut count, mut stable, mut dev_n) = (1_400_000_000u64, 0usize, 0usize, 0usize);
+    let mut next_tag = None;
+    let stable_version = |s: usize| format!("{}.{}.{}", 1 + s / 300, (s / 20) % 15, s % 20);
+    let latest_tarball;
+    let latest;
+    loop {
+        let room = versions.len() + time.len() + tail.len() + 400 < target;
+        let last = !room || count == 0 && target < 4_000;
+        let (version, prerelease) = if !last && rng.chance(30) {
+            dev_n += 1;
+            (format!("{}-dev.{dev_n}", stable_version(stable)), true)
+        } else {
+            stable += 1;
+            (stable_version(stable - 1), false)
+        };
+        // The shape drifts: a range moves, a devDependency comes or goes.
+        if rng.chance(10) && !dev.is_empty() {
+            let i = rng.range(0, dev.len() as u64 - 1) as usize;
+            dev[i].1 = semver_range(rng);
+        }
+        if rng.chance(3) && dev.len() < 45 {
+            dev.push((word_name(rng), semver_range(rng)));
+        }
+        if rng.chance(1) && dev.len() > 4 {
+            dev.remove(0);
+        }
+        if rng.chance(5) && !deps.is_empty() {
+            let i = rng.range(0, deps.len() as u64 - 1) as usize;
+            deps[i].1 = semver_range(rng);
+        }
+        if count > 0 {
+            versions.push(',');
+            time.push(',');
+        }
+        let file = format!("{file_base}-{version}.tgz");
+        let _ = write!(
+            versions,
+            r#""{version}":{{"name":"{name}","version":"{version}","description":"{description}","main":"index.js","types":"index.d.ts","license":"MIT","keywords":{keywords},"author":{person},"repository":{repo},"bugs":{bugs},"homepage":"{homepage}","scripts":{{"build":"tsc -p tsconfig.build.json","test":"jest --coverage","lint":"eslint src --ext .ts","prepublishOnly":"npm run build","format":"prettier --write src","bench":"node bench/index.js"}},"#
+        );
+        let (integrity, shasum, tarball) = if last {
+            let spec = PackageSpec::new(name, &version);
+            let t = spec.tarball()?;
+            (
+                t.integrity.clone(),
+                t.shasum.clone(),
+                Some((file.clone(), t.bytes)),
+            )
+        } else {
+            versions.push_str(r#""dependencies":"#);
+            push_map(&mut versions, &deps);
+            versions.push(',');
+            let mut i = String::from("sha512-");
+            push_b64(&mut i, rng, 86);
+            i.push_str("==");
+            let mut s = String::new();
+            push_hex(&mut s, rng, 40);
+            (i, s, None)
+        };
+        versions.push_str(r#""devDependencies":"#);
+        push_map(&mut versions, &dev);
+        let _ = write!(
+            versions,
+            r#","engines":{{"node":">={}"}},"gitHead":""#,
+            shape.range(12, 20)
+        );
+        push_hex(&mut versions, rng, 40);
+        let _ = write!(
+            versions,
+            r#"","_id":"{name}@{version}","_nodeVersion":"{}.{}.0","_npmVersion":"{}.{}.{}","dist":{{"integrity":"{integrity}","shasum":"{shasum}","tarball":"{base_url}/{name}/-/{file}","fileCount":{},"unpackedSize":{},"signatures":[{{"keyid":"SHA256:"#,
+            rng.range(14, 22),
+            rng.range(0, 12),
+            rng.range(6, 10),
+            rng.range(0, 20),
+            rng.range(0, 5),
+            rng.range(5, 400),
+            rng.range(10_000, 5_000_000),
+        );
+        push_b64(&mut versions, rng, 43);
+        versions.push_str(r#"","sig":"MEUCI"#);
+        push_b64(&mut versions, rng, 91);
+        let _ = write!(
+            versions,
+            r#""}}]}},"_npmUser":{person},"directories":{{}},"maintainers":[{person}],"_npmOperationalInternal":{{"host":"s3://packages","tmp":"tmp/{file_base}_{version}_{}_0.{}"}},"_hasShrinkwrap":false}}"#,
+            secs * 1000,
+            rng.range(100_000, 999_999)
+        );
+        secs += rng.range(3_600, 5 * 86_400);
+        let _ = write!(
+            time,
+            "\"{version}\":\"{}\"",
+            open_registry_tests::upstream::iso_time(secs, rng.range(0, 999) as u32)
+        );
+        count += 1;
+        if prerelease {
+            next_tag = Some(version);
+        } else if last {
+            latest = version;
+            latest_tarball = tarball;
+            break;
+        }
+    }
+    let Some(tarball) = latest_tarball else {
+        anyhow::bail!("no tarball for the latest version of {name}");
+    };
+    let mut body = String::with_capacity(versions.len() + time.len() + tail.len() + 512);
+    let _ = write!(body, r#"{{"_id":"{name}","_rev":"{count}-"#);
+    push_hex(&mut body, rng, 32);
+    let _ = write!(
+        body,
+        r#"","name":"{name}","dist-tags":{{"latest":"{latest}""#
+    );
+    if let Some(next) = &next_tag {
+        let _ = write!(body, r#","next":"{next}""#);
+    }
+    body.push_str(r#"},"versions":{"#);
+    body.push_str(&versions);
+    drop(versions);
+    let _ = write!(
+        body,
+        r#"}},"time":{{"created":"{}","modified":"{}","#,
+        open_registry_tests::upstream::iso_time(1_400_000_000, 0),
+        open_registry_tests::upstream::iso_time(secs, 0)
+    );
+    body.push_str(&time);
+    body.push('}');
+    body.push_str(&tail);
+    Ok(BigPackument {
+        body: body.into_bytes(),
+        versions: count,
+        latest,
+        tarball,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn big_packuments_are_json_of_the_size_asked() -> Result<()> {
+        for target in [2_000, 50_000, 400_000] {
+            let p = big_packument("http://127.0.0.1:1", "big-doc", target, &mut Rng::new(8))?;
+            let doc: Value = serde_json::from_slice(&p.body)?;
+            let n = doc["versions"].as_object().map_or(0, |v| v.len());
+            assert_eq!(n, p.versions);
+            assert_eq!(doc["time"].as_object().map_or(0, |t| t.len()), n + 2);
+            assert_eq!(doc["dist-tags"]["latest"], json!(p.latest));
+            let latest = &doc["versions"][&p.latest];
+            assert!(latest.get("dependencies").is_none());
+            assert!(
+                latest["dist"]["tarball"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with(&p.tarball.0))
+            );
+            if target > 10_000 {
+                let ratio = p.body.len() as f64 / target as f64;
+                assert!((0.9..1.1).contains(&ratio), "{target}: {}", p.body.len());
+            }
+        }
+        Ok(())
+    }
 
     #[test]
     fn rng_is_seeded_and_in_range() {
