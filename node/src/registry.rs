@@ -141,6 +141,7 @@ impl Registry for Node {
             },
             sync: Some(self.sync.status()),
             upstream_health: self.fetcher.upstream().and_then(|u| u.health()),
+            unsigned: self.fetcher.unsigned(),
         }
     }
 

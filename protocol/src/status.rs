@@ -30,6 +30,24 @@ pub struct Status {
     pub sync: Option<SyncStatus>,
     /// Whether the upstream answers (its circuit breaker), if there is one.
     pub upstream_health: Option<UpstreamHealth>,
+    /// Packuments served without a signed record because one would not fit the record
+    /// encoding, most recent first (at most [`UNSIGNED_KEPT`]), each with the reason.
+    pub unsigned: Vec<Unsigned>,
+}
+
+/// How many unsigned packuments a status lists.
+pub const UNSIGNED_KEPT: usize = 16;
+
+/// A packument this node serves but does not sign, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Unsigned {
+    /// The package.
+    pub name: String,
+    /// Why no record was signed (the record encoding's limit it passes).
+    pub reason: String,
+    /// When (unix ms).
+    pub at_ms: u64,
 }
 
 /// The upstream's circuit breaker.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use open_registry_gateway::Packument;
 use open_registry_protocol::packument::DistRef;
+use open_registry_protocol::status::{UNSIGNED_KEPT, Unsigned};
 use open_registry_protocol::{BlobId, PackageName};
 use quick_cache::sync::Cache;
 
@@ -34,6 +35,8 @@ pub(super) struct Caches {
     /// Packages a refresh for a missing version, dist-tag or file found nothing new in, and when
     /// (clock ms): for the miss TTL, asking again for what does not exist does not refresh.
     pub(super) absent: Cache<PackageName, u64>,
+    /// The last packuments served unsigned, most recent first (the status lists them).
+    unsigned: std::sync::Mutex<std::collections::VecDeque<Unsigned>>,
 }
 
 impl Caches {
@@ -59,7 +62,33 @@ impl Caches {
             dists: Cache::new(256),
             misses: Cache::new(1024),
             absent: Cache::new(4096),
+            unsigned: Default::default(),
         }
+    }
+}
+
+impl Caches {
+    /// Notes that `name` is served without a record, and why.
+    pub(super) fn note_unsigned(
+        &self,
+        name: &PackageName,
+        why: &impl std::fmt::Display,
+        at_ms: u64,
+    ) {
+        let mut list = self.unsigned.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|u| u.name != name.as_str());
+        list.push_front(Unsigned {
+            name: name.to_string(),
+            reason: why.to_string(),
+            at_ms,
+        });
+        list.truncate(UNSIGNED_KEPT);
+    }
+
+    /// The packuments last served unsigned, most recent first.
+    pub(super) fn unsigned(&self) -> Vec<Unsigned> {
+        let list = self.unsigned.lock().unwrap_or_else(|e| e.into_inner());
+        list.iter().cloned().collect()
     }
 }
 

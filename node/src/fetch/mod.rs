@@ -138,6 +138,11 @@ impl Fetcher {
         &self.memory
     }
 
+    /// The packuments last served without a signed record, and why (for the status).
+    pub(crate) fn unsigned(&self) -> Vec<open_registry_protocol::status::Unsigned> {
+        self.caches.unsigned()
+    }
+
     /// The store.
     pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store

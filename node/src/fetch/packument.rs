@@ -504,9 +504,11 @@ impl Fetcher {
                 .sign_packument(&self.store.index, name, p.id, &dists, fetched_at)
                 .await
                 .map_err(|e| {
-                    if matches!(e, SignError::Unsignable(_)) {
-                        // Served all the same; the count is in the status and the metrics.
+                    if let SignError::Unsignable(why) = &e {
+                        // Served all the same; the count is in the metrics, the package and
+                        // the reason in the status.
                         Metrics::inc(&self.metrics.records_unsigned);
+                        self.caches.note_unsigned(name, why, self.clock.now_ms());
                     }
                     e.to_string()
                 }),

@@ -98,7 +98,8 @@ fn render_status(url: &str, s: &Status) -> String {
          upstream   {} requests, {} errors, {} received, {} stale answers\n\
          peers      {} blobs fetched ({}), {} failed tries, {} records refused\n\
          integrity  {} blobs refused\n\
-         sync       {}\n",
+         sync       {}\n\
+         {}",
         s.version,
         up / 3600,
         up / 60 % 60,
@@ -123,7 +124,22 @@ fn render_status(url: &str, s: &Status) -> String {
         c("records_rejected"),
         c("integrity_failures"),
         render_sync(s.sync.as_ref()),
+        render_unsigned(s),
     )
+}
+
+/// The packuments served without a signed record, and why (nothing when there are none).
+fn render_unsigned(s: &Status) -> String {
+    let mut out = String::new();
+    if let Some(first) = s.unsigned.first() {
+        out.push_str(&format!(
+            "unsigned   {} packuments served without a record; latest {}: {}\n",
+            s.counters.get("records_unsigned").copied().unwrap_or(0),
+            first.name,
+            first.reason
+        ));
+    }
+    out
 }
 
 fn render_sync(s: Option<&SyncStatus>) -> String {
@@ -159,6 +175,20 @@ mod tests {
         let out = render_status("http://127.0.0.1:1", &s);
         assert!(out.contains("up 1h 2m 3s"), "{out}");
         assert!(out.contains("(4 from store)"), "{out}");
+        assert!(!out.contains("unsigned"), "{out}");
+        s.unsigned.push(open_registry_protocol::status::Unsigned {
+            name: "huge".into(),
+            reason: "too many versions".into(),
+            at_ms: 1,
+        });
+        s.counters.insert("records_unsigned".into(), 2);
+        let out = render_status("http://127.0.0.1:1", &s);
+        assert!(
+            out.contains(
+                "unsigned   2 packuments served without a record; latest huge: too many versions"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

@@ -473,6 +473,15 @@ async fn a_packument_too_big_for_a_record_is_served_unsigned() {
     assert_eq!(p.bytes, doc);
     assert_eq!(rig.counter(|m| &m.records_unsigned), 1);
     assert!(rig.records.list(&name("big")).unwrap().is_empty());
+    // The status says which and why.
+    let unsigned = rig.fetcher.unsigned();
+    assert_eq!(unsigned.len(), 1, "{unsigned:?}");
+    assert_eq!(unsigned[0].name, "big");
+    assert!(
+        unsigned[0].reason.contains("version"),
+        "{}",
+        unsigned[0].reason
+    );
 
     // A normal one is signed and not counted.
     let ok = packument("small", &[("1.0.0", &tgz)]);
@@ -481,6 +490,7 @@ async fn a_packument_too_big_for_a_record_is_served_unsigned() {
     let (rig, _) = Rig::new(Some(up2), |_| None).await;
     rig.fetcher.packument(&name("small"), false).await.unwrap();
     assert_eq!(rig.counter(|m| &m.records_unsigned), 0);
+    assert!(rig.fetcher.unsigned().is_empty());
     assert_eq!(rig.records.list(&name("small")).unwrap().len(), 1);
 }
 
