@@ -140,6 +140,41 @@ pub fn bun_binary(modules: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bun_binary_prefers_the_linked_executable_and_falls_back_to_the_platform_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let modules = dir.path();
+        assert_eq!(bun_binary(modules), None, "nothing installed");
+
+        // Postinstall blocked: the placeholder stays, the binary is in the platform package.
+        fs::create_dir_all(modules.join("bun/bin")).unwrap();
+        fs::write(modules.join("bun/bin/bun.exe"), vec![b'#'; 450]).unwrap();
+        assert_eq!(bun_binary(modules), None, "only the placeholder");
+        let os = if cfg!(target_os = "macos") {
+            "darwin"
+        } else {
+            std::env::consts::OS
+        };
+        let arch = if cfg!(target_arch = "x86_64") {
+            "x64"
+        } else {
+            std::env::consts::ARCH
+        };
+        let platform = modules.join(format!("@oven/bun-{os}-{arch}-baseline/bin/bun"));
+        fs::create_dir_all(platform.parent().unwrap()).unwrap();
+        fs::write(&platform, b"elf").unwrap();
+        assert_eq!(bun_binary(modules), Some(platform));
+
+        // Postinstall ran: bun.exe is the executable itself.
+        fs::write(modules.join("bun/bin/bun.exe"), vec![0u8; 2 * 1024 * 1024]).unwrap();
+        assert_eq!(bun_binary(modules), Some(modules.join("bun/bin/bun.exe")));
+    }
+}
+
 /// True when every pinned package is installed at the version `package-lock.json` names.
 /// npm's hidden lockfile (`node_modules/.package-lock.json`) is written last by `npm ci`, so
 /// its presence also means the previous install finished.

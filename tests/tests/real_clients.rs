@@ -8,9 +8,10 @@
 //! re-installs it from that lockfile with an empty cache. Once Verdaccio is stopped: `npm ci`,
 //! a fresh `pnpm install`, and yarn 1, yarn 4 and bun re-installing from their lockfiles, every
 //! one with an empty cache. After every install node checks the tree ([`check_tree`]); each
-//! lockfile must name every package with an integrity, must not mention Verdaccio, and must not
-//! change on re-install; and each yarn or bun install must have fetched its tarballs from the
-//! node (its tarball counter moves).
+//! lockfile must name every package with an integrity, record no download address but the
+//! node's (yarn 1 and bun fetch from the addresses they recorded), never mention Verdaccio, and
+//! not change on re-install; and each yarn or bun install must have fetched its tarballs from
+//! the node (its tarball counter moves).
 //!
 //! The `[e2e]` lines it prints are the record of a run (timings, the clients' own summary
 //! lines, the node's counters).
@@ -353,20 +354,33 @@ fn check_lock(client: Client, dir: &Path, gateway: &str, upstream: &str) -> Resu
     if hashes < LOCKED.len() {
         return Err(fail(&format!("has only {hashes} integrity hashes")));
     }
-    // yarn 1 records where it downloaded each tarball and goes there again: it must be the node.
-    for line in lock.lines().map(str::trim) {
-        if let Some(url) = line.strip_prefix("resolved ") {
-            let url = url.trim_matches('"');
-            if !url.starts_with(gateway) {
-                return Err(fail(&format!("resolves a tarball outside the node: {url}")));
+    // yarn 1 and bun record where they downloaded each tarball (`resolved "…"`, the second
+    // field of a bun.lock entry) and go there again: every address must be the node's.
+    let gateway = format!("{gateway}/");
+    let encoded_gateway = gateway.replace(':', "%3A").replace('/', "%2F");
+    let mut addresses = 0;
+    for (prefix, node) in [
+        ("http://", gateway.as_str()),
+        ("https://", gateway.as_str()),
+        ("http%3A%2F%2F", encoded_gateway.as_str()),
+        ("https%3A%2F%2F", encoded_gateway.as_str()),
+    ] {
+        for (at, _) in lock.match_indices(prefix) {
+            let rest = &lock[at..];
+            if !rest.starts_with(node) {
+                let url: String = rest
+                    .chars()
+                    .take_while(|c| !"\"' \n".contains(*c))
+                    .collect();
+                return Err(fail(&format!("records an address outside the node: {url}")));
             }
+            addresses += 1;
         }
     }
-    if let Client::Yarn1 = client {
-        let resolved = lock.matches("resolved \"").count();
-        if resolved < LOCKED.len() {
-            return Err(fail(&format!("has only {resolved} resolved addresses")));
-        }
+    if matches!(client, Client::Yarn1 | Client::Bun) && addresses < LOCKED.len() {
+        return Err(fail(&format!(
+            "records only {addresses} download addresses"
+        )));
     }
     Ok(lock)
 }
