@@ -83,7 +83,12 @@ impl Client {
             Client::Bun => npm.bun(dir, &["--version"]),
         }
         .and_then(Output::ok)
-        .with_context(|| format!("{} does not run on this machine", self.name()))?;
+        .with_context(|| {
+            format!(
+                "`{} --version` failed: the client is missing or cannot run here",
+                self.name()
+            )
+        })?;
         Ok(out.stdout.trim().to_owned())
     }
 
