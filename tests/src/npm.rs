@@ -260,8 +260,8 @@ impl Npm {
     /// Runs pinned yarn 4 (`node tests/e2e/node_modules/@yarnpkg/cli-dist/bin/yarn.js`) with
     /// `ARGS` in `dir`, after writing `dir/.yarnrc.yml` (this registry, the `node-modules`
     /// linker, a private cache, no telemetry, and no minimal age gate: yarn 4 quarantines
-    /// versions published less than a day ago by default, and test packages are minutes old) and an empty `dir/yarn.lock` when there is none
-    /// (it marks `dir` as the project root).
+    /// versions published less than a day ago by default, and test packages are minutes old)
+    /// and an empty `dir/yarn.lock` when there is none (it marks `dir` as the project root).
     pub fn yarn4(&self, dir: &Path, args: &[&str]) -> Result<Output> {
         let tools = tools::e2e_tools()?;
         let yarn = existing("yarn 4 (npm package `@yarnpkg/cli-dist`)", &tools.yarn4)?;
