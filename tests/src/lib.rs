@@ -1,7 +1,8 @@
 //! Open-Registry's end-to-end test harness: real programs and fake ones, on 127.0.0.1 only.
 //!
-//! The tests in `tests/tests/` drive the node the way users do — the real `npm` and `pnpm`
-//! clients, npm's own signature verifier — against registries the harness controls:
+//! The tests in `tests/tests/` drive the node the way users do — the real `npm`, `pnpm`,
+//! yarn 1, yarn 4 and bun clients, npm's own signature verifier — against registries the
+//! harness controls:
 //!
 //! - [`tools`]: where things are (repo root, the pinned `tests/e2e` npm tools, the
 //!   `open-registry` binary) and a free-port helper.
@@ -10,7 +11,8 @@
 //! - [`http`]: a tiny blocking HTTP client for harness plumbing (pings, setup calls).
 //! - [`fixtures`]: test packages ([`PackageSpec`]) as directories to `npm publish` or as npm
 //!   tarballs built in Rust ([`Tarball`]), and consumer projects.
-//! - [`npm`]: [`Npm`], the real npm/pnpm clients with an isolated home, config and cache.
+//! - [`npm`]: [`Npm`], the real npm, pnpm, yarn 1, yarn 4 and bun clients with an
+//!   isolated home, config and cache.
 //! - [`verdaccio`]: [`Verdaccio`], a real Verdaccio 6 with no uplinks, as a realistic upstream.
 //! - [`upstream`]: [`FakeUpstream`], an in-memory registry with fault injection, request
 //!   counting, npm-style signatures and a changes feed.

@@ -1,9 +1,10 @@
 //! The programs the end-to-end tests drive, and where to find them.
 //!
 //! - The repository root, found from this crate's manifest directory.
-//! - `tests/e2e/node_modules`: Verdaccio and pnpm, pinned by `tests/e2e/package-lock.json`.
-//!   When they are missing or differ from the lockfile, [`e2e_tools`] runs `npm ci` there once,
-//!   under a lock directory, so that parallel test processes never install over each other.
+//! - `tests/e2e/node_modules`: Verdaccio and the clients pnpm, yarn 1, yarn 4 and bun, pinned by
+//!   `tests/e2e/package-lock.json`. When they are missing or differ from the lockfile,
+//!   [`e2e_tools`] runs `npm ci` there once, under a lock directory, so that parallel test
+//!   processes never install over each other.
 //! - The `open-registry` binary next to the test executable ([`node_binary`]), built with cargo
 //!   when it is missing or older than the crates it is built from.
 //! - [`free_port`] for programs that cannot bind port 0 and report it back.
@@ -22,8 +23,15 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
-/// The packages in `tests/e2e/package.json` whose installed versions must match the lockfile.
-const E2E_PACKAGES: [&str; 2] = ["verdaccio", "pnpm"];
+/// The packages in `tests/e2e/package.json` whose installed versions must match the lockfile,
+/// each with a file (under `node_modules/`) that must exist once it is installed.
+const E2E_PACKAGES: [(&str, &str); 5] = [
+    ("verdaccio", ".bin/verdaccio"),
+    ("pnpm", ".bin/pnpm"),
+    ("yarn", "yarn/bin/yarn.js"),
+    ("@yarnpkg/cli-dist", "@yarnpkg/cli-dist/bin/yarn.js"),
+    ("bun", "bun/package.json"),
+];
 
 /// The repository root (the directory holding the workspace `Cargo.toml`).
 pub fn repo_root() -> PathBuf {
@@ -46,6 +54,13 @@ pub struct E2eTools {
     pub verdaccio: PathBuf,
     /// `tests/e2e/node_modules/.bin/pnpm`.
     pub pnpm: PathBuf,
+    /// yarn 1 (classic): `tests/e2e/node_modules/yarn/bin/yarn.js`, run with `node`.
+    pub yarn1: PathBuf,
+    /// yarn 4 (berry): `tests/e2e/node_modules/@yarnpkg/cli-dist/bin/yarn.js`, run with `node`.
+    /// (Both yarns declare a `yarn` bin, so `.bin/yarn` is whichever npm linked last.)
+    pub yarn4: PathBuf,
+    /// The native bun executable, when one for this platform is installed (see [`bun_binary`]).
+    pub bun: Option<PathBuf>,
 }
 
 /// Makes sure `tests/e2e/node_modules` matches its lockfile (running `npm ci` at most once per
@@ -59,17 +74,21 @@ pub fn e2e_tools() -> Result<E2eTools> {
 
 fn install_e2e_tools() -> Result<E2eTools> {
     let dir = e2e_dir();
-    let tools = E2eTools {
-        verdaccio: dir.join("node_modules/.bin/verdaccio"),
-        pnpm: dir.join("node_modules/.bin/pnpm"),
+    let modules = dir.join("node_modules");
+    let tools = || E2eTools {
+        verdaccio: modules.join(".bin/verdaccio"),
+        pnpm: modules.join(".bin/pnpm"),
+        yarn1: modules.join("yarn/bin/yarn.js"),
+        yarn4: modules.join("@yarnpkg/cli-dist/bin/yarn.js"),
+        bun: bun_binary(&modules),
     };
     if e2e_installed(&dir) {
-        return Ok(tools);
+        return Ok(tools());
     }
     let _lock = DirLock::acquire(&dir.join(".install.lock"), Duration::from_secs(600))?;
     // Another process may have installed while we waited for the lock.
     if e2e_installed(&dir) {
-        return Ok(tools);
+        return Ok(tools());
     }
     eprintln!("[tools] installing tests/e2e/node_modules with `npm ci`");
     let out = Command::new("npm")
@@ -90,10 +109,70 @@ fn install_e2e_tools() -> Result<E2eTools> {
         bail!(
             "`npm ci` in {} succeeded but {:?} are not installed as the lockfile pins them",
             dir.display(),
-            E2E_PACKAGES
+            E2E_PACKAGES.map(|(pkg, _)| pkg)
         );
     }
-    Ok(tools)
+    Ok(tools())
+}
+
+/// bun's native executable under `modules` (a `node_modules` directory). The `bun` package
+/// holds a placeholder `bin/bun.exe` that its postinstall replaces with the binary of the
+/// platform package (`@oven/bun-linux-x64` and the like); when the postinstall did not run, the
+/// binary is still in the platform package's `bin/bun`. `None` when neither is there.
+pub fn bun_binary(modules: &Path) -> Option<PathBuf> {
+    // The placeholder is a few hundred bytes; the real executable is tens of megabytes.
+    let linked = modules.join("bun/bin/bun.exe");
+    if fs::metadata(&linked).is_ok_and(|m| m.len() > 1024 * 1024) {
+        return Some(linked);
+    }
+    let os = match std::env::consts::OS {
+        "macos" => "darwin",
+        other => other,
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "x64",
+        "aarch64" => "aarch64",
+        other => other,
+    };
+    ["", "-baseline", "-musl", "-musl-baseline"]
+        .iter()
+        .map(|variant| modules.join(format!("@oven/bun-{os}-{arch}{variant}/bin/bun")))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bun_binary_prefers_the_linked_executable_and_falls_back_to_the_platform_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let modules = dir.path();
+        assert_eq!(bun_binary(modules), None, "nothing installed");
+
+        // Postinstall blocked: the placeholder stays, the binary is in the platform package.
+        fs::create_dir_all(modules.join("bun/bin")).unwrap();
+        fs::write(modules.join("bun/bin/bun.exe"), vec![b'#'; 450]).unwrap();
+        assert_eq!(bun_binary(modules), None, "only the placeholder");
+        let os = if cfg!(target_os = "macos") {
+            "darwin"
+        } else {
+            std::env::consts::OS
+        };
+        let arch = if cfg!(target_arch = "x86_64") {
+            "x64"
+        } else {
+            std::env::consts::ARCH
+        };
+        let platform = modules.join(format!("@oven/bun-{os}-{arch}-baseline/bin/bun"));
+        fs::create_dir_all(platform.parent().unwrap()).unwrap();
+        fs::write(&platform, b"elf").unwrap();
+        assert_eq!(bun_binary(modules), Some(platform));
+
+        // Postinstall ran: bun.exe is the executable itself.
+        fs::write(modules.join("bun/bin/bun.exe"), vec![0u8; 2 * 1024 * 1024]).unwrap();
+        assert_eq!(bun_binary(modules), Some(modules.join("bun/bin/bun.exe")));
+    }
 }
 
 /// True when every pinned package is installed at the version `package-lock.json` names.
@@ -109,12 +188,12 @@ fn e2e_installed(dir: &Path) -> bool {
     ) else {
         return false;
     };
-    E2E_PACKAGES.iter().all(|pkg| {
+    E2E_PACKAGES.iter().all(|(pkg, file)| {
         let key = format!("node_modules/{pkg}");
         let want = lock["packages"][&key]["version"].as_str();
         want.is_some()
             && want == hidden["packages"][&key]["version"].as_str()
-            && dir.join("node_modules/.bin").join(pkg).exists()
+            && dir.join("node_modules").join(file).exists()
     })
 }
 
