@@ -20,6 +20,7 @@
 //! - [`config`]: flags, environment and `config.toml`, validated into one [`Config`].
 //! - [`clock`]: the wall clock the node's calendar decisions read ([`clock::Clock`]).
 //! - `fdlimit`: the file descriptor limit, raised at start, and the connection cap under it.
+//! - [`malloc`]: the C allocator's tuning `start` re-executes itself with.
 //! - `private_file`: the mode check for secrets in the data dir (`operator.key`, `admin.token`).
 //! - [`metrics`]: the counters behind `/-/metrics` and the status; `errors`: error chains.
 //!
@@ -29,6 +30,7 @@
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod malloc;
 pub mod metrics;
 pub mod net;
 pub mod store;

@@ -3,7 +3,8 @@
 //! All four are bounded (by bytes or by count) and hold only what the store already holds
 //! verified, or what is derived from it; losing any of them costs a disk read, never a wrong
 //! answer. The memory budget (`memory_cache_size`) is split: half to the gateway's rendered
-//! packuments, a quarter each to raw hot packuments and to small tarballs.
+//! packuments, a quarter each to raw hot packuments and to small tarballs; the tarball indexes
+//! take at most 4 MiB besides.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,8 +28,9 @@ pub(super) struct Caches {
     pub(super) hot: Cache<PackageName, (PackumentEntry, Packument), PackumentWeight>,
     /// Small blobs (tarballs) kept in memory for serving.
     pub(super) small: Cache<BlobId, Bytes, BytesWeight>,
-    /// Tarball file → dist, per packument revision: parsed once, not per cold tarball.
-    pub(super) dists: Cache<BlobId, Arc<HashMap<String, DistRef>>>,
+    /// Tarball file → dist, per packument revision: parsed once, not per cold tarball. Weighed:
+    /// the index of a package with thousands of versions is megabytes.
+    pub(super) dists: Cache<BlobId, Arc<HashMap<String, DistRef>>, DistsWeight>,
     /// Packages whose tarball ids no trusted record on the network named, and when (clock ms):
     /// bounded in size and in time, so a miss is not looked up again for every file.
     pub(super) misses: Cache<PackageName, u64>,
@@ -59,7 +61,7 @@ impl Caches {
                 Default::default(),
             ),
             small: Cache::with_weighter(8192, small_bytes, BytesWeight),
-            dists: Cache::new(256),
+            dists: Cache::with_weighter(256, DISTS_BYTES, DistsWeight),
             misses: Cache::new(1024),
             absent: Cache::new(4096),
             unsigned: Default::default(),
@@ -89,6 +91,26 @@ impl Caches {
     pub(super) fn unsigned(&self) -> Vec<Unsigned> {
         let list = self.unsigned.lock().unwrap_or_else(|e| e.into_inner());
         list.iter().cloned().collect()
+    }
+}
+
+/// What the tarball indexes may hold in all.
+const DISTS_BYTES: u64 = 4 << 20;
+
+/// Weighs a tarball index by the strings it holds, plus per-entry overhead.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct DistsWeight;
+
+impl quick_cache::Weighter<BlobId, Arc<HashMap<String, DistRef>>> for DistsWeight {
+    fn weight(&self, _: &BlobId, v: &Arc<HashMap<String, DistRef>>) -> u64 {
+        let s = |o: &Option<String>| o.as_ref().map_or(0, String::len);
+        v.iter()
+            .map(|(f, d)| {
+                (f.len() + d.version.len() + s(&d.integrity) + s(&d.shasum) + s(&d.tarball) + 160)
+                    as u64
+            })
+            .sum::<u64>()
+            .max(1)
     }
 }
 
