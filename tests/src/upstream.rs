@@ -103,6 +103,9 @@ pub struct Options {
     /// Serve the abbreviated packument for `Accept: application/vnd.npm.install-v1+json`
     /// (otherwise the full document is always sent).
     pub abbreviated: bool,
+    /// Have no search and no audit endpoints: `/-/v1/search` and both audit routes answer 404,
+    /// as a plain registry without them does.
+    pub no_search_or_audit: bool,
 }
 
 /// One request as it arrived.

@@ -165,7 +165,7 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
     };
     let up = FakeUpstream::start_with(UpstreamOptions {
         sign: true,
-        abbreviated: false,
+        ..UpstreamOptions::default()
     })?;
     let mut rng = Rng::new(1);
     let mut cases = Vec::new();
