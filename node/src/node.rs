@@ -42,7 +42,7 @@ pub const RUN_FILE: &str = "node.json";
 /// Where a node's peer-to-peer network listens and who can reach it (for `start`'s banner).
 #[derive(Debug, Clone)]
 pub struct P2pListen {
-    /// The listen addresses (as bound; as configured where that is every interface).
+    /// The listen addresses as bound (with the every-interface IP where that was asked for).
     pub addrs: Vec<net::Multiaddr>,
     /// Who can reach them.
     pub reach: net::Reach,
@@ -272,13 +272,7 @@ async fn join_network(
     )
     .await
     .context("starting the peer-to-peer network")?;
-    // A listener on every interface reports one of them as bound; say what was asked for.
-    let every_interface = net_config.listen.iter().any(net::reach::is_every_interface);
-    let addrs = if every_interface {
-        net_config.listen.clone()
-    } else {
-        bound
-    };
+    let addrs = net::reach::shown_addrs(&net_config.listen, &bound);
     let listen = P2pListen {
         reach: net::reachability(&addrs, &net_config.external),
         kad: net::kad_mode(net_config),

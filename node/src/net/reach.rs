@@ -110,6 +110,25 @@ pub fn is_every_interface(addr: &Multiaddr) -> bool {
     scope(addr) == Scope::Unspecified
 }
 
+/// The addresses to show for listeners asked for on `listen` that bound `bound`: a listener
+/// on every interface reports one interface's address as bound, so its address is shown with
+/// the every-interface IP it was asked for and the port it got.
+pub fn shown_addrs(listen: &[Multiaddr], bound: &[Multiaddr]) -> Vec<Multiaddr> {
+    let shape = |a: &Multiaddr| a.iter().map(|p| p.tag()).collect::<Vec<_>>();
+    bound
+        .iter()
+        .map(|b| {
+            let asked = listen
+                .iter()
+                .find(|l| is_every_interface(l) && shape(l) == shape(b));
+            match (asked.and_then(|l| l.iter().next()), b.iter().next()) {
+                (Some(any), Some(_)) => std::iter::once(any).chain(b.iter().skip(1)).collect(),
+                _ => b.clone(),
+            }
+        })
+        .collect()
+}
+
 /// Who can reach a node listening on `listen` (as configured or as bound) that declared
 /// `external`.
 pub fn reachability(listen: &[Multiaddr], external: &[Multiaddr]) -> Reach {
@@ -221,6 +240,24 @@ mod tests {
             declared,
             Reach::OtherHosts(vec![ma("/dns4/node.example.org/tcp/7374")])
         );
+    }
+
+    #[test]
+    fn every_interface_listeners_show_their_bound_port() {
+        let listen = [ma("/ip4/0.0.0.0/tcp/0"), ma("/ip4/127.0.0.1/udp/0/quic-v1")];
+        let bound = [
+            ma("/ip4/127.0.0.1/udp/4001/quic-v1"),
+            ma("/ip4/192.168.1.2/tcp/4000"),
+        ];
+        assert_eq!(
+            shown_addrs(&listen, &bound),
+            [
+                ma("/ip4/127.0.0.1/udp/4001/quic-v1"),
+                ma("/ip4/0.0.0.0/tcp/4000")
+            ]
+        );
+        assert!(is_every_interface(&ma("/ip6/::/tcp/1")));
+        assert!(!is_every_interface(&ma("/ip4/10.0.0.1/tcp/1")));
     }
 
     #[test]
