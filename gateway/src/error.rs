@@ -39,6 +39,13 @@ pub enum ApiError {
     /// 401 for `/-/whoami`: nobody is logged in to a mirror.
     #[error("not logged in: this node is a read-only mirror and has no user accounts")]
     Anonymous,
+    /// 501: the upstream has no such endpoint (audits, search) and there is nothing to answer
+    /// with instead.
+    #[error("{0}")]
+    NoEndpoint(String),
+    /// An upstream answer that cannot be passed on (an empty body), with the status to answer.
+    #[error("{1}")]
+    Upstream(StatusCode, String),
     /// 413: a forwarded body over the cap, or one that could not be read.
     #[error("request body is larger than {limit} bytes or could not be read")]
     Body { limit: usize },
@@ -63,6 +70,8 @@ impl ApiError {
             ApiError::ReadOnly | ApiError::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Anonymous => StatusCode::UNAUTHORIZED,
             ApiError::Body { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NoEndpoint(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Upstream(status, _) => *status,
         }
     }
 

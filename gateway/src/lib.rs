@@ -15,18 +15,22 @@
 //! - `render` and `cache`: deriving a document's final bytes (JSON, gzip, ETag) once per
 //!   revision, straight into the compressor, and keeping them in a byte-bounded LRU that renders each key once.
 //! - `tarball`: tarballs, streamed and never re-compressed.
-//! - `meta`: ping, keys, status, metrics, and search and audits passed to the upstream.
+//! - `meta`: ping, keys, status, metrics, and audits passed to the upstream.
+//! - [`search`]: `/-/v1/search`, from the upstream or the registry's own packages.
 //! - [`mod@serve`]: [`serve()`], the HTTP/1.1 server with its [`Limits`] (timeouts and
-//!   connection caps against slow and hostile clients).
+//!   connection caps against slow and hostile clients), which writes the access log.
+//! - [`access`]: the access log's line and the [`access::Source`] handlers mark answers with.
 //! - [`error`]: [`ApiError`], the one place failures become status codes and JSON.
 //! - `metrics`: the gateway's own Prometheus counters.
 //! - [`memory`]: [`MemoryRegistry`], an in-memory [`Registry`] for tests.
 
+pub mod access;
 pub mod budget;
 pub mod error;
 pub mod memory;
 pub mod registry;
 pub mod router;
+pub mod search;
 pub mod serve;
 
 mod cache;
@@ -50,4 +54,5 @@ pub use negotiate::HostError;
 pub use path::PathError;
 pub use registry::{Blob, Body, Error, Forward, ForwardMethod, Forwarded, Packument, Registry};
 pub use router::{Config, DEFAULT_RENDER_CACHE_BYTES, router};
+pub use search::{Person, SearchHit, SearchPackage, SearchQuery, SearchResults};
 pub use serve::{Limits, serve};

@@ -1,10 +1,11 @@
-//! The `/-/` routes that are not packages: ping, keys, status, metrics, and the search and
-//! audit requests passed through to the upstream.
+//! The `/-/` routes that are not packages: ping, keys, status, metrics, and the audit requests
+//! passed through to the upstream (search is `crate::search`, which forwards through here).
 //!
 //! Forwarding is deliberately dumb: the body and its Content-Type and Content-Encoding go to
 //! [`Registry::forward`] as received (npm gzips audit bodies), and the upstream's status,
 //! Content-Type and body come back. Request bodies are capped, since a mirror has no reason to
-//! buffer more than an audit of a large lockfile.
+//! buffer more than an audit of a large lockfile. An upstream without audits (404, 405, 501) or
+//! with an empty answer gets the client a JSON `{"error": ...}` that npm prints.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -13,7 +14,7 @@ use axum::response::Response;
 use bytes::Bytes;
 
 use crate::error::{ApiError, json_response};
-use crate::registry::{Error, Forward, ForwardMethod, Registry};
+use crate::registry::{Error, Forward, ForwardMethod, Forwarded, Registry};
 use crate::shared::Shared;
 
 /// The largest body forwarded: npm's bulk advisory request for a big lockfile is a few MiB.
@@ -65,14 +66,15 @@ pub(crate) async fn metrics<R: Registry>(shared: &Shared<R>) -> Response {
     res
 }
 
-/// Passes a search or audit request to the upstream. `path` is the canonical path of the route
-/// (never the raw one the client sent); the raw query string is kept.
-pub(crate) async fn forward<R: Registry>(
+/// Passes a search or audit request to the upstream and returns its answer as it came.
+/// `path` is the canonical path of the route (never the raw one the client sent); the raw
+/// query string is kept.
+pub(crate) async fn forward_raw<R: Registry>(
     shared: &Shared<R>,
     method: ForwardMethod,
     path: &str,
     req: Request,
-) -> Result<Response, ApiError> {
+) -> Result<Forwarded, ApiError> {
     let (parts, body) = req.into_parts();
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{path}?{q}"),
@@ -82,7 +84,7 @@ pub(crate) async fn forward<R: Registry>(
         ForwardMethod::Get => Bytes::new(),
         ForwardMethod::Post => read_capped(&parts.headers, body).await?,
     };
-    let answer = shared
+    Ok(shared
         .registry
         .forward(Forward {
             method,
@@ -91,7 +93,11 @@ pub(crate) async fn forward<R: Registry>(
             content_encoding: header_string(&parts.headers, header::CONTENT_ENCODING),
             body,
         })
-        .await?;
+        .await?)
+}
+
+/// The upstream's answer as the client's: its status, Content-Type and body.
+pub(crate) fn respond(answer: Forwarded) -> Result<Response, ApiError> {
     let status = StatusCode::from_u16(answer.status)
         .map_err(|_| Error::BadGateway(format!("upstream answered status {}", answer.status)))?;
     let content_type = answer
@@ -106,6 +112,37 @@ pub(crate) async fn forward<R: Registry>(
     h.insert(header::CONTENT_TYPE, content_type);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     Ok(res)
+}
+
+/// `POST` of an audit (`path` is the route's canonical path): the upstream's answer, or, when
+/// the upstream has no such endpoint (404, 405, 501) or answers with an empty body, a JSON
+/// error that npm prints instead of an empty answer.
+pub(crate) async fn audit<R: Registry>(
+    shared: &Shared<R>,
+    path: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let answer = forward_raw(shared, ForwardMethod::Post, path, req).await?;
+    if matches!(answer.status, 404 | 405 | 501) {
+        return Err(ApiError::NoEndpoint(format!(
+            "the upstream registry provides no audit endpoint (POST {path} answered {})",
+            answer.status
+        )));
+    }
+    if answer.body.iter().all(u8::is_ascii_whitespace) {
+        let status = StatusCode::from_u16(answer.status)
+            .ok()
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .unwrap_or(StatusCode::BAD_GATEWAY);
+        return Err(ApiError::Upstream(
+            status,
+            format!(
+                "the upstream registry answered the audit (POST {path}) with status {} and an empty body",
+                answer.status
+            ),
+        ));
+    }
+    respond(answer)
 }
 
 /// The request body, refused past [`MAX_FORWARD_BODY`] (early, when Content-Length says so).

@@ -13,6 +13,7 @@ use futures::stream::BoxStream;
 use open_registry_protocol::{BlobId, PackageName, Status, TarballFile};
 
 use crate::budget::Lease;
+use crate::search::{SearchQuery, SearchResults};
 
 /// A packument revision: the full document exactly as the source sent it.
 #[derive(Clone)]
@@ -186,6 +187,21 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Forwards a search or audit request to the upstream.
     fn forward(&self, req: Forward) -> impl Future<Output = Result<Forwarded, Error>> + Send;
+
+    /// Searches the packages this registry holds itself: `/-/v1/search` when the upstream has
+    /// no search, or there is no upstream. A registry without a search of its own answers
+    /// `Error::NotFound` saying so (the default).
+    fn search(
+        &self,
+        query: &SearchQuery,
+    ) -> impl Future<Output = Result<SearchResults, Error>> + Send {
+        let _ = query;
+        async {
+            Err(Error::NotFound(
+                "this registry has no search index of its own".into(),
+            ))
+        }
+    }
 
     /// The node's self-report.
     fn status(&self) -> impl Future<Output = Status> + Send;

@@ -17,13 +17,14 @@ use axum::extract::{Request, State};
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 
+use crate::access::{self, Source};
 use crate::cache::RenderCache;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, RouteClass};
 use crate::path::{self, Route};
-use crate::registry::{ForwardMethod, Registry};
+use crate::registry::Registry;
 use crate::shared::Shared;
-use crate::{documents, meta, negotiate, tarball};
+use crate::{documents, meta, negotiate, search, tarball};
 
 /// The default render cache budget: enough for the hot set of a busy mirror (react's two forms
 /// with their gzip are about 7 MB).
@@ -67,13 +68,29 @@ pub fn router<R: Registry>(registry: Arc<R>, config: Config) -> Router {
 async fn dispatch<R: Registry>(State(shared): State<Arc<Shared<R>>>, req: Request) -> Response {
     let head = req.method() == Method::HEAD;
     let (class, result) = handle(&shared, req).await;
+    let source = source_of(class, &result);
     let mut res = result.unwrap_or_else(IntoResponse::into_response);
+    if res.extensions().get::<Source>().is_none() {
+        access::mark(&mut res, source);
+    }
     shared.metrics.record(class, res.status().as_u16());
     if head {
         // Handlers set Content-Length from the real body; only the body goes.
         *res.body_mut() = Body::empty();
     }
     res
+}
+
+/// Where an answer of `class` came from, unless its handler said more precisely.
+fn source_of(class: RouteClass, result: &Result<Response, ApiError>) -> Source {
+    match (class, result) {
+        (RouteClass::Write | RouteClass::Rejected, _) => Source::Gateway,
+        (RouteClass::Forward, Ok(_)) => Source::Upstream,
+        // The node (or, for forwards, the node's upstream client) said no.
+        (_, Err(ApiError::Registry(_))) => Source::Node,
+        (_, Err(_)) => Source::Gateway,
+        (_, Ok(_)) => Source::Node,
+    }
 }
 
 async fn handle<R: Registry>(
@@ -98,23 +115,11 @@ async fn handle<R: Registry>(
         Method::POST => match route {
             Route::AdvisoriesBulk => (
                 RouteClass::Forward,
-                meta::forward(
-                    shared,
-                    ForwardMethod::Post,
-                    "/-/npm/v1/security/advisories/bulk",
-                    req,
-                )
-                .await,
+                meta::audit(shared, "/-/npm/v1/security/advisories/bulk", req).await,
             ),
             Route::AuditsQuick => (
                 RouteClass::Forward,
-                meta::forward(
-                    shared,
-                    ForwardMethod::Post,
-                    "/-/npm/v1/security/audits/quick",
-                    req,
-                )
-                .await,
+                meta::audit(shared, "/-/npm/v1/security/audits/quick", req).await,
             ),
             _ => (RouteClass::Write, Err(ApiError::ReadOnly)),
         },
@@ -155,15 +160,16 @@ async fn read<R: Registry>(
         ),
         Route::Search => {
             let req = Request::from_parts(parts, Body::empty());
-            (
-                RouteClass::Forward,
-                meta::forward(shared, ForwardMethod::Get, "/-/v1/search", req).await,
-            )
+            (RouteClass::Forward, search::serve(shared, req).await)
         }
         Route::AdvisoriesBulk | Route::AuditsQuick => {
             (RouteClass::Forward, Err(ApiError::Method { allow: "POST" }))
         }
-        Route::Ping => (RouteClass::Meta, Ok(meta::ping())),
+        Route::Ping => {
+            let mut res = meta::ping();
+            access::mark(&mut res, Source::Gateway);
+            (RouteClass::Meta, Ok(res))
+        }
         Route::Whoami => (RouteClass::Meta, Err(ApiError::Anonymous)),
         Route::Keys => (RouteClass::Meta, meta::keys(shared).await),
         Route::Status => (RouteClass::Meta, meta::status(shared).await),

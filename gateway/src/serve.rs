@@ -13,6 +13,9 @@
 //! A connection over a cap is accepted and closed at once rather than left in the listen
 //! backlog, where an attacker's connections would queue ahead of everyone else's.
 //!
+//! Every request answered is logged here, once, as one access line ([`crate::access`]),
+//! unless `access_log` is off.
+//!
 //! Requests are otherwise served exactly as `axum::serve` serves them (hyper's HTTP/1.1 server
 //! with keep-alive, TCP_NODELAY on every connection); HEAD, bodies and Content-Length are the
 //! router's business. Shutdown is graceful: on cancellation the listener closes, idle
@@ -50,6 +53,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections open at once from one IP address.
     pub max_connections_per_address: usize,
+    /// Whether each request is logged (one `info` line under [`crate::access::TARGET`]).
+    pub access_log: bool,
 }
 
 impl Default for Limits {
@@ -59,6 +64,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
             max_connections_per_address: 256,
+            access_log: true,
         }
     }
 }
@@ -112,6 +118,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         connections.spawn(connection(
             tcp,
+            peer.ip(),
             router.clone(),
             limits.clone(),
             slot,
@@ -128,6 +135,7 @@ pub async fn serve(
 /// last request finish.
 async fn connection(
     tcp: TcpStream,
+    client: IpAddr,
     router: Router,
     limits: Limits,
     _slot: Slot,
@@ -139,12 +147,23 @@ async fn connection(
         activity: activity.clone(),
     });
     let busy = activity.clone();
+    let access_log = limits.access_log;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let router = router.clone();
         let guard = Busy::new(busy.clone());
+        let asked = access_log.then(|| {
+            (
+                Instant::now(),
+                req.method().clone(),
+                req.uri().path().to_owned(),
+            )
+        });
         async move {
             let res = router.oneshot(req.map(Body::new)).await;
             drop(guard);
+            if let (Some((at, method, path)), Ok(res)) = (&asked, &res) {
+                crate::access::log(method, path, client, res, at.elapsed());
+            }
             res
         }
     });

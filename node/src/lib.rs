@@ -14,6 +14,8 @@
 //!   announcing, popularity), over [`net`], the libp2p layer.
 //! - [`store`]: verified blobs on disk, the sled index, pins and eviction.
 //! - `records`: the operator's identity ([`Identity`]) and the signed records it keeps.
+//! - `search`: the node's own package search (BM25 over the packuments it stores), for
+//!   `/-/v1/search` when the upstream has none.
 //! - `tasks`: background work (sync with the upstream, gossip, store maintenance).
 //! - `admin`: the operator routes (dashboard, pins, peers, popularity).
 //! - [`client`]: the command line and what it does against a running node.
@@ -44,9 +46,10 @@ mod peer;
 mod private_file;
 mod records;
 mod registry;
+mod search;
 mod tasks;
 
 pub use config::Config;
-pub use node::{NodeHandle, RUN_FILE, start};
+pub use node::{NodeHandle, P2pListen, RUN_FILE, start};
 pub use peer::PointerValidator;
 pub use records::{Identity, KEY_FILE};

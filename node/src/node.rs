@@ -29,6 +29,7 @@ use crate::peer::popularity::Popularity;
 use crate::peer::{self, Peers, PointerValidator, StoreSource};
 use crate::records::{Identity, Records};
 use crate::registry::Node;
+use crate::search::{self, SearchIndex};
 use crate::store::Store;
 use crate::store::pins::Pins;
 use crate::tasks::gossip::Gossip;
@@ -38,6 +39,17 @@ use crate::tasks::sync::Sync;
 /// The file in the data dir naming the running node's gateway, for `status` and for tests.
 pub const RUN_FILE: &str = "node.json";
 
+/// Where a node's peer-to-peer network listens and who can reach it (for `start`'s banner).
+#[derive(Debug, Clone)]
+pub struct P2pListen {
+    /// The listen addresses as bound (with the every-interface IP where that was asked for).
+    pub addrs: Vec<net::Multiaddr>,
+    /// Who can reach them.
+    pub reach: net::Reach,
+    /// The Kademlia mode, in words.
+    pub kad: &'static str,
+}
+
 /// A started node. Dropping it without [`NodeHandle::shutdown`] stops the tasks abruptly.
 #[derive(Debug)]
 pub struct NodeHandle {
@@ -45,6 +57,8 @@ pub struct NodeHandle {
     pub addr: SocketAddr,
     /// The gateway's URL (`http://127.0.0.1:PORT`).
     pub url: String,
+    /// Where the peer-to-peer network listens, unless it is off.
+    pub p2p: Option<P2pListen>,
     store: Arc<Store>,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -103,14 +117,15 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         clock.clone(),
     )?);
     let pins = Arc::new(Pins::open(&store.index, clock.clone())?);
-    let peers = match &config.p2p {
-        Some(net_config) => Some(
-            join_network(
+    let (peers, p2p) = match &config.p2p {
+        Some(net_config) => {
+            let (peers, listen) = join_network(
                 &config, net_config, &identity, &store, &records, &metrics, &tracker, &cancel,
             )
-            .await?,
-        ),
-        None => None,
+            .await?;
+            (Some(peers), Some(listen))
+        }
+        None => (None, None),
     };
     let fetcher = Fetcher::new(
         &config,
@@ -137,6 +152,8 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     )?);
     tracker.spawn(sync.clone().run(cancel.clone()));
     let popularity = Arc::new(Popularity::new(clock.clone()));
+    let search = Arc::new(SearchIndex::new());
+    search::watch::spawn(search.clone(), store.clone(), &tracker, cancel.clone());
     if let Some(p) = peers.clone() {
         Gossip {
             peers: p,
@@ -175,6 +192,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         sync,
         popularity: popularity.clone(),
         keys: Mutex::new(()),
+        search,
     });
     let admin = Arc::new(Admin {
         fetcher: fetcher.clone(),
@@ -229,6 +247,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     Ok(NodeHandle {
         addr,
         url,
+        p2p,
         store,
         cancel,
         tracker,
@@ -247,7 +266,7 @@ async fn join_network(
     metrics: &Arc<Metrics>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
-) -> anyhow::Result<Arc<Peers>> {
+) -> anyhow::Result<(Arc<Peers>, P2pListen)> {
     let source = Arc::new(StoreSource::new(store.clone(), records.clone()));
     let (client, bound) = net::spawn(
         net::Config {
@@ -262,14 +281,22 @@ async fn join_network(
     )
     .await
     .context("starting the peer-to-peer network")?;
-    let shown: Vec<String> = bound.iter().map(ToString::to_string).collect();
+    let addrs = net::reach::shown_addrs(&net_config.listen, &bound);
+    let listen = P2pListen {
+        reach: net::reachability(&addrs, &net_config.external),
+        kad: net::kad_mode(net_config),
+        addrs,
+    };
+    let shown: Vec<String> = listen.addrs.iter().map(ToString::to_string).collect();
     tracing::info!(
-        "peer-to-peer on {} as {} (trusting {} operators)",
+        "peer-to-peer on {} as {} (trusting {} operators): {}; Kademlia {}",
         shown.join(", "),
         identity.peer_id(),
-        config.trust.len()
+        config.trust.len(),
+        listen.reach,
+        listen.kad,
     );
-    Ok(Arc::new(Peers::new(
+    let peers = Arc::new(Peers::new(
         client,
         store.clone(),
         records.clone(),
@@ -277,5 +304,6 @@ async fn join_network(
         metrics.clone(),
         config.clock.clone(),
         config.peer_timeout,
-    )))
+    ));
+    Ok((peers, listen))
 }

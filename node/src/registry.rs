@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use open_registry_gateway::{self as gateway, Blob, Forward, Forwarded, Packument, Registry};
+use open_registry_gateway::{
+    self as gateway, Blob, Forward, Forwarded, Packument, Registry, SearchQuery, SearchResults,
+};
 use open_registry_protocol::{BlobId, PackageName, PeerId, Status, TarballFile};
 use tokio::sync::Mutex;
 use tokio_util::io::ReaderStream;
@@ -15,6 +17,7 @@ use tokio_util::io::ReaderStream;
 use crate::fetch::{FetchError, Fetcher};
 use crate::metrics::Metrics;
 use crate::peer::popularity::Popularity;
+use crate::search::SearchIndex;
 use crate::tasks::sync::Sync;
 
 /// The node as its gateway sees it.
@@ -32,6 +35,8 @@ pub(crate) struct Node {
     /// Serializes pinning the upstream's keys. tokio Mutex: held across the fetch so that
     /// concurrent first requests share it.
     pub(crate) keys: Mutex<()>,
+    /// The packages this node stores, for search without an upstream search.
+    pub(crate) search: Arc<SearchIndex>,
 }
 
 impl Registry for Node {
@@ -122,6 +127,10 @@ impl Registry for Node {
                 "this node has no upstream configured for search and audit".into(),
             )),
         }
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<SearchResults, gateway::Error> {
+        Ok(self.search.search(query))
     }
 
     async fn status(&self) -> Status {

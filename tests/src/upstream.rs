@@ -109,6 +109,9 @@ pub struct Options {
     /// Send no validators with packuments (no `ETag`, so never a 304), like upstreams that
     /// send neither `ETag` nor `Last-Modified`.
     pub no_validators: bool,
+    /// Have no search and no audit endpoints: `/-/v1/search` and both audit routes answer 404,
+    /// as a plain registry without them does.
+    pub no_search_or_audit: bool,
 }
 
 /// One request as it arrived.

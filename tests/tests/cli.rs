@@ -271,6 +271,27 @@ fn sigterm_stops_cleanly_and_a_restart_serves_the_store_offline() -> Result<()> 
     let mut node = NodeProcess::start(&["--upstream", up.url()])?;
     let doc = node.get(&p.packument_path, &[])?;
     ensure!(doc.status == 200);
+    // The start banner says where P2P listens and who can reach it; each request is logged.
+    let log = probe::wait_for(
+        Duration::from_secs(10),
+        "the banner and an access line",
+        || {
+            let log = std::fs::read_to_string(node.log_path()).ok()?;
+            (log.contains("Kademlia") && log.contains("open_registry::access")).then_some(log)
+        },
+    )?;
+    ensure!(
+        log.contains("peer-to-peer: /ip4/127.0.0.1/tcp/")
+            && log.contains("reachable from this host only")
+            && log.contains("Kademlia server"),
+        "{log}"
+    );
+    ensure!(
+        log.lines().any(|l| l.contains("open_registry::access")
+            && l.contains(&format!("path={}", p.packument_path))
+            && l.contains("status=200")),
+        "{log}"
+    );
     let tgz = node.get(&p.tarball_path, &[])?;
     ensure!(tgz.status == 200 && Integrity::sha512_sri(&tgz.body) == p.integrity);
 

@@ -12,7 +12,7 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::{Context, Result, ensure};
 use open_registry_protocol::Integrity;
 use open_registry_tests::{
-    FakeUpstream, Fault, InProcessNode, Node as _, NodeProcess, PackageSpec, http,
+    FakeUpstream, Fault, InProcessNode, Node as _, NodeProcess, PackageSpec, UpstreamOptions, http,
     probe::{self, error_message},
 };
 use serde_json::Value;
@@ -547,5 +547,115 @@ fn r8_bad_paths_writes_and_whoami() -> Result<()> {
         "{:?}",
         package_requests(&up)
     );
+    Ok(())
+}
+
+/// R27: an upstream with no search and no audit endpoints (404). `/-/v1/search` is answered
+/// from the node's own packages, ranked, in npm's shape (and the real `npm search` prints
+/// them); the audits are JSON errors npm prints, never empty bodies.
+#[test]
+fn r27_search_answers_from_own_packages_and_audits_say_why() -> Result<()> {
+    let up = FakeUpstream::start_with(UpstreamOptions {
+        no_search_or_audit: true,
+        ..UpstreamOptions::default()
+    })?;
+    let described = [
+        ("or-left-pad", "String left pad"),
+        ("or-right-pad", "Pads strings on the right"),
+        ("or-colors", "Terminal colours and styles"),
+    ];
+    let mut published = Vec::new();
+    for (name, description) in described {
+        published.push(up.publish(&PackageSpec {
+            description: description.to_owned(),
+            ..PackageSpec::new(name, "1.0.0")
+        })?);
+    }
+    let node = NodeProcess::start(&["--upstream", up.url()])?;
+    for p in &published {
+        ensure!(node.get(&p.packument_path, &[])?.status == 200);
+    }
+
+    // The index follows the store in the background: wait until all three are searchable.
+    let search = |text: &str| -> Result<Value> {
+        let r = node.get(&format!("/-/v1/search?text={text}&size=5"), &[])?;
+        ensure!(r.status == 200, "search {text}: {} {}", r.status, r.text());
+        Ok(serde_json::from_slice(&r.body)?)
+    };
+    probe::wait_for(Duration::from_secs(10), "the search index", || {
+        search("pad+colours").ok()?["total"]
+            .as_u64()
+            .filter(|n| *n == 3)
+    })?;
+    let names = |v: &Value| -> Vec<String> {
+        v["objects"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|o| o["package"]["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let left = search("left+pad")?;
+    let found = names(&left);
+    ensure!(
+        found.first().map(String::as_str) == Some("or-left-pad"),
+        "{left}"
+    );
+    ensure!(!found.contains(&"or-colors".to_owned()), "{left}");
+    let best = &left["objects"][0];
+    ensure!(best["package"]["version"] == "1.0.0", "{best}");
+    ensure!(
+        best["package"]["description"] == "String left pad",
+        "{best}"
+    );
+    ensure!(best["score"]["final"] == 1.0, "{best}");
+    ensure!(
+        best["searchScore"].as_f64().is_some_and(|s| s > 0.0),
+        "{best}"
+    );
+    ensure!(left["time"].is_string(), "{left}");
+    let pad = search("pad")?;
+    ensure!(pad["total"] == 2, "{pad}");
+    let page = search("pad&from=1")?;
+    ensure!(names(&page).len() == 1 && page["total"] == 2, "{page}");
+
+    // The real npm prints them.
+    let work = tempfile::tempdir()?;
+    let npm = open_registry_tests::Npm::new(node.gateway())?;
+    let out = npm.run(work.path(), &["search", "--json", "pad"])?.ok()?;
+    let printed: Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("npm search --json printed {:?}", out.stdout))?;
+    let printed: Vec<&str> = printed
+        .as_array()
+        .context("npm search --json prints a list")?
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    ensure!(
+        printed.contains(&"or-left-pad") && printed.contains(&"or-right-pad"),
+        "{printed:?}"
+    );
+
+    // Audits: a JSON error with the reason, for either endpoint.
+    for path in [
+        "/-/npm/v1/security/audits/quick",
+        "/-/npm/v1/security/advisories/bulk",
+    ] {
+        let r = http::request(
+            "POST",
+            &format!("{}{path}", node.gateway()),
+            &[("content-type", "application/json")],
+            b"{}",
+            Duration::from_secs(10),
+        )?;
+        ensure!(r.status == 501, "{path}: {} {}", r.status, r.text());
+        let msg = error_message(&r)?;
+        ensure!(
+            msg.contains("the upstream registry provides no audit endpoint"),
+            "{path}: {msg}"
+        );
+    }
     Ok(())
 }

@@ -141,6 +141,57 @@ async fn search_and_audits_are_forwarded() {
 }
 
 #[tokio::test]
+async fn missing_audit_and_search_endpoints_answer_json_errors() {
+    let (reg, app) = gateway();
+    let answer = |status, body: &'static [u8]| Forwarded {
+        status,
+        content_type: Some("text/html".into()),
+        body: Bytes::from_static(body),
+    };
+    let audit = |path: &'static str| {
+        let app = app.clone();
+        async move { send(&app, Method::POST, path, &[], Bytes::from_static(b"{}")).await }
+    };
+    for status in [404, 405, 501] {
+        reg.set_forward_answer(answer(status, b"<h1>Not Found</h1>"));
+        for path in [
+            "/-/npm/v1/security/audits/quick",
+            "/-/npm/v1/security/advisories/bulk",
+        ] {
+            let msg = audit(path).await.assert_error(501);
+            assert!(
+                msg.contains("the upstream registry provides no audit endpoint")
+                    && msg.contains(&status.to_string()),
+                "{status} {path}: {msg}"
+            );
+        }
+        // No search upstream, and the memory registry has none of its own.
+        let msg = get(&app, "/-/v1/search?text=x", &[])
+            .await
+            .assert_error(501);
+        assert!(
+            msg.contains("the upstream registry provides no search endpoint")
+                && msg.contains("no search index of its own"),
+            "{status}: {msg}"
+        );
+    }
+    // An empty body is never passed on: a 200 becomes a 502, an error keeps its status.
+    reg.set_forward_answer(answer(200, b""));
+    let msg = audit("/-/npm/v1/security/audits/quick")
+        .await
+        .assert_error(502);
+    assert!(msg.contains("empty body"), "{msg}");
+    get(&app, "/-/v1/search?text=x", &[])
+        .await
+        .assert_error(501);
+    reg.set_forward_answer(answer(503, b"\n"));
+    let msg = audit("/-/npm/v1/security/advisories/bulk")
+        .await
+        .assert_error(503);
+    assert!(msg.contains("status 503 and an empty body"), "{msg}");
+}
+
+#[tokio::test]
 async fn oversized_forward_bodies_are_413() {
     let (reg, app) = gateway();
     let big = Bytes::from(vec![b' '; MAX_FORWARD_BODY + 1]);

@@ -3,11 +3,13 @@
 //!
 //! - `documents`: packuments, versions, dist-tags: forms, rewriting, ETags, gzip, the cache.
 //! - `tarballs`: headers, streaming, 304, ownership.
+//! - `access`: the access log's lines, and turning it off.
 //! - `api`: the `/-/` routes, forwarding, writes, bad paths and error mapping.
 //! - `socket`: HTTP/1.1 over 127.0.0.1 with a hand-written client.
 //! - `fuzz`: proptest over paths.
 //! - `parsers`: proptest on the path parser and header readers themselves (R17).
 
+mod access;
 mod api;
 mod documents;
 mod fuzz;

@@ -15,8 +15,8 @@ use super::*;
 use crate::Limits;
 
 /// A gateway served by [`crate::serve`]; [`Server::shutdown`] ends it.
-struct Server {
-    addr: SocketAddr,
+pub(super) struct Server {
+    pub(super) addr: SocketAddr,
     stop: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -26,7 +26,7 @@ impl Server {
         Self::start_with(app, Limits::default()).await
     }
 
-    async fn start_with(app: Router, limits: Limits) -> Self {
+    pub(super) async fn start_with(app: Router, limits: Limits) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
@@ -38,7 +38,7 @@ impl Server {
         }
     }
 
-    async fn shutdown(mut self) {
+    pub(super) async fn shutdown(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             task.await.expect("server task").expect("serve");
@@ -48,8 +48,8 @@ impl Server {
 
 /// A raw response.
 #[derive(Debug)]
-struct Raw {
-    status: u16,
+pub(super) struct Raw {
+    pub(super) status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -65,7 +65,7 @@ impl Raw {
 
 /// Sends one request (`Connection: close`; `extra` is header lines, each ending in CRLF) and
 /// reads the whole answer.
-async fn exchange(addr: SocketAddr, method: &str, target: &str, extra: &str) -> Raw {
+pub(super) async fn exchange(addr: SocketAddr, method: &str, target: &str, extra: &str) -> Raw {
     exchange_with_body(addr, method, target, extra, "").await
 }
 

@@ -62,7 +62,7 @@ pub struct Config {
     pub memory_cache_size: u64,
     /// Memory for packuments being downloaded, checked and derived, all requests together.
     pub packument_memory: u64,
-    /// The gateway's timeouts and connection caps.
+    /// The gateway's timeouts and connection caps, and whether it writes the access log.
     pub connections: gateway::Limits,
     /// Operators whose records are trusted.
     pub trust: Vec<PeerId>,
@@ -183,6 +183,7 @@ impl Config {
         l.max_connections_per_address = s
             .max_connections_per_address
             .unwrap_or(l.max_connections_per_address);
+        l.access_log = s.access_log.unwrap_or(l.access_log);
         if l.header_read_timeout.is_zero() || l.idle_timeout.is_zero() {
             bail!("header_read_timeout and idle_timeout must be more than 0s");
         }
@@ -463,6 +464,7 @@ mod tests {
             idle_timeout: Duration::from_secs(30),
             max_connections: 100,
             max_connections_per_address: 7,
+            access_log: false,
         };
         let text = render_toml(&c);
         let s: Settings = toml::from_str(&text).unwrap();

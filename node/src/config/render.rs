@@ -59,6 +59,10 @@ idle_timeout = "{idle_timeout}"
 max_connections = {max_connections}
 max_connections_per_address = {max_connections_per_address}
 
+# The access log: one line per request (method, path, status, bytes, source, ms, client) at
+# info level under the `open_registry::access` target. `false` turns it off.
+access_log = {access_log}
+
 # Size caps: bigger documents and tarballs are refused.
 max_tarball_size = "{tarball}"
 max_packument_size = "{packument}"
@@ -114,6 +118,7 @@ popularity_interval = "{popularity_interval}"
         idle_timeout = format_duration(c.connections.idle_timeout),
         max_connections = c.connections.max_connections,
         max_connections_per_address = c.connections.max_connections_per_address,
+        access_log = c.connections.access_log,
         tarball = format_size_exact(c.max_tarball_size),
         packument = format_size_exact(c.max_packument_size),
         mem = format_size_exact(c.memory_cache_size),

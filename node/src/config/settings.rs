@@ -104,6 +104,17 @@ pub struct Settings {
     )]
     pub max_connections_per_address: Option<usize>,
 
+    /// Log one line per request (method, path, status, bytes, source, ms, client) under the
+    /// `open_registry::access` target [default: true]
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_ACCESS_LOG",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub access_log: Option<bool>,
+
     /// Trust records signed by this operator (a PeerId; repeatable, or comma-separated)
     #[arg(
         long = "trust",
@@ -240,6 +251,7 @@ impl Settings {
             max_connections_per_address: self
                 .max_connections_per_address
                 .or(other.max_connections_per_address),
+            access_log: self.access_log.or(other.access_log),
             trust: self.trust.or(other.trust),
             trust_threshold: self.trust_threshold.or(other.trust_threshold),
             record_ttl: self.record_ttl.or(other.record_ttl),

@@ -20,6 +20,7 @@
 //! - [`blob`]: the blob protocol's wire format; [`serve`] answers it; [`transfer`] reads it.
 //! - [`gossip`]: gossipsub topics for signed announcements.
 //! - [`hooks`]: [`BlobSource`] and [`RecordValidator`], what the swarm asks of the node.
+//! - [`reach`]: who can reach the listen addresses, in words (for `start`).
 //! - [`error`]: the one error type, [`NetError`].
 
 pub mod behaviour;
@@ -31,6 +32,7 @@ pub mod error;
 pub mod event_loop;
 pub mod gossip;
 pub mod hooks;
+pub mod reach;
 pub mod serve;
 pub mod swarm;
 pub mod transfer;
@@ -51,5 +53,6 @@ pub use event_loop::MAX_CONCURRENT_ANNOUNCES;
 pub use gossip::{Message as GossipMessage, POPULARITY_TOPIC, RECORDS_TOPIC};
 pub use hooks::{Blob, BlobSource, NoBlobs, RecordValidator, RejectAll};
 pub use libp2p::{Multiaddr, PeerId};
+pub use reach::{Reach, kad_mode, reachability};
 pub use swarm::spawn;
 pub use transfer::Transfer;

@@ -191,6 +191,13 @@ impl Index {
         Ok(out)
     }
 
+    /// A stream of every later change to the packument entries (sled's subscriber: an insert
+    /// carries the entry's bytes, a remove only the name). Subscribe before listing
+    /// ([`Index::packument_entries`]) so that no change falls between the two.
+    pub fn watch_packuments(&self) -> sled::Subscriber {
+        self.packuments.watch_prefix(Vec::<u8>::new())
+    }
+
     /// Forgets a tarball entry by its raw index key.
     pub fn remove_tarball_key(&self, key: &[u8]) -> Result<(), IndexError> {
         self.tarballs.remove(key)?;

@@ -159,7 +159,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Body>) -> Response<Body> {
 }
 
 fn route(shared: &Shared, method: &Method, path: &str, query: &str, headers: &HeaderMap) -> Reply {
+    let lacks = |p: &str| {
+        shared.options.no_search_or_audit
+            && matches!(
+                p,
+                "/-/v1/search"
+                    | "/-/npm/v1/security/advisories/bulk"
+                    | "/-/npm/v1/security/audits/quick"
+            )
+    };
     match (method.as_str(), path) {
+        (_, p) if lacks(p) => Reply::not_found(),
         ("GET", "/-/ping") => Reply::json(StatusCode::OK, &json!({})),
         ("GET", "/-/npm/v1/keys") => match &shared.key {
             Some(k) => Reply::json(

@@ -146,6 +146,9 @@ struct VerifyArgs {
     /// How many trusted operators must agree [default: config.toml's, else 1]
     #[arg(long, value_name = "K")]
     trust_threshold: Option<usize>,
+    /// Fail when no operator is trusted (by default operator records are then not checked)
+    #[arg(long)]
+    require_operators: bool,
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,

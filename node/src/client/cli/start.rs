@@ -73,11 +73,28 @@ pub(super) async fn start(a: StartArgs) -> anyhow::Result<()> {
     let dir = a.dir.path();
     let config = load_config(&dir, a.config, a.settings)?;
     let handle = node::start(config).await?;
+    print!("{}", banner(&handle));
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
         _ = handle.cancelled() => tracing::error!("the gateway stopped; shutting down"),
     }
     handle.shutdown().await
+}
+
+/// What `start` prints once the node serves: where the gateway and the peer-to-peer network
+/// listen, and who can reach the latter.
+fn banner(handle: &node::NodeHandle) -> String {
+    let mut out = format!("gateway:      {}/\n", handle.url);
+    match &handle.p2p {
+        Some(p) => {
+            let addrs: Vec<String> = p.addrs.iter().map(ToString::to_string).collect();
+            out.push_str(&format!("peer-to-peer: {}\n", addrs.join(", ")));
+            out.push_str(&format!("              {}\n", p.reach));
+            out.push_str(&format!("              Kademlia {}\n", p.kad));
+        }
+        None => out.push_str("peer-to-peer: off (no_p2p)\n"),
+    }
+    out
 }
 
 /// Ctrl-C or SIGTERM.

@@ -1,5 +1,9 @@
 //! `verify`: packages or a lockfile, checked through a gateway against pinned registry keys,
 //! trusted operators and hashes computed here ([`crate::client::verify`] does the checking).
+//!
+//! Out of the box (no data dir, any registry URL) it checks integrity, and npm signatures when
+//! keys are pinned; operator records are checked when operators are trusted, and
+//! `--require-operators` makes trusting none an error.
 
 use anyhow::{Context as _, bail};
 use open_registry_protocol::{PeerId, Policy};
@@ -26,18 +30,12 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let own = Identity::load(&dir)?.map(|i| i.peer_id());
     let trusted = verify::trusted(&given, &configured, own);
     let threshold = a.trust_threshold.or(file.trust_threshold).unwrap_or(1);
-    if trusted.is_empty() {
-        bail!(
-            "no trusted operators: pass --trust PEER_ID, or set trust in {}",
+    let policy = operator_policy(trusted, threshold, a.require_operators).with_context(|| {
+        format!(
+            "(trust can also be set in {})",
             dir.join(CONFIG_FILE).display()
-        );
-    }
-    if threshold > trusted.len() {
-        bail!(
-            "--trust-threshold {threshold} is more than the {} trusted operators",
-            trusted.len()
-        );
-    }
+        )
+    })?;
     let keys_path = a.keys.clone().unwrap_or_else(|| dir.join(KEYS_FILE));
     let keys = verify::load_keys(&keys_path)?;
     if keys.is_none() && a.keys.is_some() {
@@ -47,7 +45,7 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let v = verify::Verify::new(verify::Options {
         registry,
         keys,
-        policy: Policy::new(trusted, threshold),
+        policy,
         state_dir: Some(dir),
     })?;
     let targets = match &a.lockfile {
@@ -80,7 +78,9 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         })
         .await;
     bar.finish_and_clear();
-    v.save_seen()?;
+    if v.checks_operators() {
+        v.save_seen()?;
+    }
     let ok = reports.iter().all(|r| r.ok);
     if a.json {
         let doc = serde_json::json!({"ok": ok, "packages": reports});
@@ -89,4 +89,42 @@ pub(super) async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         print!("{}", verify::render_table(&reports));
     }
     if ok { Ok(()) } else { Err(Failed.into()) }
+}
+
+/// The operator policy `verify` checks records against: `None` (operator records not checked)
+/// when no operator is trusted, unless `require` makes that an error.
+fn operator_policy(
+    trusted: Vec<PeerId>,
+    threshold: usize,
+    require: bool,
+) -> anyhow::Result<Option<Policy>> {
+    if trusted.is_empty() {
+        if require {
+            bail!("--require-operators: no trusted operators; pass --trust PEER_ID (repeatable)");
+        }
+        return Ok(None);
+    }
+    if threshold == 0 || threshold > trusted.len() {
+        bail!(
+            "--trust-threshold {threshold} must be from 1 to the {} trusted operators",
+            trusted.len()
+        );
+    }
+    Ok(Some(Policy::new(trusted, threshold)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operators_are_optional_unless_required() {
+        assert!(operator_policy(vec![], 1, false).unwrap().is_none());
+        let e = operator_policy(vec![], 1, true).unwrap_err().to_string();
+        assert!(e.contains("no trusted operators"), "{e}");
+        let a = Identity::from_seed([1; 32]).peer_id();
+        let p = operator_policy(vec![a], 1, true).unwrap().unwrap();
+        assert!(p.trusts(&a));
+        assert!(operator_policy(vec![a], 2, false).is_err());
+    }
 }

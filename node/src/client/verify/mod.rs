@@ -9,12 +9,20 @@
 //!    the version's integrity and tarball, that are unexpired, not rolled back, and whose
 //!    packument CID matches the packument bytes (fetched by CID and hashed here).
 //!
+//! A check that cannot be made is reported as not checked, with why, and is not a failure:
+//! signatures without pinned keys (`not checked: no pinned keys`; a version is `unsigned` only
+//! when the registry published no signature for it), operator records when no operator is
+//! trusted (`not checked: no trusted operators`; the command's `--require-operators` makes that
+//! an error). So `verify` works against any registry URL out of the box.
+//!
 //! Nothing the gateway says is trusted: every answer is checked against pinned keys, trusted
 //! operator keys or hashes computed here. Sequence numbers seen are remembered in the data dir
 //! (`verify-seen.json`) so a later rollback is caught.
 
 mod table;
 mod targets;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -38,6 +46,12 @@ use crate::clock::now_ms;
 
 /// The file remembering the highest record sequence seen per package and signer.
 pub(crate) const SEEN_FILE: &str = "verify-seen.json";
+/// The signature check without pinned keys, for a version the registry signed.
+pub(crate) const NO_KEYS: &str = "not checked: no pinned keys";
+/// The signature check without pinned keys, for a version with no signatures at all.
+pub(crate) const UNSIGNED: &str = "unsigned: the registry published no signatures for this version";
+/// The operator check when no operator is trusted.
+pub(crate) const NO_OPERATORS: &str = "not checked: no trusted operators";
 /// How many packages are checked at once.
 const CONCURRENCY: usize = 8;
 /// How long one document or tarball may take to arrive.
@@ -50,8 +64,8 @@ pub(crate) struct Options {
     pub registry: String,
     /// Pinned registry keys, if any.
     pub keys: Option<Keys>,
-    /// Trusted operators and threshold.
-    pub policy: Policy,
+    /// Trusted operators and threshold; `None`: operator records are not checked.
+    pub policy: Option<Policy>,
     /// Where `verify-seen.json` lives (no rollback memory without one).
     pub state_dir: Option<PathBuf>,
 }
@@ -71,7 +85,8 @@ pub(crate) struct Target {
 pub(crate) enum Check {
     /// Passed; the detail says how (key ids, signers).
     Ok(String),
-    /// Could not be checked, and that is not a failure (no keys pinned).
+    /// Not checked, and that is not a failure; the detail says why (`not checked: ...`, or
+    /// `unsigned: ...` for a version the registry signed nothing for).
     Skipped(String),
     /// Failed, with the reason.
     Failed(String),
@@ -225,11 +240,14 @@ impl Verify {
         let meta_integrity = attested_integrity(&dist)
             .ok_or_else(|| anyhow::anyhow!("the metadata has no integrity for {}", t.version))?;
 
-        // 1. npm's registry signature over the metadata, under pinned keys only.
+        // 1. npm's registry signature over the metadata, under pinned keys only. Without keys a
+        // signed version is "not checked", never "unsigned".
+        let signatures = vdoc
+            .pointer("/dist/signatures")
+            .and_then(Value::as_array)
+            .filter(|a| !a.is_empty());
         report.signature = match &self.opts.keys {
-            None => Check::Skipped("no registry keys pinned".into()),
-            Some(k) if k.is_empty() => Check::Skipped("no registry keys pinned".into()),
-            Some(keys) => {
+            Some(keys) if !keys.is_empty() => {
                 let published = packument
                     .pointer(&format!("/time/{}", t.version))
                     .and_then(Value::as_str);
@@ -244,6 +262,8 @@ impl Verify {
                     Err(e) => Check::Failed(e.to_string()),
                 }
             }
+            _ if signatures.is_some() => Check::Skipped(NO_KEYS.into()),
+            _ => Check::Skipped(UNSIGNED.into()),
         };
 
         // 2. Integrity of the bytes (lockfile and metadata). A gateway that refuses to serve
@@ -265,9 +285,12 @@ impl Verify {
         };
 
         // 3. Operator records.
-        report.operators = match self.operators(t, &meta_integrity, id).await {
-            Ok(c) => c,
-            Err(e) => Check::Failed(e.to_string()),
+        report.operators = match &self.opts.policy {
+            None => Check::Skipped(NO_OPERATORS.into()),
+            Some(policy) => match self.operators(policy, t, &meta_integrity, id).await {
+                Ok(c) => c,
+                Err(e) => Check::Failed(e.to_string()),
+            },
         };
         Ok(())
     }
@@ -324,6 +347,7 @@ impl Verify {
 
     async fn operators(
         &self,
+        policy: &Policy,
         t: &Target,
         integrity: &str,
         id: Option<BlobId>,
@@ -344,7 +368,7 @@ impl Verify {
             }
         }
         let seen = self.seen.lock().expect("seen poisoned").clone();
-        let quorum = self.opts.policy.quorum(
+        let quorum = policy.quorum(
             &signed,
             &t.name,
             now_ms(),
@@ -383,7 +407,7 @@ impl Verify {
                 Ok(Check::Ok(format!(
                     "{}/{} ({})",
                     vs.len(),
-                    self.opts.policy.threshold(),
+                    policy.threshold(),
                     who.join(",")
                 )))
             }
@@ -438,6 +462,11 @@ impl Verify {
             .await;
         out.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
         out
+    }
+
+    /// Whether operator records are checked (some operator is trusted).
+    pub(crate) fn checks_operators(&self) -> bool {
+        self.opts.policy.is_some()
     }
 
     /// Remembers the sequences seen (for rollback detection next time).

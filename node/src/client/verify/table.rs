@@ -15,14 +15,11 @@ pub(crate) fn render_table(reports: &[Report]) -> String {
         .map(|r| {
             [
                 format!("{}@{}", r.name, r.version),
-                r.integrity.word().to_owned(),
-                match &r.signature {
-                    Check::Skipped(_) => "unsigned".to_owned(),
-                    c => c.word().to_owned(),
-                },
+                cell(&r.integrity),
+                cell(&r.signature),
                 match &r.operators {
                     Check::Ok(d) => d.split(' ').next().unwrap_or("ok").to_owned(),
-                    c => c.word().to_owned(),
+                    c => cell(c),
                 },
                 if r.ok { "ok" } else { "FAIL" }.to_owned(),
             ]
@@ -61,6 +58,35 @@ pub(crate) fn render_table(reports: &[Report]) -> String {
     }
     let failed: Vec<&Report> = reports.iter().filter(|r| !r.ok).collect();
     out.push('\n');
+    // What was not checked, once per reason, and how to check it.
+    let mut notes: Vec<String> = Vec::new();
+    for r in reports {
+        for (what, c, how) in [
+            ("integrity", &r.integrity, ""),
+            (
+                "npm signatures",
+                &r.signature,
+                " (pin the registry's keys with `open-registry init`, or pass --keys FILE)",
+            ),
+            (
+                "operators",
+                &r.operators,
+                " (pass --trust PEER_ID; --require-operators makes this an error)",
+            ),
+        ] {
+            if let Check::Skipped(why) = c
+                && why.starts_with("not checked")
+            {
+                let note = format!("{what}: {why}{how}\n");
+                if !notes.contains(&note) {
+                    notes.push(note);
+                }
+            }
+        }
+    }
+    for n in &notes {
+        out.push_str(n);
+    }
     if failed.is_empty() {
         out.push_str(&format!("{} packages verified\n", reports.len()));
     } else {
@@ -79,6 +105,15 @@ pub(crate) fn render_table(reports: &[Report]) -> String {
         ));
     }
     out
+}
+
+/// A check's cell: one word, so the table splits on whitespace.
+fn cell(c: &Check) -> String {
+    match c {
+        Check::Skipped(why) if why.starts_with("unsigned") => "unsigned".to_owned(),
+        Check::Skipped(_) => "unchecked".to_owned(),
+        c => c.word().to_owned(),
+    }
 }
 
 /// Reads pinned keys from `path`, if the file exists.
@@ -129,6 +164,45 @@ mod tests {
         let t = render_table(&[ok, bad]);
         assert!(t.contains("b@1.0.0: operator records: forged"), "{t}");
         assert!(t.contains("1 of 2 packages failed"), "{t}");
+    }
+
+    #[test]
+    fn not_checked_is_not_unsigned() {
+        let r = Report {
+            name: "a".into(),
+            version: "1.0.0".into(),
+            ok: true,
+            integrity: Check::Ok("sha512-x".into()),
+            signature: Check::Skipped(super::super::NO_KEYS.into()),
+            operators: Check::Skipped(super::super::NO_OPERATORS.into()),
+        };
+        let mut plain = r.clone();
+        plain.name = "b".into();
+        plain.signature = Check::Skipped(super::super::UNSIGNED.into());
+        let t = render_table(&[r, plain]);
+        let cols = |row: &str| -> Vec<String> {
+            let line = t.lines().find(|l| l.starts_with(row)).unwrap();
+            line.split_whitespace().map(str::to_owned).collect()
+        };
+        assert_eq!(
+            cols("a@1.0.0"),
+            ["a@1.0.0", "ok", "unchecked", "unchecked", "ok"]
+        );
+        assert_eq!(
+            cols("b@1.0.0"),
+            ["b@1.0.0", "ok", "unsigned", "unchecked", "ok"]
+        );
+        assert!(
+            t.contains("npm signatures: not checked: no pinned keys (pin"),
+            "{t}"
+        );
+        assert_eq!(
+            t.matches("operators: not checked: no trusted operators")
+                .count(),
+            1,
+            "{t}"
+        );
+        assert!(t.contains("2 packages verified"), "{t}");
     }
 
     #[test]
