@@ -7,8 +7,9 @@
 //! bodies of unknown length), where the answer came from ([`Source`]), the milliseconds until
 //! the response head was ready, and the client's IP address. Off with `Limits::access_log`.
 //!
-//! The source is what the gateway knows: a handler marks its response with a [`Source`]
-//! extension; unmarked responses (the operator routes) log `-`.
+//! The source is what the gateway knows: the registry says where a packument or a blob came
+//! from (`Packument::source`, `Blob::source`), a handler marks its response with that
+//! [`Source`] as an extension, and unmarked responses (the operator routes) log `-`.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -23,10 +24,16 @@ pub const TARGET: &str = "open_registry::access";
 pub enum Source {
     /// The gateway answered by itself: ping, whoami, refused writes, bad paths.
     Gateway,
-    /// The node behind the gateway answered (its store, its peers or its upstream: the node's
-    /// Fetcher decides, and counts it in `/-/metrics`).
+    /// The node behind the gateway answered, without saying from where (errors, keys,
+    /// records, status).
     Node,
-    /// Passed through to the upstream registry (search, audits).
+    /// The node's memory (a hot packument, a small tarball).
+    Memory,
+    /// The node's store on disk.
+    Store,
+    /// Fetched from another node just now.
+    Peer,
+    /// Fetched from the upstream registry just now, or passed through to it (search, audits).
     Upstream,
     /// The node's own search index (search without an upstream that has one).
     Index,
@@ -38,6 +45,9 @@ impl Source {
         match self {
             Source::Gateway => "gateway",
             Source::Node => "node",
+            Source::Memory => "memory",
+            Source::Store => "store",
+            Source::Peer => "peer",
             Source::Upstream => "upstream",
             Source::Index => "index",
         }

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use open_registry_protocol::PackageName;
 
+use crate::access::{self, Source};
 use crate::cache::{Entry, Key};
 use crate::error::ApiError;
 use crate::negotiate;
@@ -42,8 +43,9 @@ pub(crate) async fn packument<R: Registry>(
     };
     let base = negotiate::base_url(shared.public_url.as_deref(), headers, authority)?;
     let pack = shared.registry.packument(&name, false).await?;
+    let source = pack.source;
     match lookup(shared, name, pack, base, form).await? {
-        Some(doc) => Ok(respond(&doc, headers)),
+        Some(doc) => Ok(marked(respond(&doc, headers), source)),
         // Full and abbreviated forms always exist; a None here would be a renderer bug.
         None => Err(Error::Internal("packument form rendered as missing".into()).into()),
     }
@@ -60,13 +62,15 @@ pub(crate) async fn version<R: Registry>(
     let base = negotiate::base_url(shared.public_url.as_deref(), headers, authority)?;
     let form = Form::Version(spec);
     let pack = shared.registry.packument(&name, false).await?;
+    let source = pack.source;
     if let Some(doc) = lookup(shared, name.clone(), pack, base.clone(), form.clone()).await? {
-        return Ok(respond(&doc, headers));
+        return Ok(marked(respond(&doc, headers), source));
     }
     // Absent from this revision: refresh once, then answer from whatever that returned.
     let pack = shared.registry.packument(&name, true).await?;
+    let source = pack.source;
     match lookup(shared, name.clone(), pack, base, form.clone()).await? {
-        Some(doc) => Ok(respond(&doc, headers)),
+        Some(doc) => Ok(marked(respond(&doc, headers), source)),
         None => {
             shared.registry.still_missing(&name);
             let Form::Version(spec) = form else {
@@ -88,10 +92,17 @@ pub(crate) async fn dist_tags<R: Registry>(
     // sits beside its packument's.
     let base = negotiate::base_url(shared.public_url.as_deref(), headers, authority)?;
     let pack = shared.registry.packument(&name, false).await?;
+    let source = pack.source;
     match lookup(shared, name, pack, base, Form::DistTags).await? {
-        Some(doc) => Ok(respond(&doc, headers)),
+        Some(doc) => Ok(marked(respond(&doc, headers), source)),
         None => Err(Error::Internal("dist-tags rendered as missing".into()).into()),
     }
+}
+
+/// `res`, marked for the access log as coming from `source`.
+fn marked(mut res: Response, source: Source) -> Response {
+    access::mark(&mut res, source);
+    res
 }
 
 /// The rendered `form` of `pack`, from the cache or rendered now.

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use open_registry_protocol::{BlobId, Integrity, NameError, PackageName, Status, TarballFile};
 use serde_json::{Value, json};
 
+use crate::access::Source;
 use crate::registry::{Blob, Body, Error, Forward, Forwarded, Packument, Registry};
 
 /// The host that tarball URLs in the documents point at, as an upstream's would.
@@ -102,7 +103,7 @@ impl MemoryRegistry {
         let bytes = bytes.into();
         let package = Package {
             doc: serde_json::from_slice(&bytes).ok(),
-            current: Packument::new(BlobId::of(&bytes), bytes),
+            current: Packument::new(BlobId::of(&bytes), bytes).from(Source::Memory),
         };
         self.lock().packages.insert(name.clone(), package);
     }
@@ -218,7 +219,7 @@ fn add_version(
         .entry(name.clone())
         .or_insert_with(|| Package {
             doc: None,
-            current: Packument::new(BlobId::of(b""), Bytes::new()),
+            current: Packument::new(BlobId::of(b""), Bytes::new()).from(Source::Memory),
         });
     let doc = package.doc.get_or_insert_with(|| {
         json!({
@@ -274,7 +275,8 @@ fn reencode(state: &mut State, name: &PackageName) {
         && let Some(doc) = &package.doc
         && let Ok(bytes) = serde_json::to_vec(doc)
     {
-        package.current = Packument::new(BlobId::of(&bytes), Bytes::from(bytes));
+        package.current =
+            Packument::new(BlobId::of(&bytes), Bytes::from(bytes)).from(Source::Memory);
     }
 }
 
@@ -324,6 +326,7 @@ impl Registry for MemoryRegistry {
             id: BlobId::of(&bytes),
             len: bytes.len() as u64,
             body,
+            source: Source::Memory,
         })
     }
 
@@ -351,6 +354,7 @@ impl Registry for MemoryRegistry {
             id: *id,
             len: bytes.len() as u64,
             body: Body::Bytes(bytes),
+            source: Source::Memory,
         })
     }
 

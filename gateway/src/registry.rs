@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use open_registry_protocol::{BlobId, PackageName, Status, TarballFile};
 
+use crate::access::Source;
 use crate::budget::Lease;
 use crate::search::{SearchQuery, SearchResults};
 
@@ -26,16 +27,25 @@ pub struct Packument {
     /// (downloaded or read for this request); none when they are counted elsewhere (a cache).
     /// The gateway keeps it until it has derived what it serves.
     pub lease: Lease,
+    /// Where the registry found it (the access log's `source`).
+    pub source: Source,
 }
 
 impl Packument {
-    /// A revision whose bytes are counted elsewhere (or nowhere).
+    /// A revision whose bytes are counted elsewhere (or nowhere), from an unsaid source.
     pub fn new(id: BlobId, bytes: Bytes) -> Packument {
         Packument {
             id,
             bytes,
             lease: Lease::none(),
+            source: Source::Node,
         }
+    }
+
+    /// The same, found at `source`.
+    pub fn from(mut self, source: Source) -> Packument {
+        self.source = source;
+        self
     }
 }
 
@@ -57,6 +67,8 @@ pub struct Blob {
     pub len: u64,
     /// Its bytes.
     pub body: Body,
+    /// Where the registry found it (the access log's `source`).
+    pub source: Source,
 }
 
 impl fmt::Debug for Blob {

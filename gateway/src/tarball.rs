@@ -28,7 +28,10 @@ pub(crate) async fn serve<R: Registry>(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let blob = shared.registry.tarball(name, file).await?;
-    respond(blob, headers)
+    let source = blob.source;
+    let mut res = respond(blob, headers)?;
+    crate::access::mark(&mut res, source);
+    Ok(res)
 }
 
 /// Answers with a verified blob (a tarball, or any blob by id): ETag from its id, 304 when the

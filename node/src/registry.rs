@@ -87,6 +87,7 @@ impl Registry for Node {
                 id: *id,
                 len,
                 body: gateway::Body::Stream(ReaderStream::with_capacity(file, 64 << 10).boxed()),
+                source: gateway::access::Source::Store,
             }),
             // Record blobs live in sled, not in the blob store.
             Ok(None) => match self.fetcher.records().blob(id) {
@@ -94,6 +95,7 @@ impl Registry for Node {
                     id: *id,
                     len: b.len() as u64,
                     body: gateway::Body::Bytes(Bytes::from(b)),
+                    source: gateway::access::Source::Store,
                 }),
                 Ok(None) => Err(gateway::Error::NotFound(format!(
                     "this node has no blob {id}"

@@ -271,15 +271,32 @@ fn sigterm_stops_cleanly_and_a_restart_serves_the_store_offline() -> Result<()> 
     let mut node = NodeProcess::start(&["--upstream", up.url()])?;
     let doc = node.get(&p.packument_path, &[])?;
     ensure!(doc.status == 200);
-    // The start banner says where P2P listens and who can reach it; each request is logged.
+    let again = node.get(&p.packument_path, &[])?;
+    ensure!(again.status == 200);
+    // The start banner says where P2P listens and who can reach it; each request is logged,
+    // with where its answer came from: the upstream first, then the node's memory.
+    let access = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| {
+                l.contains("open_registry::access")
+                    && l.contains(&format!("path={} ", p.packument_path))
+            })
+            .map(str::to_owned)
+            .collect()
+    };
     let log = probe::wait_for(
         Duration::from_secs(10),
-        "the banner and an access line",
+        "the banner and two access lines",
         || {
             let log = std::fs::read_to_string(node.log_path()).ok()?;
-            (log.contains("Kademlia") && log.contains("open_registry::access")).then_some(log)
+            (log.contains("Kademlia") && access(&log).len() == 2).then_some(log)
         },
     )?;
+    let lines = access(&log);
+    ensure!(
+        lines[0].contains("source=upstream") && lines[1].contains("source=memory"),
+        "{lines:#?}"
+    );
     ensure!(
         log.contains("peer-to-peer: /ip4/127.0.0.1/tcp/")
             && log.contains("reachable from this host only")

@@ -92,7 +92,7 @@ async fn one_line_per_request_with_its_fields() {
     assert_eq!(field(doc, "method"), Some("GET"));
     assert_eq!(field(doc, "path"), Some("/left-pad"));
     assert_eq!(field(doc, "status"), Some("200"));
-    assert_eq!(field(doc, "source"), Some("node"));
+    assert_eq!(field(doc, "source"), Some("memory"));
     assert_eq!(field(doc, "client"), Some("127.0.0.1"));
     let bytes: u64 = field(doc, "bytes").unwrap().parse().unwrap();
     assert!(bytes > 100, "{doc}");

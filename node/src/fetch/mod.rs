@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use open_registry_gateway::access::Source;
 use open_registry_gateway::{MemoryBudget, Packument};
 use open_registry_protocol::packument::DistRef;
 use open_registry_protocol::{BlobId, PackageName, Signed};
@@ -96,7 +97,7 @@ pub(crate) struct Fetcher {
     max_packument: u64,
     max_tarball: u64,
     packuments: Flights<PackageName, Result<Packument, FetchError>>,
-    tarballs: Flights<(PackageName, String), Result<Fetched, FetchError>>,
+    tarballs: Flights<(PackageName, String), Result<(Fetched, Source), FetchError>>,
     caches: Caches,
     /// See [`Sources::memory`].
     memory: MemoryBudget,

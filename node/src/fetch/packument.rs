@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use open_registry_gateway::access::Source;
 use open_registry_gateway::{Lease, Packument};
 use open_registry_protocol::pointer::Pointer;
 use open_registry_protocol::record::Verified;
@@ -40,7 +41,7 @@ impl Fetcher {
             // A packument in use is as recently used as its tarballs (eviction order).
             self.store.index.touch(&p.id, self.clock.now_ms());
             Metrics::inc(&self.metrics.packument_hits);
-            return Ok(p);
+            return Ok(p.from(Source::Memory));
         }
         let entry = self.store.index.packument(name).map_err(store_err)?;
         if let Some(e) = &entry
@@ -210,6 +211,7 @@ impl Fetcher {
                     id: e.id,
                     bytes,
                     lease,
+                    source: Source::Store,
                 }))
             }
             None => {
@@ -277,6 +279,7 @@ impl Fetcher {
                     id: BlobId::of(&bytes),
                     bytes,
                     lease,
+                    source: Source::Upstream,
                 };
                 self.ingest_packument(name, p, etag, last_modified).await
             }
@@ -317,6 +320,7 @@ impl Fetcher {
                     id: e.id,
                     bytes,
                     lease,
+                    source: Source::Upstream,
                 }
             }
             None => self
@@ -412,7 +416,12 @@ impl Fetcher {
         self.stored();
         self.caches.dists.insert(id, dists);
         self.keep_hot(name, &e, &bytes);
-        let p = Packument { id, bytes, lease };
+        let p = Packument {
+            id,
+            bytes,
+            lease,
+            source: Source::Peer,
+        };
         tracing::info!(%name, id = %id.short(), signers = agreed.records.len(), "took a packument revision from peers");
         Ok(p)
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
+use open_registry_gateway::access::Source;
 use open_registry_gateway::{Blob, Body};
 use open_registry_protocol::packument::DistRef;
 use open_registry_protocol::record::attested_integrity;
@@ -64,15 +65,18 @@ impl Fetcher {
         if role == Role::Follower {
             Metrics::inc(&self.metrics.coalesced);
         }
-        match result.unwrap_or(Err(FetchError::Panicked))? {
+        let (fetched, source) = result.unwrap_or(Err(FetchError::Panicked))?;
+        match fetched {
             Fetched::Stored(id) => self
                 .open(&id)
                 .await?
+                .map(|blob| Blob { source, ..blob })
                 .ok_or_else(|| vanished(format!("tarball {file}"))),
             Fetched::Unstored(id, bytes) => Ok(Blob {
                 id,
                 len: bytes.len() as u64,
                 body: Body::Bytes(bytes),
+                source,
             }),
         }
     }
@@ -86,6 +90,7 @@ impl Fetcher {
                 id: *id,
                 len: bytes.len() as u64,
                 body: Body::Bytes(bytes),
+                source: Source::Memory,
             }));
         }
         let Some((mut file, len)) = self.store.blobs.open_read(id).await.map_err(store_err)? else {
@@ -107,6 +112,7 @@ impl Fetcher {
                 id: *id,
                 len: bytes.len() as u64,
                 body: Body::Bytes(bytes),
+                source: Source::Store,
             }));
         }
         let stream = ReaderStream::with_capacity(file, 64 << 10);
@@ -114,6 +120,7 @@ impl Fetcher {
             id: *id,
             len,
             body: Body::Stream(stream.boxed()),
+            source: Source::Store,
         }))
     }
 
@@ -124,11 +131,11 @@ impl Fetcher {
         self: &Arc<Self>,
         name: &PackageName,
         file: &str,
-    ) -> Result<Fetched, FetchError> {
+    ) -> Result<(Fetched, Source), FetchError> {
         if let Some(id) = self.store.index.tarball(name, file).map_err(store_err)?
             && self.store.blobs.contains(&id)
         {
-            return Ok(Fetched::Stored(id));
+            return Ok((Fetched::Stored(id), Source::Store));
         }
         let dist = self.dist(name, file).await?;
         let integrity = Integrity::for_dist(dist.integrity.as_deref(), dist.shasum.as_deref())
@@ -143,7 +150,7 @@ impl Fetcher {
                     return self
                         .stored_tarball(name, file, &dist, id)
                         .await
-                        .map(Fetched::Stored);
+                        .map(|id| (Fetched::Stored(id), Source::Peer));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -166,8 +173,8 @@ impl Fetcher {
             Fetched::Stored(id) => self
                 .stored_tarball(name, file, &dist, id)
                 .await
-                .map(Fetched::Stored),
-            unstored => Ok(unstored),
+                .map(|id| (Fetched::Stored(id), Source::Upstream)),
+            unstored => Ok((unstored, Source::Upstream)),
         }
     }
 
