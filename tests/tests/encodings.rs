@@ -2,7 +2,8 @@
 //! and are capped by their decoded size (a decompression bomb is refused, not cached); tarballs
 //! are requested as `identity` and stored exactly as sent, whatever the upstream labels them.
 //! And a packument with a duplicate key (R22) is refused rather than read differently from
-//! the way npm reads it. Popularity (R23) counts only packuments that were answered.
+//! the way npm reads it. Popularity (R23) counts only packuments that were answered. A
+//! packument bigger than the packument memory (R21) goes through the disk.
 
 use anyhow::{Result, ensure};
 use open_registry_tests::{FakeUpstream, Fault, InProcessNode, Node as _, PackageSpec, probe};
@@ -156,6 +157,59 @@ fn r23_only_answered_packuments_count_as_popular() -> Result<()> {
     ensure!(
         packages == vec![("or-r23-real".to_owned(), 3)],
         "popular: {packages:?}"
+    );
+    Ok(())
+}
+
+/// R21: with 1 MiB of packument memory, a 3 MB packument (plain, with its length announced) and
+/// a gzip one that decodes to 3 MB are read through the disk, served whole, and every byte of
+/// the budget is given back.
+#[test]
+fn r21_packuments_larger_than_the_packument_memory_are_read_through_the_disk() -> Result<()> {
+    let up = FakeUpstream::start()?;
+    let node = InProcessNode::start(&[
+        "--upstream",
+        up.url(),
+        "--packument-memory",
+        "1MiB",
+        "--memory-cache-size",
+        "4MiB",
+    ])?;
+    let readme = "r".repeat(3 << 20);
+    let doc = serde_json::json!({
+        "name": "or-r21-plain", "readme": readme,
+        "dist-tags": {"latest": "1.0.0"},
+        "versions": {"1.0.0": {"name": "or-r21-plain", "version": "1.0.0", "dist": {
+            "tarball": format!("{}/or-r21-plain/-/or-r21-plain-1.0.0.tgz", up.url()),
+            "integrity": "sha512-AA=="}}}
+    });
+    up.put_packument(
+        "or-r21-plain",
+        bytes::Bytes::from(serde_json::to_vec(&doc)?),
+        Vec::new(),
+    );
+    let gz = up.publish(&PackageSpec::new("or-r21-gzip", "1.0.0"))?;
+    up.set_fault(gz.packument_path.as_str(), Fault::Gzip { pad: 3 << 20 });
+
+    let r = node.get("/or-r21-plain", &[])?;
+    ensure!(r.status == 200, "plain: {} {}", r.status, r.text());
+    ensure!(probe::json(&r)?["readme"].as_str().map(str::len) == Some(3 << 20));
+    let r = node.get(&gz.packument_path, &[])?;
+    ensure!(r.status == 200, "gzip: {} {}", r.status, r.text());
+    ensure!(probe::json(&r)?["versions"]["1.0.0"]["dist"]["integrity"] == gz.integrity.as_str());
+    ensure!(
+        node.counter("packument_spills")? == 2,
+        "spills: {}",
+        node.counter("packument_spills")?
+    );
+    // Read back from the store (too big for the hot cache): within the budget again.
+    let r = node.get("/or-r21-plain", &[("Accept-Encoding", "gzip")])?;
+    ensure!(r.status == 200);
+    let metrics = node.get("/-/metrics", &[])?.text();
+    ensure!(
+        metrics.contains("open_registry_packument_memory_bytes 0\n")
+            && metrics.contains("open_registry_packument_memory_limit_bytes 1048576\n"),
+        "{metrics}"
     );
     Ok(())
 }
