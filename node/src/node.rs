@@ -153,7 +153,13 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     tracker.spawn(sync.clone().run(cancel.clone()));
     let popularity = Arc::new(Popularity::new(clock.clone()));
     let search = Arc::new(SearchIndex::new());
-    search::watch::spawn(search.clone(), store.clone(), &tracker, cancel.clone());
+    search::watch::spawn(
+        search.clone(),
+        store.clone(),
+        fetcher.memory().clone(),
+        &tracker,
+        cancel.clone(),
+    );
     if let Some(p) = peers.clone() {
         Gossip {
             peers: p,

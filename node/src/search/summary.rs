@@ -34,7 +34,9 @@ struct Doc<'a> {
     description: Option<Value>,
     #[serde(rename = "dist-tags")]
     dist_tags: Option<Value>,
-    time: Option<Value>,
+    /// Left raw: a package of thousands of versions has as many dates.
+    #[serde(borrow)]
+    time: Option<&'a RawValue>,
     #[serde(default, borrow)]
     versions: HashMap<String, &'a RawValue>,
     keywords: Option<Value>,
@@ -157,11 +159,15 @@ pub(crate) fn summarize(name: &str, bytes: &[u8]) -> Result<Summary, String> {
             links.insert(k.to_owned(), v);
         }
     }
-    let time = doc.time.as_ref();
+    let time: Option<HashMap<&str, &RawValue>> =
+        doc.time.and_then(|t| serde_json::from_str(t.get()).ok());
     let date = [version.as_str(), "modified"]
         .into_iter()
-        .find_map(|k| time.and_then(|t| t.get(k)).and_then(Value::as_str))
-        .map(|d| cut(d, MAX_FIELD));
+        .find_map(|k| {
+            let raw = time.as_ref()?.get(k)?;
+            serde_json::from_str::<String>(raw.get()).ok()
+        })
+        .map(|d| cut(&d, MAX_FIELD));
     let words = name.replace(['@', '/', '-', '_', '.'], " ");
     let text = format!(
         "{name} {words} {words} {} {}",

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use open_registry_gateway::MemoryBudget;
 use open_registry_protocol::{BlobId, PackageName};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -42,9 +43,11 @@ impl Pending {
 }
 
 /// Starts following `store` into `index` until `cancel`.
+/// Packuments are read within `memory`, the node's packument memory, like a request's.
 pub(crate) fn spawn(
     index: Arc<SearchIndex>,
     store: Arc<Store>,
+    memory: MemoryBudget,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) {
@@ -92,7 +95,7 @@ pub(crate) fn spawn(
                     if cancel.is_cancelled() {
                         return;
                     }
-                    reindex(&index, &store, name, Some(entry.id)).await;
+                    reindex(&index, &store, &memory, name, Some(entry.id)).await;
                 }
                 tracing::debug!(packages = index.len(), "search index built");
             }
@@ -101,7 +104,7 @@ pub(crate) fn spawn(
         }
         loop {
             for (name, revision) in pending.take() {
-                reindex(&index, &store, name, revision).await;
+                reindex(&index, &store, &memory, name, revision).await;
             }
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -115,6 +118,7 @@ pub(crate) fn spawn(
 async fn reindex(
     index: &Arc<SearchIndex>,
     store: &Store,
+    memory: &MemoryBudget,
     name: PackageName,
     revision: Option<BlobId>,
 ) {
@@ -125,6 +129,8 @@ async fn reindex(
     if index.has(&name, &revision) {
         return;
     }
+    // Leased before it is read, and held until it is parsed (nothing else is held meanwhile).
+    let lease = memory.lease(store.blobs.size(&revision).unwrap_or(0)).await;
     let bytes = match store.blobs.read(&revision).await {
         Ok(Some(b)) => b,
         Ok(None) => return,
@@ -139,6 +145,7 @@ async fn reindex(
         if let Err(e) = index.upsert(&name, revision, &bytes) {
             tracing::debug!(error = %e, "search index: package left out");
         }
+        drop((bytes, lease));
     })
     .await;
     if let Err(e) = done {
