@@ -18,7 +18,8 @@
 //!   `/-/v1/search` when the upstream has none.
 //! - `tasks`: background work (sync with the upstream, gossip, store maintenance).
 //! - `admin`: the operator routes (dashboard, pins, peers, popularity).
-//! - [`client`]: the command line and what it does against a running node.
+//! - [`client`]: the command line and what it does against a running node (and locally: the
+//!   operator's `statement.toml`, `open-registry statement`).
 //! - [`config`]: flags, environment and `config.toml`, validated into one [`Config`].
 //! - [`clock`]: the wall clock the node's calendar decisions read ([`clock::Clock`]).
 //! - `fdlimit`: the file descriptor limit, raised at start, and the connection cap under it.

@@ -14,6 +14,8 @@
 //! - [`popularity`]: signed summaries of the packages a node serves most.
 //! - [`trust`]: the trust policy (trusted signers, threshold) and its distinct rejections.
 //! - [`status`]: the node's JSON self-report; [`admin`]: the JSON of its operator routes.
+//! - [`statement`]: operator statements (`statement.toml`): what a node costs and receives,
+//!   month by month, checked with line-accurate errors and summed exactly per currency.
 //!
 //! No tokio, no sockets, no disk: everything here is a pure function of its input, so it is
 //! tested exhaustively and can be reimplemented from docs/protocol.md.
@@ -29,6 +31,7 @@ pub mod peer;
 pub mod pointer;
 pub mod popularity;
 pub mod record;
+pub mod statement;
 pub mod status;
 pub mod trust;
 

@@ -1,7 +1,8 @@
 //! The `open-registry` command line as an operator uses it: `init` writes a commented config
 //! and protects it, refuses a node that would mirror itself; `status` reads a running node and
 //! fails clearly without one; SIGTERM stops a node cleanly and a restart serves what it stored,
-//! with the upstream gone.
+//! with the upstream gone; `statement` checks, shows and imports into an operator's
+//! `statement.toml`.
 
 use std::{fs, time::Duration};
 
@@ -364,5 +365,115 @@ fn sigterm_stops_cleanly_and_a_restart_serves_the_store_offline() -> Result<()> 
     );
     let exit = node.stop()?.context("not running")?;
     ensure!(exit.code() == Some(0), "second SIGTERM: {exit:?}");
+    Ok(())
+}
+
+#[test]
+fn statement_check_show_and_import_as_an_operator_runs_them() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    fs::create_dir_all(&data)?;
+    let statement = data.join("statement.toml");
+
+    // No statement yet: a clear failure.
+    let out = cli(
+        &["statement", "check", "--data-dir", arg(&data)],
+        CLI_TIMEOUT,
+    )?;
+    ensure!(!out.success(), "{}", out.describe());
+    ensure!(out.stderr.contains("no statement"), "{}", out.describe());
+
+    // Problems are FILE:LINE:COL: message, one a line, and fail the check.
+    fs::write(
+        &statement,
+        "[operator]\nname = \"Co-op\"\n\n[[month]]\nmonth = \"2026-11\"\ncurrency = \"eur\"\n\
+         cost = [ { provider = \"Hetzner\", item = \"CX32\", amount = \"-6.80\" } ]\n",
+    )?;
+    let out = cli(
+        &["statement", "check", "--data-dir", arg(&data)],
+        CLI_TIMEOUT,
+    )?;
+    ensure!(!out.success(), "{}", out.describe());
+    let file = arg(&statement);
+    for want in [
+        format!("{file}:6:12: currency \"eur\""),
+        format!("{file}:7:58: amount \"-6.80\" is negative"),
+    ] {
+        ensure!(
+            out.stderr.contains(&want),
+            "no {want:?}:\n{}",
+            out.describe()
+        );
+    }
+
+    fs::write(
+        &statement,
+        "# Our node.\n[operator]\nname = \"Co-op\"\n\n[[month]]\nmonth = \"2026-11\"\ncurrency = \"EUR\"\n\
+         cost = [ { provider = \"Hetzner\", item = \"CX32\", amount = \"6.80\" } ]\n",
+    )?;
+    cli(
+        &["statement", "check", "--data-dir", arg(&data)],
+        CLI_TIMEOUT,
+    )?
+    .ok()?;
+
+    let csv = tmp.path().join("transactions.csv");
+    fs::write(
+        &csv,
+        "datetime,shortId,description,type,kind,amount,netAmount,currency\n\
+         2026-11-03T10:00:00.000Z,aa11,\"Contribution from Alice, monthly\",CREDIT,CONTRIBUTION,25.00,24.41,EUR\n\
+         2026-11-03T10:00:00.000Z,aa12,Stripe payment processor fee,DEBIT,PAYMENT_PROCESSOR_FEE,-0.59,-0.59,EUR\n\
+         2026-11-28T09:00:00.000Z,aa13,Hetzner CX32 server,DEBIT,EXPENSE,-6.80,-6.80,EUR\n",
+    )?;
+    let out = cli(
+        &[
+            "statement",
+            "import",
+            "--opencollective",
+            arg(&csv),
+            "--data-dir",
+            arg(&data),
+        ],
+        CLI_TIMEOUT,
+    )?
+    .ok()?;
+    ensure!(
+        out.stdout
+            .contains("2026-11 EUR: 1 contribution, donated 25.00; 1 expense, spent 6.80")
+            && out
+                .stdout
+                .contains("ignored 1 rows (PAYMENT_PROCESSOR_FEE 1)"),
+        "{}",
+        out.describe()
+    );
+    let text = fs::read_to_string(&statement)?;
+    ensure!(text.starts_with("# Our node.\n"), "{text}");
+
+    let out = cli(
+        &["statement", "show", "--data-dir", arg(&data), "--json"],
+        CLI_TIMEOUT,
+    )?
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    let totals = &v["months"][0]["totals"];
+    ensure!(
+        totals["cost"] == "6.80"
+            && totals["donated"] == "25.00"
+            && totals["spent"] == "6.80"
+            && totals["balance"] == "18.20",
+        "{}",
+        out.describe()
+    );
+    let out = cli(
+        &["statement", "show", "--data-dir", arg(&data)],
+        CLI_TIMEOUT,
+    )?
+    .ok()?;
+    ensure!(
+        out.stdout
+            .contains("EUR: cost 6.80, donated 25.00, spent 6.80, balance 18.20"),
+        "{}",
+        out.describe()
+    );
     Ok(())
 }

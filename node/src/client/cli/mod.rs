@@ -4,10 +4,11 @@
 //! validates a node's settings. Every command returns an `anyhow::Result` that `main` prints
 //! with its causes; a failed check (verify, pin) prints its report and exits nonzero. The
 //! commands live by what they do: `start` (`init`, `start`), `status` (`status`, `peers`,
-//! `id`), `pin` and `verify`.
+//! `id`), `pin`, `verify` and `statement` (the operator's `statement.toml`).
 
 mod pin;
 mod start;
+mod statement;
 mod status;
 mod verify;
 
@@ -46,6 +47,47 @@ enum Command {
     Pin(PinCommand),
     /// List connected peers and the routing table size
     Peers(PeersArgs),
+    /// The operator's statement.toml: what the node costs and what it receives
+    #[command(subcommand)]
+    Statement(StatementCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StatementCommand {
+    /// Print the statement: per month costs, donations, spent and totals per currency
+    Show(StatementShowArgs),
+    /// Check the statement; problems are printed as FILE:LINE:COL: message
+    Check(StatementFile),
+    /// Fill donations and spent from an Open Collective transactions export (CSV)
+    Import(StatementImportArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatementFile {
+    #[command(flatten)]
+    dir: DataDir,
+    /// The statement [default: <data dir>/statement.toml]
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct StatementShowArgs {
+    #[command(flatten)]
+    file: StatementFile,
+    /// Print JSON, with the totals of each month and of each currency
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatementImportArgs {
+    #[command(flatten)]
+    file: StatementFile,
+    /// An Open Collective transactions export: its contributions received become the donations
+    /// and its expenses the spent of their months (costs are kept)
+    #[arg(long, value_name = "FILE.csv")]
+    opencollective: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +260,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(a) => verify::verify(a).await,
         Command::Pin(c) => pin::pin(c).await,
         Command::Peers(a) => status::peers(a).await,
+        Command::Statement(c) => statement::statement(c),
     }
     .map(|()| ExitCode::SUCCESS)
     .or_else(|e| match e.downcast_ref::<Failed>() {
@@ -286,6 +329,25 @@ mod tests {
         };
         assert_eq!(a.settings.no_upstream, Some(true));
         assert_eq!(a.dir.path(), PathBuf::from("/d"));
+        let cli = Cli::try_parse_from([
+            "open-registry",
+            "statement",
+            "import",
+            "--opencollective",
+            "tx.csv",
+            "--data-dir",
+            "/d",
+        ])
+        .unwrap();
+        let Command::Statement(StatementCommand::Import(a)) = cli.command else {
+            panic!("not statement import")
+        };
+        assert_eq!(a.opencollective, PathBuf::from("tx.csv"));
+        assert_eq!(a.file.path(), PathBuf::from("/d/statement.toml"));
+        assert!(
+            Cli::try_parse_from(["open-registry", "statement", "import"]).is_err(),
+            "--opencollective is required"
+        );
         assert!(
             Cli::try_parse_from([
                 "open-registry",
