@@ -20,7 +20,7 @@ use crate::cache::{Entry, Key};
 use crate::error::ApiError;
 use crate::negotiate;
 use crate::registry::{Error, Packument, Registry};
-use crate::render::{self, Form, Rendered};
+use crate::render::{self, Form, Gzip, Rendered};
 use crate::shared::Shared;
 
 /// Packuments change when a version is published: clients may reuse one for five minutes.
@@ -118,11 +118,13 @@ async fn lookup<R: Registry>(
         base,
         form,
     };
+    let spill = shared.spill.clone();
     // The closure owns the name and the (reference-counted) bytes, so a hit clones nothing.
     shared
         .cache
         .get_or_render(key, move |key| {
-            render::render(&name, &pack.bytes, &key.base, &key.form).map(|r| r.map(Into::into))
+            render::render(&name, &pack.bytes, &key.base, &key.form, spill.as_deref())
+                .map(|r| r.map(Into::into))
         })
         .await
 }
@@ -141,7 +143,11 @@ pub(crate) fn respond(doc: &Rendered, headers: &HeaderMap) -> Response {
     } else {
         let gzip = negotiate::accepts_gzip(headers);
         let (body, len) = match (&doc.identity, gzip) {
-            (_, true) => (Body::from(doc.gzip.clone()), doc.gzip.len()),
+            (_, true) => match &doc.gzip {
+                Gzip::Memory(b) => (Body::from(b.clone()), b.len()),
+                // Kept on disk: streamed from its file.
+                file => (Body::from_stream(file.stream()), file.len()),
+            },
             (Some(identity), false) => (Body::from(identity.clone()), identity.len()),
             // A large document for a client that takes no gzip: decompressed as it is sent,
             // a chunk at a time, so it is never held uncompressed.

@@ -38,6 +38,10 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Byte budget of the render cache (encoded and gzip forms of derived documents).
     pub render_cache_bytes: usize,
+    /// Where derived forms whose gzip is over 256 KiB are kept, as files, instead of memory
+    /// (each then weighs an eighth of its size in the cache); `None` keeps them in memory.
+    /// The directory should be emptied at every start.
+    pub render_spill_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
         Self {
             public_url: None,
             render_cache_bytes: DEFAULT_RENDER_CACHE_BYTES,
+            render_spill_dir: None,
         }
     }
 }
@@ -59,6 +64,7 @@ pub fn router<R: Registry>(registry: Arc<R>, config: Config) -> Router {
         registry,
         public_url,
         cache: RenderCache::new(config.render_cache_bytes),
+        spill: config.render_spill_dir.map(crate::render::Spill::new),
         metrics: Metrics::default(),
     });
     Router::new().fallback(dispatch::<R>).with_state(shared)

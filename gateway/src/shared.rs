@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::cache::RenderCache;
 use crate::metrics::Metrics;
+use crate::render::Spill;
 
 /// What every request handler shares.
 #[derive(Debug)]
@@ -15,5 +16,7 @@ pub(crate) struct Shared<R> {
     /// `Config::public_url` without a trailing `/`; `None` if unset or empty.
     pub(crate) public_url: Option<String>,
     pub(crate) cache: RenderCache,
+    /// Where large derived forms go (`Config::render_spill_dir`).
+    pub(crate) spill: Option<Arc<Spill>>,
     pub(crate) metrics: Metrics,
 }

@@ -212,6 +212,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         gateway::Config {
             public_url: config.public_url.clone(),
             render_cache_bytes: (config.memory_cache_size / 2) as usize,
+            render_spill_dir: Some(store.blobs.tmp_dir().join("rendered")),
         },
     ));
     // Pin the upstream's registry keys on first start (init normally did it already).

@@ -387,3 +387,79 @@ async fn every_route_reads_a_deeply_nested_document_the_same_way() {
         }
     }
 }
+
+#[tokio::test]
+async fn large_forms_are_kept_on_disk_and_served_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let spill = dir.path().join("rendered");
+    let (reg, app) = gateway_with(Config {
+        render_spill_dir: Some(spill.clone()),
+        render_cache_bytes: 1 << 20,
+        ..Config::default()
+    });
+    // Forms whose gzip is far over 256 KiB: incompressible descriptions.
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut noise = || {
+        (0..60)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect::<String>()
+    };
+    for pkg in ["disk-a", "disk-b", "disk-c"] {
+        let mut vs = serde_json::Map::new();
+        for i in 0..12_000 {
+            let v = format!("1.0.{i}");
+            vs.insert(
+                v.clone(),
+                serde_json::json!({"name": pkg, "version": v, "description": noise(),
+                    "dist": {"tarball": format!("https://up.example/{pkg}/-/{pkg}-{v}.tgz"),
+                             "integrity": "sha512-AA=="}}),
+            );
+        }
+        let doc =
+            serde_json::json!({"name": pkg, "dist-tags": {"latest": "1.0.0"}, "versions": vs});
+        reg.set_packument(
+            &PackageName::parse(pkg).unwrap(),
+            serde_json::to_vec(&doc).unwrap(),
+        );
+    }
+    // The full forms (the abbreviated ones leave descriptions out).
+    let gz = [("accept-encoding", "gzip")];
+    let mut first = Vec::new();
+    for pkg in ["disk-a", "disk-b", "disk-c"] {
+        let a = get(&app, &format!("/{pkg}"), &gz).await;
+        assert_eq!(a.status, 200);
+        assert!(
+            a.body.len() > 256 << 10,
+            "{pkg}: {} bytes of gzip",
+            a.body.len()
+        );
+        first.push(a);
+    }
+    // Three forms of ~1 MB each on disk; together far over the 1 MiB cache, they are all kept.
+    let files = std::fs::read_dir(&spill).unwrap().count();
+    assert_eq!(files, 3);
+    let hits = metric(&app, "open_registry_gateway_render_cache_hits_total").await;
+    for (pkg, before) in ["disk-a", "disk-b", "disk-c"].iter().zip(&first) {
+        let again = get(&app, &format!("/{pkg}"), &gz).await;
+        assert_eq!(again.body, before.body, "{pkg}");
+        assert_eq!(again.header("etag"), before.header("etag"));
+        assert_eq!(
+            again.header("content-length"),
+            Some(before.body.len().to_string().as_str())
+        );
+        // A client without gzip gets it decompressed from the file.
+        let plain = get(&app, &format!("/{pkg}"), &[]).await;
+        assert_eq!(plain.body.to_vec(), before.decoded(), "{pkg}");
+    }
+    let after = metric(&app, "open_registry_gateway_render_cache_hits_total").await;
+    assert_eq!(after - hits, 6, "every repeat was a hit");
+    // The files go with the cache.
+    drop(app);
+    drop(reg);
+    assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 0);
+}
