@@ -237,8 +237,12 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
         "versions": published.versions});
     let node = targets::start_node(ctx, up.url(), &[])?;
     println!("   node {} (pid {:?})", node.gateway(), node.pid());
-    // Let the start-up key fetch finish before counting.
-    std::thread::sleep(Duration::from_millis(300));
+    // Let the start-up key fetch finish before counting: wait for the request itself.
+    open_registry_tests::probe::wait_for(
+        Duration::from_secs(10),
+        "the node's start-up key fetch",
+        || (up.hits("/-/npm/v1/keys") > 0).then_some(()),
+    )?;
     let idle = node.pid().and_then(sys::rss_kib);
     let npm = Npm::new(node.gateway())?;
     let mut before = BTreeMap::new();
