@@ -12,10 +12,13 @@
 //! - [`record`]: signed mirror records; [`Verified`] values come only from [`Signed::verify`].
 //! - [`pointer`](mod@pointer): the small signed pointers the DHT holds to find a package's newest records.
 //! - [`popularity`]: signed summaries of the packages a node serves most.
+//! - [`report`]: signed node reports (what a node served, its errors, its lag) for the network
+//!   view; [`network`]: that view's JSON.
 //! - [`trust`]: the trust policy (trusted signers, threshold) and its distinct rejections.
 //! - [`status`]: the node's JSON self-report; [`admin`]: the JSON of its operator routes.
 //! - [`statement`]: operator statements (`statement.toml`): what a node costs and receives,
-//!   month by month, checked with line-accurate errors and summed exactly per currency.
+//!   month by month, checked with line-accurate errors and summed exactly per currency, and
+//!   signed for gossip.
 //!
 //! No tokio, no sockets, no disk: everything here is a pure function of its input, so it is
 //! tested exhaustively and can be reimplemented from docs/protocol.md.
@@ -25,12 +28,14 @@ pub mod derive;
 pub mod id;
 pub mod integrity;
 pub mod name;
+pub mod network;
 pub mod npm_sig;
 pub mod packument;
 pub mod peer;
 pub mod pointer;
 pub mod popularity;
 pub mod record;
+pub mod report;
 pub mod statement;
 pub mod status;
 pub mod trust;

@@ -29,11 +29,13 @@ pub const MAX_FRACTION_DIGITS: usize = 4;
 pub const MAX_AMOUNT_LEN: usize = 24;
 
 mod check;
+mod signed;
 #[cfg(test)]
 mod tests;
 mod values;
 
 use check::{RawStatement, Validator};
+pub use signed::{MAX_STATEMENT_LEN, STATEMENT_DOMAIN, STATEMENT_FORMAT, SignedStatement};
 pub use values::{Amount, Currency, YearMonth};
 
 /// A whole statement: who runs the node and its months.

@@ -283,3 +283,43 @@ fn line_column_counts_characters() {
     assert_eq!(line_column(t, 7), (3, 1));
     assert_eq!(line_column(t, 100), (3, 2));
 }
+
+#[test]
+fn signed_statements_round_trip_and_refuse_tampering() {
+    use crate::record::{RecordError, Signable as _, Signed};
+    let key = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
+    let s = SignedStatement {
+        seq: 3,
+        at_ms: 1_764_547_200_000,
+        statement: Statement::parse(EXAMPLE).unwrap(),
+    };
+    let wire = s.sign(&key).to_bytes();
+    let back = Signed::from_bytes(&wire).unwrap();
+    assert_eq!(back.verify_as::<SignedStatement>().unwrap().get(), &s);
+    // One byte of the text changed: the signature no longer holds.
+    let mut forged = back.clone();
+    let at = forged.body.len() - 3;
+    forged.body[at] ^= 1;
+    assert_eq!(
+        forged.verify_as::<SignedStatement>().unwrap_err(),
+        RecordError::BadSignature
+    );
+    // A body that is not a valid statement is refused even when signed.
+    let mut body = s.encode()[..17].to_vec();
+    body.extend_from_slice(b"[operator]\nname = 1\n");
+    assert!(SignedStatement::decode(&body).is_err());
+    // Too large to gossip: refused before signing, and when received.
+    let mut big = s.clone();
+    let month = big.statement.months[0].clone();
+    big.statement.months = (0..MAX_MONTHS)
+        .map(|i| Month {
+            month: format!("{}-{:02}", 2000 + i / 12, i % 12 + 1)
+                .parse()
+                .unwrap(),
+            cost: vec![month.cost[0].clone(); MAX_ITEMS],
+            ..month.clone()
+        })
+        .collect();
+    assert!(big.try_encode().is_err());
+    assert!(SignedStatement::decode(&big.encode()).is_err());
+}
