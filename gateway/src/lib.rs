@@ -21,7 +21,8 @@
 //!   connection caps against slow and hostile clients), which writes the access log.
 //! - [`access`]: the access log's line and the [`access::Source`] handlers mark answers with.
 //! - [`error`]: [`ApiError`], the one place failures become status codes and JSON.
-//! - `metrics`: the gateway's own Prometheus counters.
+//! - `metrics`: the gateway's own counters ([`Traffic`]), as Prometheus text and as the
+//!   [`TrafficSnapshot`] a node's reports are made of.
 //! - [`memory`]: [`MemoryRegistry`], an in-memory [`Registry`] for tests.
 
 pub mod access;
@@ -50,6 +51,7 @@ pub use budget::{Lease, MemoryBudget};
 pub use error::ApiError;
 pub use memory::MemoryRegistry;
 pub use meta::MAX_FORWARD_BODY;
+pub use metrics::{Traffic, TrafficSnapshot};
 pub use negotiate::HostError;
 pub use path::PathError;
 pub use registry::{Blob, Body, Error, Forward, ForwardMethod, Forwarded, Packument, Registry};

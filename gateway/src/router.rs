@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use crate::access::{self, Source};
 use crate::cache::RenderCache;
 use crate::error::ApiError;
-use crate::metrics::{Metrics, RouteClass};
+use crate::metrics::{RouteClass, Traffic};
 use crate::path::{self, Route};
 use crate::registry::Registry;
 use crate::shared::Shared;
@@ -31,7 +31,7 @@ use crate::{documents, meta, negotiate, search, tarball};
 pub const DEFAULT_RENDER_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// How the gateway serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The URL clients reach this gateway at (e.g. behind a proxy or TLS terminator); tarball
     /// URLs in served documents point there. When `None`, `http://<Host header>` is used.
@@ -42,6 +42,9 @@ pub struct Config {
     /// (each then weighs an eighth of its size in the cache); `None` keeps them in memory.
     /// The directory should be emptied at every start.
     pub render_spill_dir: Option<std::path::PathBuf>,
+    /// The counters to record requests in, when the caller reads them too (a node's reports);
+    /// `None` makes fresh ones.
+    pub traffic: Option<Arc<Traffic>>,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             public_url: None,
             render_cache_bytes: DEFAULT_RENDER_CACHE_BYTES,
             render_spill_dir: None,
+            traffic: None,
         }
     }
 }
@@ -65,7 +69,7 @@ pub fn router<R: Registry>(registry: Arc<R>, config: Config) -> Router {
         public_url,
         cache: RenderCache::new(config.render_cache_bytes),
         spill: config.render_spill_dir.map(crate::render::Spill::new),
-        metrics: Metrics::default(),
+        metrics: config.traffic.unwrap_or_default(),
     });
     Router::new().fallback(dispatch::<R>).with_state(shared)
 }
@@ -79,7 +83,19 @@ async fn dispatch<R: Registry>(State(shared): State<Arc<Shared<R>>>, req: Reques
     if res.extensions().get::<Source>().is_none() {
         access::mark(&mut res, source);
     }
-    shared.metrics.record(class, res.status().as_u16());
+    let bytes = if head {
+        0
+    } else {
+        res.headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let source = res.extensions().get::<Source>().copied().unwrap_or(source);
+    shared
+        .metrics
+        .record(class, res.status().as_u16(), source, bytes);
     if head {
         // Handlers set Content-Length from the real body; only the body goes.
         *res.body_mut() = Body::empty();

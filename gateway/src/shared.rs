@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::cache::RenderCache;
-use crate::metrics::Metrics;
+use crate::metrics::Traffic;
 use crate::render::Spill;
 
 /// What every request handler shares.
@@ -18,5 +18,5 @@ pub(crate) struct Shared<R> {
     pub(crate) cache: RenderCache,
     /// Where large derived forms go (`Config::render_spill_dir`).
     pub(crate) spill: Option<Arc<Spill>>,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Traffic>,
 }

@@ -17,7 +17,9 @@
 //! - `search`: the node's own package search (BM25 over the packuments it stores), for
 //!   `/-/v1/search` when the upstream has none.
 //! - `tasks`: background work (sync with the upstream, gossip, store maintenance).
-//! - `admin`: the operator routes (dashboard, pins, peers, popularity).
+//! - `public`: the network's operation in public: signed node reports and operator
+//!   statements, kept from every operator and added up into the network view.
+//! - `admin`: the operator routes (dashboard, network view, pins, peers, popularity).
 //! - [`client`]: the command line and what it does against a running node (and locally: the
 //!   operator's `statement.toml`, `open-registry statement`).
 //! - [`config`]: flags, environment and `config.toml`, validated into one [`Config`].
@@ -45,6 +47,7 @@ mod fetch;
 mod node;
 mod peer;
 mod private_file;
+mod public;
 mod records;
 mod registry;
 mod search;

@@ -4,7 +4,7 @@
 //! This file only wires. What each part does is in its module: the store and pins
 //! ([`crate::store`]), records and the operator key ([`crate::records`]), the network
 //! ([`crate::net`], [`crate::peer`]), the gateway's connection limits (`crate::fdlimit`), the Fetcher and the upstream ([`crate::fetch`]),
-//! background work ([`crate::tasks`]), the operator routes ([`crate::admin`]) and the gateway's
+//! background work ([`crate::tasks`]), the network's public operation ([`crate::public`]), the operator routes ([`crate::admin`]) and the gateway's
 //! view of it all ([`crate::registry`]).
 
 use std::net::SocketAddr;
@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::net;
 use crate::peer::popularity::Popularity;
 use crate::peer::{self, Peers, PointerValidator, StoreSource};
+use crate::public::{Book, OwnStatement, Reporter};
 use crate::records::{Identity, Records};
 use crate::registry::Node;
 use crate::search::{self, SearchIndex};
@@ -34,6 +35,7 @@ use crate::store::Store;
 use crate::store::pins::Pins;
 use crate::tasks::gossip::Gossip;
 use crate::tasks::maintenance::Maintenance;
+use crate::tasks::public::Public;
 use crate::tasks::sync::Sync;
 
 /// The file in the data dir naming the running node's gateway, for `status` and for tests.
@@ -172,6 +174,28 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         .spawn(&tracker, cancel.clone())
         .await?;
     }
+    let traffic = Arc::new(gateway::Traffic::default());
+    let book = Arc::new(Book::new(
+        identity.peer_id(),
+        config.policy(),
+        clock.clone(),
+    ));
+    Public {
+        book: book.clone(),
+        reporter: Arc::new(Reporter::new(clock.now_ms(), config.report_interval)),
+        statement: Arc::new(OwnStatement::open(&store.index, &config.data_dir)?),
+        identity: identity.clone(),
+        fetcher: fetcher.clone(),
+        metrics: metrics.clone(),
+        traffic: traffic.clone(),
+        pins: pins.clone(),
+        sync: sync.clone(),
+        peers: peers.clone(),
+        clock: clock.clone(),
+        interval: config.report_interval,
+    }
+    .spawn(&tracker, cancel.clone())
+    .await?;
     tracker.spawn(
         Maintenance {
             store: store.clone(),
@@ -199,12 +223,14 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         popularity: popularity.clone(),
         keys: Mutex::new(()),
         search,
+        book: book.clone(),
     });
     let admin = Arc::new(Admin {
         fetcher: fetcher.clone(),
         pins,
         peers,
         popularity,
+        book,
         token: admin::token::load_or_create(&config.data_dir)?,
     });
     let router = admin::router(admin).merge(gateway::router(
@@ -213,6 +239,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             public_url: config.public_url.clone(),
             render_cache_bytes: (config.memory_cache_size / 2) as usize,
             render_spill_dir: Some(store.blobs.tmp_dir().join("rendered")),
+            traffic: Some(traffic),
         },
     ));
     // Pin the upstream's registry keys on first start (init normally did it already).

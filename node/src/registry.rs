@@ -37,6 +37,8 @@ pub(crate) struct Node {
     pub(crate) keys: Mutex<()>,
     /// The packages this node stores, for search without an upstream search.
     pub(crate) search: Arc<SearchIndex>,
+    /// Every operator's reports and statements, for the network gauges.
+    pub(crate) book: Arc<crate::public::Book>,
 }
 
 impl Registry for Node {
@@ -158,7 +160,7 @@ impl Registry for Node {
 
     async fn metrics(&self) -> String {
         let s = self.fetcher.store().stats();
-        self.metrics.render(&[
+        let mut text = self.metrics.render(&[
             ("store_bytes", "Bytes of blobs in the local store.", s.bytes),
             ("store_blobs", "Blobs in the local store.", s.blobs),
             (
@@ -201,6 +203,8 @@ impl Registry for Node {
                 "Seconds since the node started.",
                 self.started.elapsed().as_secs(),
             ),
-        ])
+        ]);
+        text.push_str(&crate::public::prometheus(&self.book.view()));
+        text
     }
 }

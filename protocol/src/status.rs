@@ -79,6 +79,9 @@ pub struct SyncStatus {
     pub lag: Option<u64>,
     /// Seconds since the least recently confirmed pinned packument was confirmed.
     pub oldest_pinned_age_secs: Option<u64>,
+    /// Seconds behind the upstream: with a changes feed, 0 while every change is processed,
+    /// else the time since the node last was; without one, `oldest_pinned_age_secs`.
+    pub lag_secs: Option<u64>,
     /// Packuments refreshed by the sync tasks since start.
     pub refreshed: u64,
     /// Sync failures since start.

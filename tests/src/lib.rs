@@ -25,6 +25,7 @@
 //! - [`p2p`]: several nodes on one machine (child processes or in-process): their peer
 //!   addresses, what a node holds for a package, and [`p2p::EvilPeer`], an in-process peer that
 //!   serves lies on demand.
+//! - [`public`]: operators with prepared keys and statements, and their nodes' network view.
 //! - [`probe`]: shared checks for the node's tests (JSON errors, concurrent requests, polling).
 //! - [`sync`]: pins, the cache budget and the changes feed: lag reports, pin lists, feed
 //!   requests, and [`sync::DhtProbe`], a bare peer asking the DHT who provides a blob.
@@ -43,6 +44,7 @@ pub mod p2p;
 pub mod pacote;
 pub mod probe;
 pub mod process;
+pub mod public;
 pub mod sync;
 pub mod tools;
 pub mod upstream;

@@ -92,8 +92,9 @@ impl P2pNode<InProcessNode> {
 }
 
 impl<N: Node> P2pNode<N> {
-    /// Reads the started node's peer id and p2p address.
-    fn joined(node: N) -> Result<P2pNode<N>> {
+    /// Reads a started node's peer id and p2p address (for nodes started some other way, e.g.
+    /// with a prepared data dir).
+    pub fn joined(node: N) -> Result<P2pNode<N>> {
         let (id, addr) = crate::sync::p2p_addr(&node)?;
         eprintln!("[p2p] node {id} at {addr}, gateway {}", node.gateway());
         Ok(P2pNode { node, id, addr })
@@ -592,6 +593,13 @@ impl EvilPeer {
     /// How many times peers asked for `id`.
     pub fn asked(&self, id: &BlobId) -> u64 {
         lock(&self.source.opens).get(id).copied().unwrap_or(0)
+    }
+
+    /// Publishes `data` on the gossip topic `topic`, whatever it says.
+    pub fn publish(&self, topic: &str, data: Vec<u8>) -> Result<()> {
+        self.rt()?
+            .block_on(self.client.publish(topic, data))
+            .with_context(|| format!("the evil peer publishing on {topic}"))
     }
 
     /// Announces `id` in the DHT.

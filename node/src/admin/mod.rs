@@ -13,6 +13,12 @@
 //!   the network.
 //! - `GET /-/open-registry/popular?limit=N`: [`Popular`],
 //!   here and at trusted operators' nodes (from their signed gossip summaries).
+//! - `GET /-/open-registry/network.json`: the network view
+//!   ([`NetworkView`](open_registry_protocol::network::NetworkView)), from every operator's
+//!   newest verified report and statement.
+//! - `GET /-/open-registry/reports.json`: those reports and statements, each with its signed
+//!   wire form (base64) so that anyone can check the signatures.
+//! - `GET /-/open-registry/statement.json`: this node's own signed statement (404 without one).
 //! - `POST /-/open-registry/admin/pin` `{"name", "version"}`: fetch, verify, store, pin.
 //! - `POST /-/open-registry/admin/unpin` `{"name"}`: unpin every version of a package.
 
@@ -33,6 +39,7 @@ use serde::Deserialize;
 use crate::fetch::Fetcher;
 use crate::peer::Peers;
 use crate::peer::popularity::Popularity;
+use crate::public::Book;
 use crate::store::pins::Pins;
 
 /// What the operator routes work with.
@@ -42,6 +49,8 @@ pub(crate) struct Admin {
     pub pins: Arc<Pins>,
     pub peers: Option<Arc<Peers>>,
     pub popularity: Arc<Popularity>,
+    /// Every operator's reports and statements.
+    pub book: Arc<Book>,
     /// The admin token (see [`token`]).
     pub token: String,
 }
@@ -53,6 +62,9 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
         .route("/-/open-registry/pins", get(list))
         .route("/-/open-registry/peers", get(peers))
         .route("/-/open-registry/popular", get(popular))
+        .route("/-/open-registry/network.json", get(network))
+        .route("/-/open-registry/reports.json", get(reports))
+        .route("/-/open-registry/statement.json", get(statement))
         .route("/-/open-registry/admin/pin", post(pin))
         .route("/-/open-registry/admin/unpin", post(unpin))
         .with_state(admin)
@@ -103,6 +115,25 @@ struct Limit {
 
 async fn popular(State(admin): State<Arc<Admin>>, Query(q): Query<Limit>) -> Answer<Popular> {
     Ok(Json(admin.popular(q.limit.unwrap_or(20).min(1000))))
+}
+
+async fn network(
+    State(admin): State<Arc<Admin>>,
+) -> Json<open_registry_protocol::network::NetworkView> {
+    Json(admin.book.view())
+}
+
+async fn reports(State(admin): State<Arc<Admin>>) -> Json<serde_json::Value> {
+    Json(views::reports(&admin.book))
+}
+
+async fn statement(State(admin): State<Arc<Admin>>) -> Answer<serde_json::Value> {
+    views::own_statement(&admin.book).map(Json).ok_or_else(|| {
+        Error::NotFound(
+            "this node publishes no statement (no valid statement.toml in its data dir)".into(),
+        )
+        .into()
+    })
 }
 
 #[derive(Debug, Deserialize)]

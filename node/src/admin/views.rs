@@ -158,3 +158,52 @@ impl Admin {
         }
     }
 }
+
+/// A held report or statement as JSON: its operator, what it says, and its signed wire form.
+fn held_json<T: std::fmt::Debug>(
+    id: &open_registry_protocol::PeerId,
+    held: &crate::public::Held<T>,
+    value: serde_json::Value,
+) -> serde_json::Value {
+    use base64::Engine as _;
+    serde_json::json!({
+        "operator": id.to_string(),
+        "heard_ms": held.heard_ms,
+        "value": value,
+        "signed": base64::engine::general_purpose::STANDARD.encode(&held.wire),
+    })
+}
+
+fn statement_json(s: &open_registry_protocol::statement::SignedStatement) -> serde_json::Value {
+    serde_json::json!({"seq": s.seq, "at_ms": s.at_ms, "statement": s.statement})
+}
+
+/// Every report and statement held, with their signed wire forms.
+pub(crate) fn reports(book: &crate::public::Book) -> serde_json::Value {
+    let reports: Vec<serde_json::Value> = book
+        .reports()
+        .iter()
+        .map(|(id, h)| {
+            let r = &h.value;
+            let v = serde_json::json!({
+                "at_ms": r.at_ms, "seq": r.seq, "started_ms": r.started_ms,
+                "window_ms": r.window_ms, "version": r.version, "values": r.values,
+            });
+            held_json(id, h, v)
+        })
+        .collect();
+    let statements: Vec<serde_json::Value> = book
+        .statements()
+        .iter()
+        .map(|(id, h)| held_json(id, h, statement_json(&h.value)))
+        .collect();
+    serde_json::json!({"reports": reports, "statements": statements})
+}
+
+/// This node's own statement, if it publishes one.
+pub(crate) fn own_statement(book: &crate::public::Book) -> Option<serde_json::Value> {
+    book.statements()
+        .iter()
+        .find(|(id, _)| *id == book.me())
+        .map(|(id, h)| held_json(id, h, statement_json(&h.value)))
+}

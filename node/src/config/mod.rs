@@ -86,6 +86,8 @@ pub struct Config {
     pub pin_refresh: Duration,
     /// Interval of popularity summaries.
     pub popularity_interval: Duration,
+    /// Interval of signed node reports and statement gossip (the network view's window).
+    pub report_interval: Duration,
     /// What "now" is for every calendar decision (the system clock; tests inject a manual one).
     pub clock: Clock,
 }
@@ -126,6 +128,7 @@ impl Config {
             changes_poll: Duration::from_secs(5),
             pin_refresh: Duration::from_secs(600),
             popularity_interval: Duration::from_secs(300),
+            report_interval: Duration::from_secs(300),
             clock: Clock::system(),
         }
     }
@@ -197,6 +200,10 @@ impl Config {
         c.changes_poll = dur(&s.changes_poll, c.changes_poll)?;
         c.pin_refresh = dur(&s.pin_refresh, c.pin_refresh)?;
         c.popularity_interval = dur(&s.popularity_interval, c.popularity_interval)?;
+        c.report_interval = dur(&s.report_interval, c.report_interval)?;
+        if c.report_interval < Duration::from_secs(1) {
+            bail!("report_interval must be at least 1s");
+        }
         c.changes_feed = s
             .changes_feed
             .as_deref()

@@ -106,6 +106,10 @@ pin_refresh = "{pin_refresh}"
 
 # How often this node publishes its signed popularity summary (top packages it served).
 popularity_interval = "{popularity_interval}"
+
+# How often this node signs and gossips its report (requests, errors, lag, what it holds) and
+# its statement.toml (what it costs, what it receives); every node shows the network from them.
+report_interval = "{report_interval}"
 "#,
         gateway = c.gateway_url(),
         listen = c.listen,
@@ -154,5 +158,6 @@ popularity_interval = "{popularity_interval}"
         changes_poll = format_duration(c.changes_poll),
         pin_refresh = format_duration(c.pin_refresh),
         popularity_interval = format_duration(c.popularity_interval),
+        report_interval = format_duration(c.report_interval),
     )
 }

@@ -220,6 +220,11 @@ pub struct Settings {
         value_name = "DURATION"
     )]
     pub popularity_interval: Option<String>,
+
+    /// How often this node signs and gossips its report (what it served, errors, lag) and its
+    /// statement [default: 5m]
+    #[arg(long, env = "OPEN_REGISTRY_REPORT_INTERVAL", value_name = "DURATION")]
+    pub report_interval: Option<String>,
 }
 
 impl Settings {
@@ -268,6 +273,7 @@ impl Settings {
             changes_poll: self.changes_poll.or(other.changes_poll),
             pin_refresh: self.pin_refresh.or(other.pin_refresh),
             popularity_interval: self.popularity_interval.or(other.popularity_interval),
+            report_interval: self.report_interval.or(other.report_interval),
         }
     }
 

@@ -1,10 +1,11 @@
 //! The node's background work: staying in sync with the upstream ([`sync`]), acting on gossip
-//! and publishing its popularity summary ([`gossip`]), and keeping the store under its budget
-//! ([`maintenance`]). Every task runs on the node's `TaskTracker` and stops on its
+//! and publishing its popularity summary ([`gossip`]), publishing its signed reports and
+//! statement ([`public`]), and keeping the store under its budget ([`maintenance`]). Every task runs on the node's `TaskTracker` and stops on its
 //! `CancellationToken`.
 
 pub(crate) mod gossip;
 pub(crate) mod maintenance;
+pub(crate) mod public;
 pub(crate) mod sync;
 
 use std::future::Future;

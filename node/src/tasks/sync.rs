@@ -42,6 +42,8 @@ pub(crate) const FEED_PAGE_CAP: u64 = 16 << 20;
 /// What the sync tasks report.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
+    /// When the node last had processed everything the feed had (unix ms; its start at first).
+    caught_up_ms: AtomicU64,
     upstream_seq: AtomicU64,
     processed_seq: AtomicU64,
     refreshed: AtomicU64,
@@ -74,6 +76,9 @@ impl Sync {
     ) -> Result<Sync, IndexError> {
         let meta = fetcher.store().index.tree("meta")?;
         let progress = Progress::default();
+        progress
+            .caught_up_ms
+            .store(clock.now_ms(), Ordering::Relaxed);
         if let Some(seq) = read_seq(&meta)? {
             progress.processed_seq.store(seq, Ordering::Relaxed);
             progress.upstream_seq.store(seq, Ordering::Relaxed);
@@ -102,7 +107,12 @@ impl Sync {
         tracing::info!(%feed, "following the upstream's changes feed");
         loop {
             let pause = match self.poll_once(&feed).await {
-                Ok(0) => self.poll,
+                Ok(0) => {
+                    self.progress
+                        .caught_up_ms
+                        .store(self.clock.now_ms(), Ordering::Relaxed);
+                    self.poll
+                }
                 Ok(_) => Duration::ZERO,
                 Err(e) => {
                     self.progress.errors.fetch_add(1, Ordering::Relaxed);
@@ -268,6 +278,13 @@ impl Sync {
                 .as_ref()
                 .map(|_| upstream.saturating_sub(processed)),
             oldest_pinned_age_secs: oldest,
+            lag_secs: match &self.feed {
+                Some(_) if processed >= upstream => Some(0),
+                Some(_) => Some(
+                    now.saturating_sub(self.progress.caught_up_ms.load(Ordering::Relaxed)) / 1000,
+                ),
+                None => oldest,
+            },
             refreshed: self.progress.refreshed.load(Ordering::Relaxed),
             errors: self.progress.errors.load(Ordering::Relaxed),
         }

@@ -4,8 +4,10 @@
 //! validates a node's settings. Every command returns an `anyhow::Result` that `main` prints
 //! with its causes; a failed check (verify, pin) prints its report and exits nonzero. The
 //! commands live by what they do: `start` (`init`, `start`), `status` (`status`, `peers`,
-//! `id`), `pin`, `verify` and `statement` (the operator's `statement.toml`).
+//! `id`), `pin`, `verify`, `statement` (the operator's `statement.toml`) and `network` (the
+//! network view of a running node).
 
+mod network;
 mod pin;
 mod start;
 mod statement;
@@ -50,6 +52,8 @@ enum Command {
     /// The operator's statement.toml: what the node costs and what it receives
     #[command(subcommand)]
     Statement(StatementCommand),
+    /// The whole network as a running node sees it: instances, costs, donations, errors, lag
+    Network(NetworkArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,6 +254,18 @@ struct StatusArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+struct NetworkArgs {
+    #[command(flatten)]
+    dir: DataDir,
+    /// The node's gateway URL [default: the node running on the data dir, else 127.0.0.1:7373]
+    #[arg(long, env = "OPEN_REGISTRY_REGISTRY", value_name = "URL")]
+    registry: Option<String>,
+    /// Print the raw JSON view
+    #[arg(long)]
+    json: bool,
+}
+
 /// Runs the parsed command line; the exit code is nonzero when a check failed.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -261,6 +277,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pin(c) => pin::pin(c).await,
         Command::Peers(a) => status::peers(a).await,
         Command::Statement(c) => statement::statement(c),
+        Command::Network(a) => network::network(a).await,
     }
     .map(|()| ExitCode::SUCCESS)
     .or_else(|e| match e.downcast_ref::<Failed>() {
