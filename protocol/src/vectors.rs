@@ -88,3 +88,75 @@ fn documented_vector_matches_the_code() {
     };
     assert_eq!(doc_signed.verify().unwrap().get(), &record);
 }
+
+/// The `key: value` lines of the fenced block named `name`.
+fn block_lines(name: &str) -> Vec<(String, String)> {
+    let fence = format!("```{name}\n");
+    let start = DOC
+        .find(&fence)
+        .unwrap_or_else(|| panic!("docs/protocol.md has a {name} block"));
+    let block = &DOC[start + fence.len()..];
+    let block = &block[..block.find("```").expect("the block is closed")];
+    block
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// The statement of the documented statement vector.
+const VECTOR_STATEMENT: &str = "[operator]\nname = \"Example Hosting Co-op\"\n\n[[month]]\nmonth = \"2026-11\"\ncurrency = \"EUR\"\ncost = [\n  { provider = \"Hetzner\", item = \"CX32 server\", amount = \"6.80\" },\n]\ndonations = [\n  { source = \"OpenCollective\", amount = \"25.00\" },\n]\nspent = [\n  { on = \"Hetzner CX32 server\", amount = \"6.80\" },\n]\n";
+
+#[test]
+fn documented_report_and_statement_vectors_match_the_code() {
+    use crate::record::Signable as _;
+    use crate::report::Report;
+    use crate::statement::{SignedStatement, Statement};
+
+    let seed: [u8; 32] = (0u8..32).collect::<Vec<u8>>().try_into().unwrap();
+    let key = SigningKey::from_bytes(&seed);
+    let report = Report {
+        at_ms: 1_764_547_200_000,
+        seq: 3,
+        started_ms: 1_764_540_000_000,
+        window_ms: 300_000,
+        version: "0.1.0".into(),
+        values: [
+            ("cached.packuments", 2),
+            ("total.requests.packument", 5),
+            ("window.requests.packument", 5),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+    };
+    let statement = SignedStatement {
+        seq: 1_764_547_200_000,
+        at_ms: 1_764_547_200_000,
+        statement: Statement::parse(VECTOR_STATEMENT).unwrap(),
+    };
+    assert_eq!(statement.statement.to_toml(), VECTOR_STATEMENT, "the text is canonical");
+    assert!(
+        DOC.contains(&format!("```toml\n{VECTOR_STATEMENT}```")),
+        "docs/protocol.md shows the statement"
+    );
+    for (block, body, signature) in [
+        ("report-vector", report.encode(), report.sign(&key).signature),
+        (
+            "statement-vector",
+            statement.encode(),
+            statement.sign(&key).signature,
+        ),
+    ] {
+        let lines = block_lines(block);
+        let get = |k: &str| {
+            lines
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{block} has no {k:?} line"))
+        };
+        assert_eq!(hex::encode(&body), get("body"), "{block}");
+        assert_eq!(hex::encode(signature), get("signature"), "{block}");
+    }
+}
