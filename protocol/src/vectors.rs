@@ -135,13 +135,21 @@ fn documented_report_and_statement_vectors_match_the_code() {
         at_ms: 1_764_547_200_000,
         statement: Statement::parse(VECTOR_STATEMENT).unwrap(),
     };
-    assert_eq!(statement.statement.to_toml(), VECTOR_STATEMENT, "the text is canonical");
+    assert_eq!(
+        statement.statement.to_toml(),
+        VECTOR_STATEMENT,
+        "the text is canonical"
+    );
     assert!(
         DOC.contains(&format!("```toml\n{VECTOR_STATEMENT}```")),
         "docs/protocol.md shows the statement"
     );
     for (block, body, signature) in [
-        ("report-vector", report.encode(), report.sign(&key).signature),
+        (
+            "report-vector",
+            report.encode(),
+            report.sign(&key).signature,
+        ),
         (
             "statement-vector",
             statement.encode(),

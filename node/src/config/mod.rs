@@ -201,7 +201,9 @@ impl Config {
         c.pin_refresh = dur(&s.pin_refresh, c.pin_refresh)?;
         c.popularity_interval = dur(&s.popularity_interval, c.popularity_interval)?;
         c.report_interval = dur(&s.report_interval, c.report_interval)?;
-        if c.report_interval < Duration::from_secs(1) || c.report_interval > Duration::from_secs(3600) {
+        if c.report_interval < Duration::from_secs(1)
+            || c.report_interval > Duration::from_secs(3600)
+        {
             bail!("report_interval must be between 1s and 1h (a report's window is at most 1h)");
         }
         c.changes_feed = s

@@ -109,6 +109,24 @@ pub(crate) struct Book {
     reports: Mutex<HashMap<PeerId, Held<Report>>>,
     statements: Mutex<HashMap<PeerId, Held<SignedStatement>>>,
     refused: Mutex<BTreeMap<String, u64>>,
+    /// The window counts of the trusted reports taken since [`Book::drain_window`] last ran
+    /// (each report counted once, however often the view is read).
+    pending: Mutex<BTreeMap<String, u64>>,
+}
+
+/// The history series' window figures of one report: `requests`, `errors`, `bytes` and
+/// `packuments_served`.
+pub(crate) fn window_figures(r: &Report) -> BTreeMap<String, u64> {
+    use open_registry_protocol::report::{ERROR_CLASSES, KEY_WINDOW_BYTES, REQUEST_KINDS};
+    [
+        ("requests", r.sum("window.requests", &REQUEST_KINDS)),
+        ("errors", r.sum("window.errors", &ERROR_CLASSES)),
+        ("bytes", r.value(KEY_WINDOW_BYTES)),
+        ("packuments_served", r.value("window.requests.packument")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 impl Book {
@@ -121,7 +139,14 @@ impl Book {
             reports: Mutex::new(HashMap::new()),
             statements: Mutex::new(HashMap::new()),
             refused: Mutex::new(BTreeMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The window figures of every trusted report taken since the last call, summed, and
+    /// forgotten (for the network's hourly history).
+    pub(crate) fn drain_window(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.pending.lock().expect("pending poisoned"))
     }
 
     /// This node's operator.
@@ -184,6 +209,12 @@ impl Book {
                 evict_untrusted(&mut reports, |p| self.trusts(p), |h| h.value.at_ms);
             }
             None => {}
+        }
+        if self.trusts(&signer) {
+            let mut pending = self.pending.lock().expect("pending poisoned");
+            for (k, v) in window_figures(&report) {
+                *pending.entry(k).or_default() += v;
+            }
         }
         reports.insert(
             signer,

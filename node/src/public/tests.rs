@@ -135,6 +135,13 @@ fn trusted_figures_add_up_and_strangers_stay_apart() {
         ))
         .unwrap();
 
+    // The history's window figures count each trusted report once.
+    let window = w.book.drain_window();
+    assert_eq!(window["packuments_served"], 10);
+    assert_eq!(window["requests"], 24);
+    assert_eq!(window["errors"], 6);
+    assert!(w.book.drain_window().is_empty());
+
     let v = w.book.view();
     assert_eq!(v.instances.online, 3);
     assert_eq!(v.instances.trusted_online, 2);
