@@ -9,6 +9,8 @@
 //! - [`process`]: child processes in their own process group, run with a deadline and always
 //!   stoppable; [`Output`] is what a finished command printed.
 //! - [`http`]: a tiny blocking HTTP client for harness plumbing (pings, setup calls).
+//! - [`browser`]: [`Browser`], headless Chromium over WebDriver (chromedriver), and
+//!   [`open_dashboard`], a node's dashboard open in it, read by element id.
 //! - [`fixtures`]: test packages ([`PackageSpec`]) as directories to `npm publish` or as npm
 //!   tarballs built in Rust ([`Tarball`]), and consumer projects.
 //! - [`npm`]: [`Npm`], the real npm, pnpm, yarn 1, yarn 4 and bun clients with an
@@ -34,6 +36,7 @@
 //! child process groups are killed, so a failing test leaves nothing running. No registry
 //! address is built in; the only network the tests use is loopback.
 
+pub mod browser;
 pub mod fixtures;
 pub mod http;
 pub mod inproc;
@@ -50,6 +53,7 @@ pub mod tools;
 pub mod upstream;
 pub mod verdaccio;
 
+pub use browser::{Browser, Dashboard, open_dashboard};
 pub use fixtures::{PackageSpec, Tarball};
 pub use inproc::InProcessNode;
 pub use node::{Node, NodeProcess};

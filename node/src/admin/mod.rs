@@ -6,8 +6,11 @@
 //! go through the gateway's one error mapping (`ApiError`), so a client gets a status and a
 //! message and internal details stay in the log. Routes:
 //!
-//! - `GET /-/open-registry/`: an HTML dashboard (packages served and cached, errors now, lag,
-//!   peers, popularity, pins), drawn from the JSON routes.
+//! - `GET /-/open-registry/`: an HTML dashboard drawn by its script from the JSON routes: the
+//!   network's instances, cost per month and by item, donations and spending, errors now,
+//!   packages served and cached, lag, operators and hourly plots (from `network.json` and
+//!   `history.json`, "not available" where a node lacks them), then this node, its peers,
+//!   popularity and pins.
 //! - `GET /-/open-registry/pins`: [`PinList`].
 //! - `GET /-/open-registry/peers`: [`protocol::admin::Peers`](open_registry_protocol::admin::Peers), 404 without
 //!   the network.
