@@ -38,6 +38,9 @@ pub struct NetworkView {
     /// Where the money goes: every cost item of each trusted operator's latest month in each
     /// currency.
     pub costs: Vec<CostItem>,
+    /// What the donated money was spent on: every `spent` entry of the trusted operators'
+    /// statements, newest month first, at most [`MAX_SPENT_ITEMS`].
+    pub spent_items: Vec<SpentItem>,
     /// What the operators outside the trust policy claim, never added into the figures above.
     pub others: Others,
     /// Every operator heard from, trusted first, then by id.
@@ -145,6 +148,25 @@ pub struct CostItem {
     pub month: String,
     pub provider: String,
     pub item: String,
+    pub currency: String,
+    pub amount: String,
+}
+
+/// Most entries [`NetworkView::spent_items`] lists.
+pub const MAX_SPENT_ITEMS: usize = 500;
+
+/// One use of donated money.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpentItem {
+    /// The operator's id.
+    pub operator: String,
+    /// The operator's name, from its statement.
+    pub name: String,
+    /// The month (YYYY-MM).
+    pub month: String,
+    /// On what.
+    pub on: String,
     pub currency: String,
     pub amount: String,
 }

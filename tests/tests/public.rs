@@ -1,7 +1,8 @@
 //! The network's operation in public, across real nodes: signed reports and statements
 //! gossiped between processes, added up by a third node; a sybil that claims a huge cost
 //! changes no trusted figure; forged, replayed and oversized messages are refused and counted;
-//! a node that stops goes offline after two windows.
+//! a node that stops goes offline after two windows. The dashboard shows the same figures in
+//! headless Chromium.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use open_registry_node::net::{REPORTS_TOPIC, STATEMENTS_TOPIC};
 use open_registry_protocol::record::{Signable as _, Signed};
 use open_registry_protocol::report::Report;
 use open_registry_protocol::statement::{SignedStatement, Statement};
+use open_registry_tests::browser::open_dashboard;
 use open_registry_tests::p2p::{EvilPeer, Values};
 use open_registry_tests::public::{Operator, network_view, statement, wait_view};
 use open_registry_tests::{FakeUpstream, Node as _, PackageSpec, node::cli};
@@ -169,6 +171,26 @@ fn three_operators_add_up_a_sybil_changes_nothing_and_forgeries_are_refused() ->
             out.stdout
         );
     }
+    // And as a visitor sees them, in a real browser.
+    let d = open_dashboard(nc.node.gateway())?;
+    let t = Duration::from_secs(30);
+    d.wait_text("instances", t, |s| s.starts_with("4 online: 3 trusted, 1 other"))?;
+    d.wait_text("monthly-cost", t, |s| s.contains("EUR 12.25") && s.contains("USD 5.70"))?;
+    d.wait_text("donated", t, |s| s.contains("EUR 25.00") && s.contains("USD 10.00"))?;
+    d.wait_text("spent", t, |s| s.contains("EUR 6.80") && s.contains("USD 5.70"))?;
+    d.wait_text("served", t, |s| !s.is_empty())?;
+    ensure!(
+        d.text("costs")?.contains("DNSimple") && !d.text("costs")?.contains("Nowhere"),
+        "costs table: {}",
+        d.text("costs")?
+    );
+    ensure!(d.text("operators-others")?.contains("Sybil Inc"));
+    let errors = d.script_errors()?;
+    ensure!(errors.is_empty(), "the dashboard's script failed: {errors:?}");
+    let shot = d.screenshot("dashboard-network")?;
+    eprintln!("dashboard of the three-operator network: {}", shot.display());
+    drop(d);
+
     let metrics = nc.node.get("/-/metrics", &[])?.text();
     ensure!(
         metrics.contains("open_registry_network_instances{trust=\"trusted\"} 3\n")

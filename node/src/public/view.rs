@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 
 use open_registry_protocol::PeerId;
 use open_registry_protocol::network::{
-    CostItem, Errors, Money, NetworkView, OperatorView, Others, Packages, Requests,
+    CostItem, Errors, MAX_SPENT_ITEMS, Money, NetworkView, OperatorView, Others, Packages,
+    Requests, SpentItem,
 };
 use open_registry_protocol::report::{
     ERROR_CLASSES, KEY_LAG_SECONDS, KEY_LAG_SEQ, KEY_PACKUMENTS, KEY_PEERS, KEY_STORE_BYTES,
@@ -169,6 +170,16 @@ pub(super) fn build(i: Inputs<'_>) -> NetworkView {
             }
             if let Some(s) = statement {
                 v.costs.extend(latest_costs(&id, s));
+                for m in &s.statement.months {
+                    v.spent_items.extend(m.spent.iter().map(|x| SpentItem {
+                        operator: id.to_string(),
+                        name: s.statement.operator.name.clone(),
+                        month: m.month.to_string(),
+                        on: x.on.clone(),
+                        currency: m.currency.as_str().to_owned(),
+                        amount: x.amount.to_string(),
+                    }));
+                }
             }
         } else {
             for (c, s) in &money {
@@ -194,6 +205,9 @@ pub(super) fn build(i: Inputs<'_>) -> NetworkView {
         v.operators.push(op);
     }
     v.errors.per_minute = (minutes_errors * 100.0).round() / 100.0;
+    v.spent_items
+        .sort_by(|a, b| b.month.cmp(&a.month).then_with(|| a.operator.cmp(&b.operator)));
+    v.spent_items.truncate(MAX_SPENT_ITEMS);
     v.money = trusted_money
         .into_iter()
         .map(|(c, s)| (c, s.money()))
