@@ -17,7 +17,9 @@
 //! - `search`: the node's own package search (BM25 over the packuments it stores), for
 //!   `/-/v1/search` when the upstream has none.
 //! - `tasks`: background work (sync with the upstream, gossip, store maintenance).
-//! - `admin`: the operator routes (dashboard, pins, peers, popularity).
+//! - `admin`: the operator routes (dashboard, pins, peers, popularity, history).
+//! - `history`: hourly buckets of the node's counters and of the network totals, kept 90 days
+//!   in the store.
 //! - [`client`]: the command line and what it does against a running node (and locally: the
 //!   operator's `statement.toml`, `open-registry statement`).
 //! - [`config`]: flags, environment and `config.toml`, validated into one [`Config`].
@@ -42,6 +44,7 @@ mod admin;
 mod errors;
 mod fdlimit;
 mod fetch;
+mod history;
 mod node;
 mod peer;
 mod private_file;
