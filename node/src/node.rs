@@ -151,7 +151,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         clock.clone(),
     )?);
     tracker.spawn(sync.clone().run(cancel.clone()));
-    let popularity = Arc::new(Popularity::new(clock.clone()));
+    let popularity = Arc::new(Popularity::open(&store.index, clock.clone())?);
     let search = Arc::new(SearchIndex::new());
     search::watch::spawn(
         search.clone(),
