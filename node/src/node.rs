@@ -23,6 +23,7 @@ use crate::config::{Config, gateway_url};
 use crate::fdlimit;
 use crate::fetch::keys::KEYS_FILE;
 use crate::fetch::{self, Fetcher, upstream};
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::net;
 use crate::peer::popularity::Popularity;
@@ -152,6 +153,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     )?);
     tracker.spawn(sync.clone().run(cancel.clone()));
     let popularity = Arc::new(Popularity::open(&store.index, clock.clone())?);
+    let history = Arc::new(History::open(&store.index, clock.clone())?);
     let search = Arc::new(SearchIndex::new());
     search::watch::spawn(
         search.clone(),
@@ -205,6 +207,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         pins,
         peers,
         popularity,
+        history,
         token: admin::token::load_or_create(&config.data_dir)?,
     });
     let router = admin::router(admin).merge(gateway::router(

@@ -1,5 +1,5 @@
 //! The operator's API, next to the public npm API on the same port: the dashboard, pins,
-//! peers and popularity.
+//! peers, popularity and history.
 //!
 //! Reading is public (what a community node keeps is no secret); changing pins needs the admin
 //! token ([`token`]). Answers are the typed views of `open_registry_protocol::admin`; failures
@@ -13,6 +13,8 @@
 //!   the network.
 //! - `GET /-/open-registry/popular?limit=N`: [`Popular`],
 //!   here and at trusted operators' nodes (from their signed gossip summaries).
+//! - `GET /-/open-registry/history.json?hours=N`: [`HistoryView`], the last N hours (default
+//!   168, at most 2160) of this node's counters and of the network totals, by the hour.
 //! - `POST /-/open-registry/admin/pin` `{"name", "version"}`: fetch, verify, store, pin.
 //! - `POST /-/open-registry/admin/unpin` `{"name"}`: unpin every version of a package.
 
@@ -28,9 +30,11 @@ use axum::{Json, Router};
 use open_registry_gateway::{ApiError, Error};
 use open_registry_protocol::PackageName;
 use open_registry_protocol::admin::{Peers as PeersView, PinAdded, PinList, Popular, Unpinned};
+use open_registry_protocol::history::HistoryView;
 use serde::Deserialize;
 
 use crate::fetch::Fetcher;
+use crate::history::{History, KEPT_HOURS};
 use crate::peer::Peers;
 use crate::peer::popularity::Popularity;
 use crate::store::pins::Pins;
@@ -42,6 +46,8 @@ pub(crate) struct Admin {
     pub pins: Arc<Pins>,
     pub peers: Option<Arc<Peers>>,
     pub popularity: Arc<Popularity>,
+    /// The hourly buckets `history.json` reads.
+    pub history: Arc<History>,
     /// The admin token (see [`token`]).
     pub token: String,
 }
@@ -53,6 +59,7 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
         .route("/-/open-registry/pins", get(list))
         .route("/-/open-registry/peers", get(peers))
         .route("/-/open-registry/popular", get(popular))
+        .route("/-/open-registry/history.json", get(history))
         .route("/-/open-registry/admin/pin", post(pin))
         .route("/-/open-registry/admin/unpin", post(unpin))
         .with_state(admin)
@@ -103,6 +110,16 @@ struct Limit {
 
 async fn popular(State(admin): State<Arc<Admin>>, Query(q): Query<Limit>) -> Answer<Popular> {
     Ok(Json(admin.popular(q.limit.unwrap_or(20).min(1000))))
+}
+
+#[derive(Debug, Deserialize)]
+struct Hours {
+    hours: Option<u32>,
+}
+
+async fn history(State(admin): State<Arc<Admin>>, Query(q): Query<Hours>) -> Json<HistoryView> {
+    // A sled range scan of at most two series of KEPT_HOURS small buckets.
+    Json(admin.history.view(q.hours.unwrap_or(168).min(KEPT_HOURS)))
 }
 
 #[derive(Debug, Deserialize)]
