@@ -19,7 +19,9 @@
 //! - `tasks`: background work (sync with the upstream, gossip, store maintenance).
 //! - `public`: the network's operation in public: signed node reports and operator
 //!   statements, kept from every operator and added up into the network view.
-//! - `admin`: the operator routes (dashboard, network view, pins, peers, popularity).
+//! - `history`: hourly buckets of the node's counters and of the network totals, kept 90 days
+//!   in the store.
+//! - `admin`: the operator routes (dashboard, network view, pins, peers, popularity, history).
 //! - [`client`]: the command line and what it does against a running node (and locally: the
 //!   operator's `statement.toml`, `open-registry statement`).
 //! - [`config`]: flags, environment and `config.toml`, validated into one [`Config`].
@@ -44,6 +46,7 @@ mod admin;
 mod errors;
 mod fdlimit;
 mod fetch;
+mod history;
 mod node;
 mod peer;
 mod private_file;

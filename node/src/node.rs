@@ -23,6 +23,7 @@ use crate::config::{Config, gateway_url};
 use crate::fdlimit;
 use crate::fetch::keys::KEYS_FILE;
 use crate::fetch::{self, Fetcher, upstream};
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::net;
 use crate::peer::popularity::Popularity;
@@ -62,6 +63,7 @@ pub struct NodeHandle {
     /// Where the peer-to-peer network listens, unless it is off.
     pub p2p: Option<P2pListen>,
     store: Arc<Store>,
+    popularity: Arc<Popularity>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     data_dir: PathBuf,
@@ -82,6 +84,9 @@ impl NodeHandle {
             .is_err()
         {
             tracing::warn!("in-flight work did not finish within 10s; flushing anyway");
+        }
+        if let Err(e) = self.popularity.save(&self.store.index).await {
+            tracing::warn!(error = %e, "could not save the popularity counts");
         }
         self.store.flush().await.context("flushing the store")?;
         let _ = std::fs::remove_file(self.data_dir.join(RUN_FILE));
@@ -153,7 +158,9 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         clock.clone(),
     )?);
     tracker.spawn(sync.clone().run(cancel.clone()));
-    let popularity = Arc::new(Popularity::new(clock.clone()));
+    let popularity = Arc::new(Popularity::open(&store.index, clock.clone())?);
+    let popularity_kept = popularity.clone();
+    let history = Arc::new(History::open(&store.index, clock.clone())?);
     let search = Arc::new(SearchIndex::new());
     search::watch::spawn(
         search.clone(),
@@ -191,6 +198,8 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         pins: pins.clone(),
         sync: sync.clone(),
         peers: peers.clone(),
+        history: history.clone(),
+        popularity: popularity.clone(),
         clock: clock.clone(),
         interval: config.report_interval,
     }
@@ -231,6 +240,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         peers,
         popularity,
         book,
+        history,
         token: admin::token::load_or_create(&config.data_dir)?,
     });
     let router = admin::router(admin).merge(gateway::router(
@@ -283,6 +293,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         url,
         p2p,
         store,
+        popularity: popularity_kept,
         cancel,
         tracker,
         data_dir: config.data_dir,

@@ -14,6 +14,8 @@
 //! - [`popularity`]: signed summaries of the packages a node serves most.
 //! - [`report`]: signed node reports (what a node served, its errors, its lag) for the network
 //!   view; [`network`]: that view's JSON.
+//! - [`history`]: hourly buckets of a node's own counters and of the network totals, kept 90
+//!   days (`history.json`).
 //! - [`trust`]: the trust policy (trusted signers, threshold) and its distinct rejections.
 //! - [`status`]: the node's JSON self-report; [`admin`]: the JSON of its operator routes.
 //! - [`statement`]: operator statements (`statement.toml`): what a node costs and receives,
@@ -25,6 +27,7 @@
 
 pub mod admin;
 pub mod derive;
+pub mod history;
 pub mod id;
 pub mod integrity;
 pub mod name;

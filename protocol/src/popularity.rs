@@ -19,7 +19,7 @@ pub const MAX_ENTRIES: usize = 100;
 pub struct Summary {
     /// When it was made (unix ms); a newer summary from the same operator replaces an older one.
     pub at: u64,
-    /// (package, requests since the node started), sorted by name.
+    /// (package, requests the node counted, kept across its restarts), sorted by name.
     pub counts: Vec<(PackageName, u64)>,
 }
 

@@ -174,10 +174,18 @@ fn three_operators_add_up_a_sybil_changes_nothing_and_forgeries_are_refused() ->
     // And as a visitor sees them, in a real browser.
     let d = open_dashboard(nc.node.gateway())?;
     let t = Duration::from_secs(30);
-    d.wait_text("instances", t, |s| s.starts_with("4 online: 3 trusted, 1 other"))?;
-    d.wait_text("monthly-cost", t, |s| s.contains("EUR 12.25") && s.contains("USD 5.70"))?;
-    d.wait_text("donated", t, |s| s.contains("EUR 25.00") && s.contains("USD 10.00"))?;
-    d.wait_text("spent", t, |s| s.contains("EUR 6.80") && s.contains("USD 5.70"))?;
+    d.wait_text("instances", t, |s| {
+        s.starts_with("4 online: 3 trusted, 1 other")
+    })?;
+    d.wait_text("monthly-cost", t, |s| {
+        s.contains("EUR 12.25") && s.contains("USD 5.70")
+    })?;
+    d.wait_text("donated", t, |s| {
+        s.contains("EUR 25.00") && s.contains("USD 10.00")
+    })?;
+    d.wait_text("spent", t, |s| {
+        s.contains("EUR 6.80") && s.contains("USD 5.70")
+    })?;
     d.wait_text("served", t, |s| !s.is_empty())?;
     ensure!(
         d.text("costs")?.contains("DNSimple") && !d.text("costs")?.contains("Nowhere"),
@@ -186,9 +194,15 @@ fn three_operators_add_up_a_sybil_changes_nothing_and_forgeries_are_refused() ->
     );
     ensure!(d.text("operators-others")?.contains("Sybil Inc"));
     let errors = d.script_errors()?;
-    ensure!(errors.is_empty(), "the dashboard's script failed: {errors:?}");
+    ensure!(
+        errors.is_empty(),
+        "the dashboard's script failed: {errors:?}"
+    );
     let shot = d.screenshot("dashboard-network")?;
-    eprintln!("dashboard of the three-operator network: {}", shot.display());
+    eprintln!(
+        "dashboard of the three-operator network: {}",
+        shot.display()
+    );
     drop(d);
 
     let metrics = nc.node.get("/-/metrics", &[])?.text();
@@ -330,4 +344,55 @@ fn three_operators_add_up_a_sybil_changes_nothing_and_forgeries_are_refused() ->
 fn base64_decode(s: &str) -> Result<Vec<u8>> {
     use base64::Engine as _;
     Ok(base64::engine::general_purpose::STANDARD.decode(s)?)
+}
+
+#[test]
+fn the_hourly_history_and_the_popularity_survive_a_restart() -> Result<()> {
+    let up = FakeUpstream::start()?;
+    let p = up.publish(&PackageSpec::new("history-demo", "1.0.0"))?;
+    let mut node = open_registry_tests::NodeProcess::start(&[
+        "--upstream",
+        up.url(),
+        "--no-p2p",
+        "--report-interval",
+        "1s",
+    ])?;
+    for _ in 0..3 {
+        ensure!(node.get(&p.packument_path, &[])?.status == 200);
+    }
+    let history = |node: &open_registry_tests::NodeProcess| -> Option<Value> {
+        let r = node
+            .get("/-/open-registry/history.json?hours=2", &[])
+            .ok()?;
+        serde_json::from_slice(&r.body).ok()
+    };
+    let served = |h: &Value, series: &str| -> u64 {
+        h[series]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| b["values"]["packuments_served"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    // The next report (within a second) records the three requests, here and network-wide.
+    let before =
+        open_registry_tests::probe::wait_for(GOSSIP, "the history to count the requests", || {
+            history(&node).filter(|h| served(h, "node") == 3 && served(h, "network") == 3)
+        })?;
+    ensure!(
+        before["network"][0]["values"]["instances_online"] == 1,
+        "{before}"
+    );
+    let popular = node.get("/-/open-registry/popular", &[])?.text();
+    ensure!(popular.contains("\"count\":3"), "{popular}");
+
+    node.restart()?;
+    let after = history(&node).context("history.json after the restart")?;
+    ensure!(served(&after, "node") >= 3, "history lost: {after}");
+    let popular = node.get("/-/open-registry/popular", &[])?.text();
+    ensure!(
+        popular.contains("\"name\":\"history-demo\"") && popular.contains("\"count\":3"),
+        "popularity lost: {popular}"
+    );
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! The operator's API, next to the public npm API on the same port: the dashboard, pins,
-//! peers and popularity.
+//! peers, popularity and history.
 //!
 //! Reading is public (what a community node keeps is no secret); changing pins needs the admin
 //! token ([`token`]). Answers are the typed views of `open_registry_protocol::admin`; failures
@@ -22,6 +22,8 @@
 //! - `GET /-/open-registry/reports.json`: those reports and statements, each with its signed
 //!   wire form (base64) so that anyone can check the signatures.
 //! - `GET /-/open-registry/statement.json`: this node's own signed statement (404 without one).
+//! - `GET /-/open-registry/history.json?hours=N`: [`HistoryView`], the last N hours (default
+//!   168, at most 2160) of this node's counters and of the network totals, by the hour.
 //! - `POST /-/open-registry/admin/pin` `{"name", "version"}`: fetch, verify, store, pin.
 //! - `POST /-/open-registry/admin/unpin` `{"name"}`: unpin every version of a package.
 
@@ -37,9 +39,11 @@ use axum::{Json, Router};
 use open_registry_gateway::{ApiError, Error};
 use open_registry_protocol::PackageName;
 use open_registry_protocol::admin::{Peers as PeersView, PinAdded, PinList, Popular, Unpinned};
+use open_registry_protocol::history::HistoryView;
 use serde::Deserialize;
 
 use crate::fetch::Fetcher;
+use crate::history::{History, KEPT_HOURS};
 use crate::peer::Peers;
 use crate::peer::popularity::Popularity;
 use crate::public::Book;
@@ -54,6 +58,8 @@ pub(crate) struct Admin {
     pub popularity: Arc<Popularity>,
     /// Every operator's reports and statements.
     pub book: Arc<Book>,
+    /// The hourly buckets `history.json` reads.
+    pub history: Arc<History>,
     /// The admin token (see [`token`]).
     pub token: String,
 }
@@ -68,6 +74,7 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
         .route("/-/open-registry/network.json", get(network))
         .route("/-/open-registry/reports.json", get(reports))
         .route("/-/open-registry/statement.json", get(statement))
+        .route("/-/open-registry/history.json", get(history))
         .route("/-/open-registry/admin/pin", post(pin))
         .route("/-/open-registry/admin/unpin", post(unpin))
         .with_state(admin)
@@ -137,6 +144,16 @@ async fn statement(State(admin): State<Arc<Admin>>) -> Answer<serde_json::Value>
         )
         .into()
     })
+}
+
+#[derive(Debug, Deserialize)]
+struct Hours {
+    hours: Option<u32>,
+}
+
+async fn history(State(admin): State<Arc<Admin>>, Query(q): Query<Hours>) -> Json<HistoryView> {
+    // A sled range scan of at most two series of KEPT_HOURS small buckets.
+    Json(admin.history.view(q.hours.unwrap_or(168).min(KEPT_HOURS)))
 }
 
 #[derive(Debug, Deserialize)]

@@ -164,7 +164,11 @@ fn trusted_figures_add_up_and_strangers_stay_apart() {
     assert_eq!(v.costs.len(), 2, "{:?}", v.costs);
     assert!(v.costs.iter().all(|c| c.provider == "Hetzner"));
     assert_eq!(v.spent_items.len(), 2, "{:?}", v.spent_items);
-    assert!(v.spent_items.iter().all(|s| s.on == "server" && s.month == "2026-11"));
+    assert!(
+        v.spent_items
+            .iter()
+            .all(|s| s.on == "server" && s.month == "2026-11")
+    );
     // The sybil is listed apart and changes nothing above.
     assert_eq!(v.others.money["EUR"].monthly_cost, "1000000.00");
     assert_eq!(v.others.served_window, 1_000_000);

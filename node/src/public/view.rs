@@ -205,8 +205,11 @@ pub(super) fn build(i: Inputs<'_>) -> NetworkView {
         v.operators.push(op);
     }
     v.errors.per_minute = (minutes_errors * 100.0).round() / 100.0;
-    v.spent_items
-        .sort_by(|a, b| b.month.cmp(&a.month).then_with(|| a.operator.cmp(&b.operator)));
+    v.spent_items.sort_by(|a, b| {
+        b.month
+            .cmp(&a.month)
+            .then_with(|| a.operator.cmp(&b.operator))
+    });
     v.spent_items.truncate(MAX_SPENT_ITEMS);
     v.money = trusted_money
         .into_iter()

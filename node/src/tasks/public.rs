@@ -3,6 +3,10 @@
 //! every report and statement heard on gossip into the book (the book refuses and counts what
 //! is forged, rolled back, oversized or stale).
 //!
+//! Each window also goes into the hourly history (this node's figures and the network's, each
+//! trusted report counted once), and the popularity counts are saved, so both survive
+//! restarts.
+//!
 //! Without the peer-to-peer network the node still makes its reports, so its own view (a
 //! network of one) is current.
 
@@ -17,10 +21,12 @@ use tokio_util::task::TaskTracker;
 use super::every;
 use crate::clock::Clock;
 use crate::fetch::Fetcher;
+use crate::history::{History, Series};
 use crate::metrics::Metrics;
 use crate::net;
 use crate::peer::Peers;
-use crate::public::{Book, Gathered, OwnStatement, Reporter};
+use crate::peer::popularity::Popularity;
+use crate::public::{Book, Gathered, OwnStatement, Reporter, window_figures};
 use crate::records::Identity;
 use crate::store::pins::Pins;
 use crate::tasks::sync::Sync;
@@ -38,6 +44,8 @@ pub(crate) struct Public {
     pub pins: Arc<Pins>,
     pub sync: Arc<Sync>,
     pub peers: Option<Arc<Peers>>,
+    pub history: Arc<History>,
+    pub popularity: Arc<Popularity>,
     pub clock: Clock,
     pub interval: Duration,
 }
@@ -119,6 +127,7 @@ impl Public {
         if let Err(why) = self.book.take_report(&wire) {
             tracing::warn!(?why, "this node's own report was refused");
         }
+        self.remember(&report).await;
         let Some(peers) = &self.peers else { return };
         let mut out = vec![(net::REPORTS_TOPIC, wire)];
         out.extend(statement.map(|s| (net::STATEMENTS_TOPIC, s)));
@@ -126,6 +135,44 @@ impl Public {
             if let Err(e) = peers.client().publish(topic, data).await {
                 tracing::debug!(topic, error = %e, "could not gossip");
             }
+        }
+    }
+
+    /// The window into the hourly history, and the popularity counts into the store.
+    async fn remember(&self, report: &open_registry_protocol::report::Report) {
+        use open_registry_protocol::report::{KEY_LAG_SECONDS, KEY_LAG_SEQ, KEY_PACKUMENTS};
+        let gauges = |v: [(&str, Option<u64>); 3]| {
+            v.into_iter()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let own = gauges([
+            ("lag_seconds", report.values.get(KEY_LAG_SECONDS).copied()),
+            ("lag_seq", report.values.get(KEY_LAG_SEQ).copied()),
+            (
+                "packuments_cached",
+                report.values.get(KEY_PACKUMENTS).copied(),
+            ),
+        ]);
+        let view = self.book.view();
+        let mut network = gauges([
+            ("lag_seconds", Some(view.lag.max_seconds)),
+            ("lag_seq", Some(view.lag.max_seq)),
+            ("packuments_cached", Some(view.packages.cached_max)),
+        ]);
+        network.insert("instances_online".into(), view.instances.trusted_online);
+        let samples = [
+            (Series::Node, window_figures(report), own),
+            (Series::Network, self.book.drain_window(), network),
+        ];
+        for (series, adds, gauges) in samples {
+            if let Err(e) = self.history.record(series, &adds, &gauges).await {
+                tracing::warn!(error = %e, "could not record the hourly history");
+            }
+        }
+        // Durable with the history's writes: the save ends in the index's flush.
+        if let Err(e) = self.popularity.save(&self.fetcher.store().index).await {
+            tracing::warn!(error = %e, "could not save the popularity counts");
         }
     }
 
