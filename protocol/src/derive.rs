@@ -22,13 +22,14 @@ use crate::name::PackageName;
 use crate::packument::{
     ABBREVIATED_VERSION_FIELDS, DistRef, INSTALL_SCRIPTS, PackumentError, tarball_file_of,
 };
+use crate::withhold::RESTRICTIONS;
 
 /// How the error for a duplicate key starts.
 const DUPLICATE: &str = "duplicate key";
 
 /// A JSON object's members in document order, values left as raw text; an object with a
 /// duplicate key is refused.
-struct Entries<'a>(Vec<(String, &'a RawValue)>);
+pub(crate) struct Entries<'a>(pub(crate) Vec<(String, &'a RawValue)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -58,17 +59,17 @@ impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
 }
 
 impl<'a> Entries<'a> {
-    fn parse(raw: &'a str) -> Result<Self, PackumentError> {
+    pub(crate) fn parse(raw: &'a str) -> Result<Self, PackumentError> {
         serde_json::from_str(raw).map_err(|e| PackumentError::Json(e.to_string()))
     }
 
-    fn get(&self, key: &str) -> Option<&'a RawValue> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'a RawValue> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 }
 
 /// Writes `{"k":raw,...}`.
-fn write_object<'b, W: Write>(
+pub(crate) fn write_object<'b, W: Write>(
     out: &mut W,
     entries: impl IntoIterator<Item = (&'b str, Raw<'b>)>,
 ) -> io::Result<()> {
@@ -89,24 +90,24 @@ fn write_object<'b, W: Write>(
 }
 
 /// Writes `"k":`.
-fn write_key<W: Write>(out: &mut W, k: &str) -> io::Result<()> {
+pub(crate) fn write_key<W: Write>(out: &mut W, k: &str) -> io::Result<()> {
     out.write_all(serde_json::to_string(k).expect("strings encode").as_bytes())?;
     out.write_all(b":")
 }
 
 /// A failure of the sink a document is derived into (a `Vec` never fails).
-fn sink_err(e: io::Error) -> PackumentError {
+pub(crate) fn sink_err(e: io::Error) -> PackumentError {
     PackumentError::Write(e.to_string())
 }
 
 /// A value to write: borrowed from the source, or newly encoded.
-enum Raw<'a> {
+pub(crate) enum Raw<'a> {
     Borrowed(&'a RawValue),
     Owned(Vec<u8>),
 }
 
 /// Checks the top level and returns its members.
-fn top<'a>(name: &PackageName, text: &'a str) -> Result<Entries<'a>, PackumentError> {
+pub(crate) fn top<'a>(name: &PackageName, text: &'a str) -> Result<Entries<'a>, PackumentError> {
     let entries: Entries<'a> = serde_json::from_str(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data if e.to_string().starts_with(DUPLICATE) => {
             PackumentError::Json(e.to_string())
@@ -130,11 +131,11 @@ fn top<'a>(name: &PackageName, text: &'a str) -> Result<Entries<'a>, PackumentEr
     }
 }
 
-fn is_object(raw: &RawValue) -> bool {
+pub(crate) fn is_object(raw: &RawValue) -> bool {
     raw.get().trim_start().starts_with('{')
 }
 
-fn as_text(bytes: &[u8]) -> Result<&str, PackumentError> {
+pub(crate) fn as_text(bytes: &[u8]) -> Result<&str, PackumentError> {
     std::str::from_utf8(bytes).map_err(|e| PackumentError::Json(e.to_string()))
 }
 
@@ -267,6 +268,9 @@ pub fn write_abbreviated<W: Write>(
             None => Raw::Owned(b"{}".to_vec()),
         },
     ));
+    if let Some(r) = entries.get(RESTRICTIONS) {
+        members.push((RESTRICTIONS, Raw::Borrowed(r)));
+    }
     // The same object `write_object` would write, with the versions streamed as the last member.
     let mut head = Vec::new();
     write_object(&mut head, members).map_err(sink_err)?;
@@ -432,6 +436,7 @@ mod tests {
             "readme": "big\n\"quoted\" \u{e9}",
             "dist-tags": {"latest": "1.0.0", "next": "2.0.0-beta.1"},
             "time": {"modified": "2024-01-02T03:04:05.000Z", "1.0.0": "2024-01-01T00:00:00.000Z"},
+            "policyRestrictions": {"versions": {"0.9.0": {"name": "@s/p", "version": "0.9.0"}}, "message": "held"},
             "versions": {
                 "1.0.0": {
                     "name": "@s/p", "version": "1.0.0", "description": "dropped",

@@ -7,6 +7,8 @@
 //! - [`packument`]: parsing packuments and deriving the abbreviated and rewritten forms.
 //! - [`mod@derive`]: the same derivations straight from the bytes, without a JSON tree (the hot
 //!   path: multi-megabyte packuments).
+//! - [`withhold`]: a packument without the versions a node holds back (release cooldown,
+//!   advisories), its dist-tags moved down, straight from the bytes; and the release times.
 //! - [`npm_sig`]: npm's own ECDSA registry signatures, checked against pinned keys.
 //! - [`peer`]: operator identities ([`PeerId`], the libp2p id of the operator's ed25519 key).
 //! - [`record`]: signed mirror records; [`Verified`] values come only from [`Signed::verify`].
@@ -42,6 +44,7 @@ pub mod report;
 pub mod statement;
 pub mod status;
 pub mod trust;
+pub mod withhold;
 
 #[cfg(test)]
 mod fuzz;

@@ -82,7 +82,8 @@ pub fn parse(name: &PackageName, bytes: &[u8]) -> Result<Value, PackumentError> 
     }
 }
 
-/// The abbreviated document derived from a full one.
+/// The abbreviated document derived from a full one: `name`, `modified`, `dist-tags`,
+/// `policyRestrictions` when there is one, and each version's install fields.
 pub fn abbreviate(full: &Value) -> Value {
     let mut out = Map::new();
     let Some(obj) = full.as_object() else {
@@ -103,6 +104,11 @@ pub fn abbreviate(full: &Value) -> Value {
             .cloned()
             .unwrap_or_else(|| Value::Object(Map::new())),
     );
+    // What a registry withholds, and why (see `crate::withhold`): npm reads it from the
+    // abbreviated document too.
+    if let Some(r) = obj.get(crate::withhold::RESTRICTIONS) {
+        out.insert(crate::withhold::RESTRICTIONS.into(), r.clone());
+    }
     let mut versions = Map::new();
     if let Some(Value::Object(vs)) = obj.get("versions") {
         for (v, doc) in vs {

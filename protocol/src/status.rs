@@ -33,6 +33,39 @@ pub struct Status {
     /// Packuments served without a signed record because one would not fit the record
     /// encoding, most recent first (at most [`UNSIGNED_KEPT`]), each with the reason.
     pub unsigned: Vec<Unsigned>,
+    /// The release cooldown, when one is configured (`min_release_age`).
+    pub cooldown: Option<CooldownStatus>,
+}
+
+/// How many held versions a status lists.
+pub const COOLDOWN_KEPT: usize = 32;
+
+/// The release cooldown: versions too recently published to be served yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CooldownStatus {
+    /// `min_release_age`, in seconds.
+    pub min_release_age_secs: u64,
+    /// Versions held back now, the most recently published first (at most [`COOLDOWN_KEPT`]).
+    pub held: Vec<CooldownHeld>,
+    /// Versions whose age was counted from the first time this node saw them, because the
+    /// packument gave no publish time for them (counted per packument revision read, since
+    /// start).
+    pub first_seen_used: u64,
+}
+
+/// A version held back by the release cooldown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CooldownHeld {
+    /// The package.
+    pub name: String,
+    /// The version.
+    pub version: String,
+    /// When it is released (unix ms).
+    pub until_ms: u64,
+    /// Its age counts from when this node first saw it (the packument has no `time` for it).
+    pub from_first_seen: bool,
 }
 
 /// How many unsigned packuments a status lists.
