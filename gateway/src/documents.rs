@@ -9,6 +9,9 @@
 //! A version or dist-tag missing from the current revision triggers exactly one refresh
 //! (`Registry::packument(name, true)`) before the 404: the package may have been published to
 //! since the node cached it.
+//!
+//! Versions the registry withholds are already absent from the revision it hands over (their
+//! dist-tags moved); asked for by name, one answers 451 with the registry's message.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -51,7 +54,8 @@ pub(crate) async fn packument<R: Registry>(
     }
 }
 
-/// `GET /<name>/<version-or-dist-tag>`.
+/// `GET /<name>/<version-or-dist-tag>`. A version the registry withholds answers 451 with its
+/// message (a dist-tag never points at one: the registry moved it).
 pub(crate) async fn version<R: Registry>(
     shared: &Shared<R>,
     name: PackageName,
@@ -60,14 +64,22 @@ pub(crate) async fn version<R: Registry>(
     authority: Option<&str>,
 ) -> Result<Response, ApiError> {
     let base = negotiate::base_url(shared.public_url.as_deref(), headers, authority)?;
-    let form = Form::Version(spec);
     let pack = shared.registry.packument(&name, false).await?;
+    if let Some(message) = pack.withheld(&spec) {
+        return Err(Error::Withheld(message.to_owned()).into());
+    }
+    let form = Form::Version(spec);
     let source = pack.source;
     if let Some(doc) = lookup(shared, name.clone(), pack, base.clone(), form.clone()).await? {
         return Ok(marked(respond(&doc, headers), source));
     }
     // Absent from this revision: refresh once, then answer from whatever that returned.
     let pack = shared.registry.packument(&name, true).await?;
+    if let Form::Version(spec) = &form
+        && let Some(message) = pack.withheld(spec)
+    {
+        return Err(Error::Withheld(message.to_owned()).into());
+    }
     let source = pack.source;
     match lookup(shared, name.clone(), pack, base, form.clone()).await? {
         Some(doc) => Ok(marked(respond(&doc, headers), source)),

@@ -63,6 +63,7 @@ impl ApiError {
                 Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                Error::Withheld(_) => StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
             },
             ApiError::Path(e) if e.is_bad_request() => StatusCode::BAD_REQUEST,
             ApiError::Path(_) => StatusCode::NOT_FOUND,
@@ -145,6 +146,7 @@ mod tests {
             (Error::Timeout("x".into()), 504),
             (Error::Unavailable("x".into()), 503),
             (Error::Internal("x".into()), 500),
+            (Error::Withheld("x".into()), 451),
         ] {
             assert_eq!(ApiError::from(e).status().as_u16(), code);
         }
@@ -166,6 +168,12 @@ mod tests {
         assert!(!e.public_message().contains("secret"));
         let e = ApiError::from(Error::NotFound("no such package: x".into()));
         assert_eq!(e.public_message(), "no such package: x");
+    }
+
+    #[test]
+    fn withheld_message_reaches_the_client() {
+        let e = ApiError::from(Error::Withheld("p@1.0.1 is in its release cooldown".into()));
+        assert_eq!(e.public_message(), "p@1.0.1 is in its release cooldown");
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub use meta::MAX_FORWARD_BODY;
 pub use metrics::{Traffic, TrafficSnapshot};
 pub use negotiate::HostError;
 pub use path::PathError;
-pub use registry::{Blob, Body, Error, Forward, ForwardMethod, Forwarded, Packument, Registry};
+pub use registry::{
+    Blob, Body, Error, Forward, ForwardMethod, Forwarded, Packument, Registry, Withheld,
+};
 pub use router::{Config, DEFAULT_RENDER_CACHE_BYTES, router};
 pub use search::{Person, SearchHit, SearchPackage, SearchQuery, SearchResults};
 pub use serve::{Limits, serve};

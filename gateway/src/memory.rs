@@ -18,7 +18,7 @@ use open_registry_protocol::{BlobId, Integrity, NameError, PackageName, Status, 
 use serde_json::{Value, json};
 
 use crate::access::Source;
-use crate::registry::{Blob, Body, Error, Forward, Forwarded, Packument, Registry};
+use crate::registry::{Blob, Body, Error, Forward, Forwarded, Packument, Registry, Withheld};
 
 /// The host that tarball URLs in the documents point at, as an upstream's would.
 pub const UPSTREAM: &str = "https://registry.example.org";
@@ -48,6 +48,8 @@ struct State {
     failure: Option<Error>,
     stream_chunk: Option<usize>,
     delay: Duration,
+    /// Versions withheld per package, as a node would withhold them.
+    withheld: HashMap<PackageName, Vec<Withheld>>,
 }
 
 #[derive(Debug)]
@@ -115,6 +117,18 @@ impl MemoryRegistry {
             doc["dist-tags"][tag] = Value::String(version.to_owned());
         }
         reencode(&mut state, name);
+    }
+
+    /// Withholds versions of `name` as a node does (`None`: none): its packument is served
+    /// without them (dist-tags moved, by [`open_registry_protocol::withhold`]) and lists them in
+    /// [`Packument::withheld`], and their tarballs answer [`Error::Withheld`] with the message.
+    pub fn set_withheld(&self, name: &PackageName, withheld: Vec<Withheld>) {
+        let mut state = self.lock();
+        if withheld.is_empty() {
+            state.withheld.remove(name);
+        } else {
+            state.withheld.insert(name.clone(), withheld);
+        }
     }
 
     /// Stores a tarball without touching any packument.
@@ -295,11 +309,43 @@ impl Registry for MemoryRegistry {
                     .map_err(|e| Error::Internal(format!("staged version: {e}")))?;
             }
         }
-        state
+        let package = state
             .packages
             .get(name)
-            .map(|p| p.current.clone())
-            .ok_or_else(|| Error::NotFound(format!("package not found: {name}")))
+            .ok_or_else(|| Error::NotFound(format!("package not found: {name}")))?;
+        let current = package.current.clone();
+        // As a node does, only versions the revision has are withheld.
+        let present = |v: &str| {
+            package
+                .doc
+                .as_ref()
+                .is_some_and(|d| d["versions"].get(v).is_some())
+        };
+        let withheld: Vec<Withheld> = state
+            .withheld
+            .get(name)
+            .map(|w| w.iter().filter(|w| present(&w.version)).cloned().collect())
+            .unwrap_or_default();
+        if withheld.is_empty() {
+            return Ok(current);
+        }
+        let hide = |v: &str| withheld.iter().any(|w| w.version == v);
+        let notice = Withheld::notice(&withheld);
+        let filtered = open_registry_protocol::withhold::withhold_with_notice(
+            name,
+            &current.bytes,
+            &hide,
+            Some(&notice),
+        )
+        .map_err(|e| Error::Internal(format!("withholding: {e}")))?;
+        let mut p = match filtered {
+            Some(bytes) => {
+                Packument::new(BlobId::of(&bytes), Bytes::from(bytes)).from(Source::Memory)
+            }
+            None => current,
+        };
+        p.withheld = withheld;
+        Ok(p)
     }
 
     async fn tarball(&self, name: &PackageName, file: &TarballFile) -> Result<Blob, Error> {
@@ -307,6 +353,14 @@ impl Registry for MemoryRegistry {
         self.pause().await;
         self.failure()?;
         let state = self.lock();
+        if let Some(withheld) = state.withheld.get(name)
+            && let Some(doc) = state.packages.get(name).and_then(|p| p.doc.as_ref())
+            && let Some(dist) =
+                open_registry_protocol::packument::tarball_index(name, doc).remove(file.as_str())
+            && let Some(w) = withheld.iter().find(|w| w.version == dist.version)
+        {
+            return Err(Error::Withheld(w.message.clone()));
+        }
         let bytes = state
             .tarballs
             .get(&(name.clone(), file.clone()))

@@ -29,17 +29,75 @@ pub struct Packument {
     pub lease: Lease,
     /// Where the registry found it (the access log's `source`).
     pub source: Source,
+    /// Versions the registry holds back (a release cooldown, an advisory in force): already
+    /// absent from `bytes`, and answered 451 with their message when asked for by name.
+    pub withheld: Vec<Withheld>,
+}
+
+/// A version a registry holds back from its clients, and what to tell them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withheld {
+    /// The version, as the packument's `versions` names it.
+    pub version: String,
+    /// Why it is held back, for the person reading npm's output (the 451's `error`).
+    pub message: String,
+}
+
+/// How many versions' messages [`Withheld::notice`] spells out.
+const NOTICE_LISTS: usize = 8;
+
+impl Withheld {
+    /// The one explanation a packument carries for npm (`policyRestrictions.message`, see
+    /// [`open_registry_protocol::withhold::withhold_with_notice`]) when `withheld` are held
+    /// back: each version's message on a line of its own, newest version first, the first few
+    /// only.
+    pub fn notice(withheld: &[Withheld]) -> String {
+        let mut sorted: Vec<&Withheld> = withheld.iter().collect();
+        sorted.sort_by(|a, b| semver_desc(&a.version, &b.version));
+        let mut lines: Vec<&str> = sorted
+            .iter()
+            .take(NOTICE_LISTS)
+            .map(|w| w.message.as_str())
+            .collect();
+        let more = withheld.len().saturating_sub(NOTICE_LISTS);
+        let tail = format!("... and {more} more versions held back by this registry");
+        if more > 0 {
+            lines.push(&tail);
+        }
+        lines.join("\n")
+    }
+}
+
+/// Newest first by semver precedence where both parse, else by the strings.
+fn semver_desc(a: &str, b: &str) -> std::cmp::Ordering {
+    match (
+        nodejs_semver::Version::parse(a),
+        nodejs_semver::Version::parse(b),
+    ) {
+        (Ok(x), Ok(y)) => y.cmp(&x).then_with(|| b.cmp(a)),
+        _ => b.cmp(a),
+    }
 }
 
 impl Packument {
-    /// A revision whose bytes are counted elsewhere (or nowhere), from an unsaid source.
+    /// A revision whose bytes are counted elsewhere (or nowhere), from an unsaid source, with
+    /// nothing withheld.
     pub fn new(id: BlobId, bytes: Bytes) -> Packument {
         Packument {
             id,
             bytes,
             lease: Lease::none(),
             source: Source::Node,
+            withheld: Vec::new(),
         }
+    }
+
+    /// The message of `version` if it is withheld.
+    pub fn withheld(&self, version: &str) -> Option<&str> {
+        self.withheld
+            .iter()
+            .find(|w| w.version == version)
+            .map(|w| w.message.as_str())
     }
 
     /// The same, found at `source`.
@@ -55,6 +113,7 @@ impl fmt::Debug for Packument {
             .field("id", &self.id)
             .field("len", &self.bytes.len())
             .field("lease", &self.lease)
+            .field("withheld", &self.withheld.len())
             .finish()
     }
 }
@@ -156,13 +215,18 @@ pub enum Error {
     /// 500: a bug or a local I/O failure.
     #[error("{0}")]
     Internal(String),
+    /// 451: the version exists but this registry withholds it (a release cooldown, an advisory
+    /// in force); the message says why and until when.
+    #[error("{0}")]
+    Withheld(String),
 }
 
 /// What a node offers to its gateway.
 ///
 /// Methods return `Send` futures so the router can run them on any worker.
 pub trait Registry: Send + Sync + 'static {
-    /// The current packument of `name`. When `refresh` is true the caller looked for a version
+    /// The current packument of `name`, without the versions the registry withholds (listed in
+    /// [`Packument::withheld`]). When `refresh` is true the caller looked for a version
     /// or dist-tag that the cached copy lacks: revalidate with the source once before answering
     /// (a registry may decline to while a recent refresh for a miss found nothing; see
     /// [`Registry::still_missing`]).
@@ -179,7 +243,8 @@ pub trait Registry: Send + Sync + 'static {
         let _ = name;
     }
 
-    /// A tarball of `name`, verified against the integrity its packument promises.
+    /// A tarball of `name`, verified against the integrity its packument promises;
+    /// [`Error::Withheld`] when its version is withheld.
     fn tarball(
         &self,
         name: &PackageName,

@@ -8,6 +8,7 @@
 //! - `socket`: HTTP/1.1 over 127.0.0.1 with a hand-written client.
 //! - `fuzz`: proptest over paths.
 //! - `parsers`: proptest on the path parser and header readers themselves (R17).
+//! - `withheld`: versions a registry withholds (451, moved dist-tags).
 
 mod access;
 mod api;
@@ -16,6 +17,7 @@ mod fuzz;
 mod parsers;
 mod socket;
 mod tarballs;
+mod withheld;
 
 use std::io::Read as _;
 use std::sync::Arc;
