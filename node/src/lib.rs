@@ -19,6 +19,8 @@
 //! - `tasks`: background work (sync with the upstream, gossip, store maintenance).
 //! - `public`: the network's operation in public: signed node reports and operator
 //!   statements, kept from every operator and added up into the network view.
+//! - `withhold`: the versions held back (the release cooldown, advisories in force), withheld
+//!   from the packuments served and answered 451.
 //! - `history`: hourly buckets of the node's counters and of the network totals, kept 90 days
 //!   in the store.
 //! - `admin`: the operator routes (dashboard, network view, pins, peers, popularity, history).
@@ -55,6 +57,7 @@ mod records;
 mod registry;
 mod search;
 mod tasks;
+mod withhold;
 
 pub use config::Config;
 pub use node::{NodeHandle, P2pListen, RUN_FILE, start};

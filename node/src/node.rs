@@ -4,8 +4,8 @@
 //! This file only wires. What each part does is in its module: the store and pins
 //! ([`crate::store`]), records and the operator key ([`crate::records`]), the network
 //! ([`crate::net`], [`crate::peer`]), the gateway's connection limits (`crate::fdlimit`), the Fetcher and the upstream ([`crate::fetch`]),
-//! background work ([`crate::tasks`]), the network's public operation ([`crate::public`]), the operator routes ([`crate::admin`]) and the gateway's
-//! view of it all ([`crate::registry`]).
+//! background work ([`crate::tasks`]), the network's public operation ([`crate::public`]), the operator routes ([`crate::admin`]), the versions held back
+//! ([`crate::withhold`]) and the gateway's view of it all ([`crate::registry`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +38,7 @@ use crate::tasks::gossip::Gossip;
 use crate::tasks::maintenance::Maintenance;
 use crate::tasks::public::Public;
 use crate::tasks::sync::Sync;
+use crate::withhold::{Cooldown, FirstSeen, Holds};
 
 /// The file in the data dir naming the running node's gateway, for `status` and for tests.
 pub const RUN_FILE: &str = "node.json";
@@ -134,6 +135,19 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         }
         None => (None, None),
     };
+    let first_seen = match config.min_release_age {
+        Some(_) => Some(Arc::new(FirstSeen::open(&store.index)?)),
+        None => None,
+    };
+    let holds = Arc::new(Holds::new(
+        config
+            .min_release_age
+            .map(|age| Cooldown::new(age, &config.cooldown_exempt)),
+        None,
+        first_seen.clone(),
+        clock.clone(),
+        (config.memory_cache_size / 8).max(4 << 20),
+    ));
     let fetcher = Fetcher::new(
         &config,
         fetch::Sources {
@@ -142,6 +156,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             upstream,
             peers: peers.clone().map(|p| p as Arc<dyn peer::Source>),
             memory,
+            first_seen,
         },
         metrics.clone(),
         tracker.clone(),
@@ -233,6 +248,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         keys: Mutex::new(()),
         search,
         book: book.clone(),
+        holds,
     });
     let admin = Arc::new(Admin {
         fetcher: fetcher.clone(),

@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::peer::popularity::Popularity;
 use crate::search::SearchIndex;
 use crate::tasks::sync::Sync;
+use crate::withhold::Holds;
 
 /// The node as its gateway sees it.
 #[derive(Debug)]
@@ -39,6 +40,8 @@ pub(crate) struct Node {
     pub(crate) search: Arc<SearchIndex>,
     /// Every operator's reports and statements, for the network gauges.
     pub(crate) book: Arc<crate::public::Book>,
+    /// The versions held back (release cooldown, advisories).
+    pub(crate) holds: Arc<Holds>,
 }
 
 impl Registry for Node {
@@ -57,7 +60,7 @@ impl Registry for Node {
         if !refresh {
             self.popularity.count(name);
         }
-        Ok(p)
+        self.holds.apply(name, p).await
     }
 
     fn still_missing(&self, name: &PackageName) {
@@ -69,6 +72,14 @@ impl Registry for Node {
         name: &PackageName,
         file: &TarballFile,
     ) -> Result<Blob, gateway::Error> {
+        // A held version's tarball is refused before it is looked for, stored or not (pins
+        // never override a hold). Without the packument the node cannot tell, and refuses.
+        if self.holds.applies_to(name)
+            && let Some((p, version)) = self.fetcher.tarball_version(name, file.as_str()).await?
+            && let Some(message) = self.holds.hold_of(name, &p, &version).await?
+        {
+            return Err(gateway::Error::Withheld(message));
+        }
         Ok(self.fetcher.tarball(name, file).await?)
     }
 
@@ -155,6 +166,7 @@ impl Registry for Node {
             sync: Some(self.sync.status()),
             upstream_health: self.fetcher.upstream().and_then(|u| u.health()),
             unsigned: self.fetcher.unsigned(),
+            cooldown: self.holds.status(),
         }
     }
 

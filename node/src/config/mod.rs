@@ -88,6 +88,11 @@ pub struct Config {
     pub popularity_interval: Duration,
     /// Interval of signed node reports and statement gossip (the network view's window).
     pub report_interval: Duration,
+    /// The release cooldown: versions published less than this long ago are not served yet
+    /// (`None`: off, the default).
+    pub min_release_age: Option<Duration>,
+    /// Packages (names, or scopes as `@scope/*`) the release cooldown never holds.
+    pub cooldown_exempt: Vec<String>,
     /// What "now" is for every calendar decision (the system clock; tests inject a manual one).
     pub clock: Clock,
 }
@@ -129,6 +134,8 @@ impl Config {
             pin_refresh: Duration::from_secs(600),
             popularity_interval: Duration::from_secs(300),
             report_interval: Duration::from_secs(300),
+            min_release_age: None,
+            cooldown_exempt: Vec::new(),
             clock: Clock::system(),
         }
     }
@@ -205,6 +212,19 @@ impl Config {
             || c.report_interval > Duration::from_secs(3600)
         {
             bail!("report_interval must be between 1s and 1h (a report's window is at most 1h)");
+        }
+        c.min_release_age = s
+            .min_release_age
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .filter(|d| !d.is_zero());
+        for e in s.cooldown_exempt.unwrap_or_default() {
+            crate::withhold::check_exempt(&e).map_err(anyhow::Error::msg)?;
+            let e = e.trim().to_owned();
+            if !c.cooldown_exempt.contains(&e) {
+                c.cooldown_exempt.push(e);
+            }
         }
         c.changes_feed = s
             .changes_feed
@@ -538,6 +558,43 @@ mod tests {
                 .to_string()
                 .contains("PeerId")
         );
+    }
+
+    #[test]
+    fn cooldown_settings() {
+        let c = resolve(Settings::default(), None).unwrap();
+        assert_eq!(c.min_release_age, None);
+        assert!(render_toml(&c).contains("# min_release_age = \"2d\""));
+        let s = Settings {
+            min_release_age: Some("2d".into()),
+            cooldown_exempt: Some(vec!["typescript".into(), " @my-org/*".into()]),
+            ..Default::default()
+        };
+        let c = resolve(s, None).unwrap();
+        assert_eq!(c.min_release_age, Some(Duration::from_secs(2 * 86400)));
+        assert_eq!(c.cooldown_exempt, vec!["typescript", "@my-org/*"]);
+        let text = render_toml(&c);
+        let back = resolve(toml::from_str(&text).unwrap(), None).unwrap();
+        assert_eq!(back.min_release_age, c.min_release_age);
+        assert_eq!(back.cooldown_exempt, c.cooldown_exempt);
+        let off = Settings {
+            min_release_age: Some("0s".into()),
+            ..Default::default()
+        };
+        assert_eq!(resolve(off, None).unwrap().min_release_age, None);
+        for bad in ["Bad Name", "@/*", "@scope/x/*", "*"] {
+            let s = Settings {
+                cooldown_exempt: Some(vec![bad.into()]),
+                ..Default::default()
+            };
+            let e = resolve(s, None).unwrap_err().to_string();
+            assert!(e.contains("cooldown_exempt"), "{bad}: {e}");
+        }
+        let s = Settings {
+            min_release_age: Some("soon".into()),
+            ..Default::default()
+        };
+        assert!(resolve(s, None).is_err());
     }
 
     #[test]

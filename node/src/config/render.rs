@@ -110,6 +110,14 @@ popularity_interval = "{popularity_interval}"
 # How often this node signs and gossips its report (requests, errors, lag, what it holds) and
 # its statement.toml (what it costs, what it receives); every node shows the network from them.
 report_interval = "{report_interval}"
+
+# Release cooldown: a version published less than min_release_age ago (by the packument's
+# `time`; without one, by when this node first saw it) is treated as not yet released: it is
+# left out of the packuments served, dist-tags pointing at it move to the newest older version,
+# and its tarball answers 451 "in its release cooldown until ...". Off unless set. Packages in
+# cooldown_exempt (names, or scopes as "@scope/*") are never held.
+{min_release_age}
+{cooldown_exempt}
 "#,
         gateway = c.gateway_url(),
         listen = c.listen,
@@ -159,5 +167,14 @@ report_interval = "{report_interval}"
         pin_refresh = format_duration(c.pin_refresh),
         popularity_interval = format_duration(c.popularity_interval),
         report_interval = format_duration(c.report_interval),
+        min_release_age = match c.min_release_age {
+            Some(d) => format!("min_release_age = \"{}\"", format_duration(d)),
+            None => "# min_release_age = \"2d\"".to_owned(),
+        },
+        cooldown_exempt = if c.cooldown_exempt.is_empty() {
+            "# cooldown_exempt = [\"@my-org/*\", \"typescript\"]".to_owned()
+        } else {
+            format!("cooldown_exempt = [{}]", quoted(c.cooldown_exempt.clone()))
+        },
     )
 }

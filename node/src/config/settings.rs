@@ -225,6 +225,21 @@ pub struct Settings {
     /// statement [default: 5m]
     #[arg(long, env = "OPEN_REGISTRY_REPORT_INTERVAL", value_name = "DURATION")]
     pub report_interval: Option<String>,
+
+    /// Release cooldown: a version published less than this long ago (by the packument's
+    /// `time`) is not served yet; its tarball answers 451 [default: off]
+    #[arg(long, env = "OPEN_REGISTRY_MIN_RELEASE_AGE", value_name = "DURATION")]
+    pub min_release_age: Option<String>,
+
+    /// Packages the release cooldown never holds: names, or scopes as @scope/* (repeatable, or
+    /// comma-separated)
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_COOLDOWN_EXEMPT",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub cooldown_exempt: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -274,6 +289,8 @@ impl Settings {
             pin_refresh: self.pin_refresh.or(other.pin_refresh),
             popularity_interval: self.popularity_interval.or(other.popularity_interval),
             report_interval: self.report_interval.or(other.report_interval),
+            min_release_age: self.min_release_age.or(other.min_release_age),
+            cooldown_exempt: self.cooldown_exempt.or(other.cooldown_exempt),
         }
     }
 

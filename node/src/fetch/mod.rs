@@ -54,6 +54,7 @@ use crate::metrics::Metrics;
 use crate::peer;
 use crate::records::Records;
 use crate::store::Store;
+use crate::withhold::FirstSeen;
 use cache::Caches;
 use flight::Flights;
 
@@ -81,6 +82,9 @@ pub(crate) struct Sources {
     /// The packument memory every packument read for a request is held within (the upstream
     /// client reads its bodies within the same one).
     pub memory: MemoryBudget,
+    /// Where the first sight of versions without a publish time is noted, while a release
+    /// cooldown is configured.
+    pub first_seen: Option<Arc<FirstSeen>>,
 }
 
 /// Orders sources and coalesces fetches.
@@ -104,6 +108,8 @@ pub(crate) struct Fetcher {
     /// Woken after every blob stored, so the cache cap is enforced promptly.
     ingested: Arc<tokio::sync::Notify>,
     keys: keys::KeysPin,
+    /// See [`Sources::first_seen`].
+    first_seen: Option<Arc<FirstSeen>>,
 }
 
 impl Fetcher {
@@ -131,6 +137,7 @@ impl Fetcher {
             memory: sources.memory,
             ingested: Arc::new(tokio::sync::Notify::new()),
             keys: keys::KeysPin::new(config.clock.clone()),
+            first_seen: sources.first_seen,
         })
     }
 
@@ -185,7 +192,7 @@ impl Fetcher {
     }
 
     /// Tarball file → dist of a packument revision, parsed once per revision.
-    async fn dist_index(
+    pub(crate) async fn dist_index(
         &self,
         name: &PackageName,
         p: &Packument,
@@ -211,6 +218,14 @@ impl Fetcher {
     fn announce(&self, id: BlobId) {
         if let Some(peers) = self.peers.clone() {
             self.tracker.spawn(async move { peers.announce(&id).await });
+        }
+    }
+
+    /// Notes when the versions of a revision just stored that have no publish time were first
+    /// seen (while a release cooldown is configured).
+    async fn note_first_seen(&self, name: &PackageName, bytes: &Bytes) {
+        if let Some(f) = &self.first_seen {
+            f.note_revision(name, bytes, self.clock.now_ms()).await;
         }
     }
 

@@ -212,6 +212,7 @@ impl Fetcher {
                     bytes,
                     lease,
                     source: Source::Store,
+                    withheld: Vec::new(),
                 }))
             }
             None => {
@@ -280,6 +281,7 @@ impl Fetcher {
                     bytes,
                     lease,
                     source: Source::Upstream,
+                    withheld: Vec::new(),
                 };
                 self.ingest_packument(name, p, etag, last_modified).await
             }
@@ -321,6 +323,7 @@ impl Fetcher {
                     bytes,
                     lease,
                     source: Source::Upstream,
+                    withheld: Vec::new(),
                 }
             }
             None => self
@@ -415,12 +418,14 @@ impl Fetcher {
         Metrics::inc(&self.metrics.packument_updates);
         self.stored();
         self.caches.dists.insert(id, dists);
+        self.note_first_seen(name, &bytes).await;
         self.keep_hot(name, &e, &bytes);
         let p = Packument {
             id,
             bytes,
             lease,
             source: Source::Peer,
+            withheld: Vec::new(),
         };
         tracing::info!(%name, id = %id.short(), signers = agreed.records.len(), "took a packument revision from peers");
         Ok(p)
@@ -497,6 +502,7 @@ impl Fetcher {
         Metrics::inc(&self.metrics.packument_updates);
         self.stored();
         self.caches.dists.insert(id, dists);
+        self.note_first_seen(name, &p.bytes).await;
         self.keep_hot(name, &entry, &p.bytes);
         self.announce(id);
         self.sign(name, &p, entry.checked_at).await;

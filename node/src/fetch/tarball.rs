@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use open_registry_gateway::access::Source;
-use open_registry_gateway::{Blob, Body};
+use open_registry_gateway::{Blob, Body, Packument};
 use open_registry_protocol::packument::DistRef;
 use open_registry_protocol::record::attested_integrity;
 use open_registry_protocol::{BlobId, Integrity, PackageName, TarballFile};
@@ -310,6 +310,34 @@ impl Fetcher {
                 return Ok(Some((f.clone(), d.clone())));
             }
         }
+        self.still_missing(name);
+        Ok(None)
+    }
+
+    /// The current packument of `name` and the version tarball `file` belongs to, revalidated
+    /// once when the file is not in it (a version published since); `None` when no version has
+    /// that file. What the holds check before a tarball is served.
+    pub(crate) async fn tarball_version(
+        self: &Arc<Self>,
+        name: &PackageName,
+        file: &str,
+    ) -> Result<Option<(Packument, String)>, FetchError> {
+        for refresh in [false, true] {
+            if refresh && !self.can_refresh() {
+                break;
+            }
+            let p = if refresh {
+                self.packument_for_miss(name).await?
+            } else {
+                self.packument(name, false).await?
+            };
+            let index = self.dist_index(name, &p).await?;
+            if let Some(d) = index.get(file) {
+                let version = d.version.clone();
+                return Ok(Some((p, version)));
+            }
+        }
+        // The tarball path looks again; this refresh already did its work.
         self.still_missing(name);
         Ok(None)
     }

@@ -5,11 +5,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use open_registry_protocol::Status;
 use open_registry_protocol::admin::Peers;
-use open_registry_protocol::status::SyncStatus;
+use open_registry_protocol::status::{COOLDOWN_KEPT, CooldownHeld, CooldownStatus, SyncStatus};
+use open_registry_protocol::withhold::format_utc;
 
 use super::{IdArgs, PeersArgs, StatusArgs, node_client, registry_url};
 use crate::client::NodeClient;
-use crate::config::units::format_size;
+use crate::config::units::{format_duration, format_size};
 use crate::records::Identity;
 
 /// How long `status` waits for a node.
@@ -99,7 +100,7 @@ fn render_status(url: &str, s: &Status) -> String {
          peers      {} blobs fetched ({}), {} failed tries, {} records refused\n\
          integrity  {} blobs refused\n\
          sync       {}\n\
-         {}",
+         {}{}",
         s.version,
         up / 3600,
         up / 60 % 60,
@@ -125,7 +126,45 @@ fn render_status(url: &str, s: &Status) -> String {
         c("integrity_failures"),
         render_sync(s.sync.as_ref()),
         render_unsigned(s),
+        render_cooldown(s.cooldown.as_ref()),
     )
+}
+
+/// The release cooldown and the versions it holds (nothing when it is off).
+fn render_cooldown(c: Option<&CooldownStatus>) -> String {
+    let Some(c) = c else {
+        return String::new();
+    };
+    let age = format_duration(Duration::from_secs(c.min_release_age_secs));
+    let mut out = format!(
+        "cooldown   min_release_age {age}: {} held{}\n",
+        match c.held.len() {
+            0 => "no versions".to_owned(),
+            1 => "1 version".to_owned(),
+            n if n >= COOLDOWN_KEPT => format!("{n}+ versions"),
+            n => format!("{n} versions"),
+        },
+        match c.first_seen_used {
+            0 => String::new(),
+            n => format!(
+                "; {n} versions without a publish time in the packument, aged from when this node first saw them"
+            ),
+        }
+    );
+    for h in &c.held {
+        out.push_str(&format!(
+            "  {}@{} until {}{}\n",
+            h.name,
+            h.version,
+            format_utc(h.until_ms.div_ceil(1000) * 1000),
+            if h.from_first_seen {
+                " (no publish time: aged from first sight)"
+            } else {
+                ""
+            }
+        ));
+    }
+    out
 }
 
 /// The packuments served without a signed record, and why (nothing when there are none).
@@ -186,6 +225,48 @@ mod tests {
         assert!(
             out.contains(
                 "unsigned   2 packuments served without a record; latest huge: too many versions"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn cooldown_renders() {
+        let mut s = Status::default();
+        let out = render_status("http://127.0.0.1:1", &s);
+        assert!(!out.contains("cooldown"), "{out}");
+        s.cooldown = Some(CooldownStatus {
+            min_release_age_secs: 3600,
+            held: vec![
+                CooldownHeld {
+                    name: "@s/p".into(),
+                    version: "1.0.1".into(),
+                    until_ms: 1_796_292_000_000,
+                    from_first_seen: false,
+                },
+                CooldownHeld {
+                    name: "q".into(),
+                    version: "2.0.0".into(),
+                    until_ms: 1_796_291_999_001,
+                    from_first_seen: true,
+                },
+            ],
+            first_seen_used: 1,
+        });
+        let out = render_status("http://127.0.0.1:1", &s);
+        assert!(
+            out.contains(
+                "cooldown   min_release_age 1h: 2 versions held; 1 versions without a publish time"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("  @s/p@1.0.1 until 2026-12-03T10:00:00Z\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "  q@2.0.0 until 2026-12-03T10:00:00Z (no publish time: aged from first sight)\n"
             ),
             "{out}"
         );

@@ -114,6 +114,7 @@ impl Rig {
                 upstream: upstream.map(|u| u as Arc<dyn Source>),
                 peers: peers.clone().map(|p| p as Arc<dyn peer::Source>),
                 memory: MemoryBudget::new(memory),
+                first_seen: None,
             },
             metrics.clone(),
             TaskTracker::new(),
