@@ -345,15 +345,20 @@ impl Holds {
         }
         let now = self.clock.now_ms();
         let key = (p.id, hash_of(&held));
-        let hit = self
-            .filtered
-            .get(&key)
-            .filter(|f| f.held == held && now < f.valid_until);
-        let f = match hit {
-            Some(f) => f,
-            None => {
+        // Concurrent misses of one key wait for the first to filter (a failure lets the next
+        // one try).
+        let f = match self.filtered.get_value_or_guard_async(&key).await {
+            Ok(f) if f.held == held && now < f.valid_until => f,
+            // Another held set under the same hash, or past its time: filtered anew.
+            Ok(_) => {
                 let f = Arc::new(self.filter(name, &p, held).await?);
                 self.filtered.insert(key, f.clone());
+                self.note_recent(name, &f.held);
+                f
+            }
+            Err(guard) => {
+                let f = Arc::new(self.filter(name, &p, held).await?);
+                let _ = guard.insert(f.clone());
                 self.note_recent(name, &f.held);
                 f
             }

@@ -362,6 +362,28 @@ impl FakeUpstream {
         Ok(())
     }
 
+    /// Sets when `version` of `name` was published (its `time` entry, an ISO 8601 time as npm
+    /// writes it, e.g. from [`iso_time`]), or removes the entry (`None`): a packument without a
+    /// publish time for that version.
+    pub fn set_time(&self, name: &str, version: &str, time: Option<&str>) -> Result<()> {
+        let mut st = self.state();
+        let pkg = st
+            .packages
+            .get_mut(name)
+            .ok_or_else(|| anyhow!("no package {name}"))?;
+        if !pkg.versions.contains_key(version) {
+            bail!("{name} has no version {version}");
+        }
+        match time {
+            Some(t) => pkg.times.insert(version.to_owned(), t.to_owned()),
+            None => pkg.times.remove(version),
+        };
+        pkg.modified = iso_now();
+        pkg.rev += 1;
+        st.record_change(name);
+        Ok(())
+    }
+
     /// Edits one version's manifest in place (e.g. point `dist.tarball` at another host, or
     /// change `dist.integrity` without re-signing). Nothing is recomputed.
     pub fn edit_version(

@@ -22,7 +22,7 @@ use crate::store::PackumentEntry;
 
 impl Fetcher {
     /// Whether a stored revision was confirmed less than `max_age` ago.
-    fn is_fresh(&self, e: &PackumentEntry) -> bool {
+    pub(super) fn is_fresh(&self, e: &PackumentEntry) -> bool {
         self.clock.since(e.checked_at) < self.max_age
     }
 

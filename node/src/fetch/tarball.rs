@@ -326,10 +326,17 @@ impl Fetcher {
             if refresh && !self.can_refresh() {
                 break;
             }
-            let p = if refresh {
-                self.packument_for_miss(name).await?
-            } else {
-                self.packument(name, false).await?
+            // A fresh hot copy is taken as it is, so that a warm tarball does not count as a
+            // packument request too.
+            let hot = self
+                .caches
+                .hot
+                .get(name)
+                .filter(|(e, _)| !refresh && (self.is_fresh(e) || !self.can_refresh()));
+            let p = match hot {
+                Some((_, p)) => p,
+                None if refresh => self.packument_for_miss(name).await?,
+                None => self.packument(name, false).await?,
             };
             let index = self.dist_index(name, &p).await?;
             if let Some(d) = index.get(file) {

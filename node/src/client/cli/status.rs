@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use open_registry_protocol::Status;
 use open_registry_protocol::admin::Peers;
-use open_registry_protocol::status::{COOLDOWN_KEPT, CooldownHeld, CooldownStatus, SyncStatus};
+use open_registry_protocol::status::{COOLDOWN_KEPT, CooldownStatus, SyncStatus};
 use open_registry_protocol::withhold::format_utc;
 
 use super::{IdArgs, PeersArgs, StatusArgs, node_client, registry_url};
@@ -202,6 +202,7 @@ fn render_sync(s: Option<&SyncStatus>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use open_registry_protocol::status::CooldownHeld;
 
     #[test]
     fn status_renders() {
