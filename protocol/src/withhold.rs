@@ -139,7 +139,7 @@ fn encode(entries: &Entries<'_>) -> Result<Vec<u8>, PackumentError> {
         entries
             .0
             .iter()
-            .map(|(k, v)| (k.as_str(), Raw::Borrowed(*v))),
+            .map(|(k, v)| (k.as_str(), Raw::Borrowed(v))),
     )
     .map_err(sink_err)?;
     Ok(out)
@@ -164,7 +164,7 @@ fn move_tags(
     for (tag, value) in &tags.0 {
         let hidden = serde_json::from_str::<String>(value.get()).is_ok_and(|v| hide(&v));
         if !hidden {
-            members.push((tag.as_str(), Raw::Borrowed(*value)));
+            members.push((tag.as_str(), Raw::Borrowed(value)));
             continue;
         }
         let version: String = serde_json::from_str(value.get()).unwrap_or_default();

@@ -206,10 +206,13 @@ fn r34_npm_installs_only_what_the_cooldown_released() -> Result<()> {
             && text.contains("(min_release_age 1h on this registry)"),
         "npm does not show the node's message:\n{text}"
     );
-    let shown: Vec<&str> = text.lines().filter(|l| l.contains("cooldown")).collect();
+    let shown: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("npm error"))
+        .collect();
     say(&format!(
-        "npm install or-cool@1.0.1 fails: {}",
-        shown.join(" | ")
+        "npm install or-cool@1.0.1 fails:\n{}",
+        shown.join("\n")
     ));
 
     // Exempt on another node: the newest version at once.
