@@ -287,3 +287,36 @@ pub trait Registry: Send + Sync + 'static {
     /// which the gateway appends).
     fn metrics(&self) -> impl Future<Output = String> + Send;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(version: &str) -> Withheld {
+        Withheld {
+            version: version.into(),
+            message: format!("p@{version} held"),
+        }
+    }
+
+    #[test]
+    fn the_notice_lists_the_newest_few_then_counts_the_rest() {
+        assert_eq!(Withheld::notice(&[w("1.0.1")]), "p@1.0.1 held");
+        let many: Vec<Withheld> = (0..10).map(|i| w(&format!("1.{i}.0"))).collect();
+        let notice = Withheld::notice(&many);
+        let lines: Vec<&str> = notice.lines().collect();
+        assert_eq!(lines.len(), NOTICE_LISTS + 1);
+        assert_eq!(lines[0], "p@1.9.0 held");
+        assert_eq!(lines[7], "p@1.2.0 held");
+        assert_eq!(
+            lines[8],
+            "... and 2 more versions held back by this registry"
+        );
+        let p = Packument {
+            withheld: many,
+            ..Packument::new(BlobId::of(b"x"), Bytes::from_static(b"x"))
+        };
+        assert_eq!(p.withheld("1.3.0"), Some("p@1.3.0 held"));
+        assert_eq!(p.withheld("2.0.0"), None);
+    }
+}
