@@ -19,6 +19,8 @@
 //! - `tasks`: background work (sync with the upstream, gossip, store maintenance).
 //! - `public`: the network's operation in public: signed node reports and operator
 //!   statements, kept from every operator and added up into the network view.
+//! - `advisory`: signed advisories (takedowns) from every operator, and the quorum of trusted
+//!   operators that puts them in force.
 //! - `history`: hourly buckets of the node's counters and of the network totals, kept 90 days
 //!   in the store.
 //! - `admin`: the operator routes (dashboard, network view, pins, peers, popularity, history).
@@ -43,6 +45,7 @@ pub mod net;
 pub mod store;
 
 mod admin;
+mod advisory;
 mod errors;
 mod fdlimit;
 mod fetch;

@@ -472,7 +472,10 @@ mod tests {
         r.range = ">=1.0.1 <1.0.4 || 2.0.3".into();
         assert!(r.covers("1.0.1") && r.covers("1.0.3") && r.covers("2.0.3"));
         assert!(!r.covers("1.0.4") && !r.covers("2.0.2"));
-        assert!(r.covers("1.0.2-rc.1"), "prereleases in the range are covered");
+        assert!(
+            r.covers("1.0.2-rc.1"),
+            "prereleases in the range are covered"
+        );
         assert!(a.active(a.at_ms));
         assert!(!a.active(a.expires_at_ms));
         let mut w = sample();
@@ -485,18 +488,18 @@ mod tests {
     #[test]
     fn refuses_what_breaks_the_rules() {
         let ok = sample();
-        let cases: Vec<Box<dyn Fn(&mut Advisory)>> = vec![
-            Box::new(|a| a.range = String::new()),
-            Box::new(|a| a.range = " 1.0.1".into()),
-            Box::new(|a| a.range = "not a range!".into()),
-            Box::new(|a| a.range = "1".repeat(MAX_RANGE_LEN + 1)),
-            Box::new(|a| a.reason = "r".repeat(MAX_REASON_LEN + 1)),
-            Box::new(|a| a.reason = "line\nbreak".into()),
-            Box::new(|a| a.url = Some("ftp://example.org/x".into())),
-            Box::new(|a| a.url = Some("https://".into())),
-            Box::new(|a| a.url = Some("https://example.org/a b".into())),
-            Box::new(|a| a.expires_at_ms = a.at_ms),
-            Box::new(|a| a.expires_at_ms = a.at_ms + MAX_LIFETIME_MS + 1),
+        let cases: Vec<fn(&mut Advisory)> = vec![
+            |a| a.range = String::new(),
+            |a| a.range = " 1.0.1".into(),
+            |a| a.range = "not a range!".into(),
+            |a| a.range = "1".repeat(MAX_RANGE_LEN + 1),
+            |a| a.reason = "r".repeat(MAX_REASON_LEN + 1),
+            |a| a.reason = "line\nbreak".into(),
+            |a| a.url = Some("ftp://example.org/x".into()),
+            |a| a.url = Some("https://".into()),
+            |a| a.url = Some("https://example.org/a b".into()),
+            |a| a.expires_at_ms = a.at_ms,
+            |a| a.expires_at_ms = a.at_ms + MAX_LIFETIME_MS + 1,
         ];
         for (i, change) in cases.iter().enumerate() {
             let mut a = ok.clone();
@@ -583,7 +586,10 @@ mod tests {
             validate(&k, &b.sign(&key).to_bytes(), a.at_ms),
             Err(AdvisoryError::WrongName { .. })
         ));
-        assert_eq!(validate(b"/open-registry/records/v1/x/y", &wire, 0), Err(AdvisoryError::Key));
+        assert_eq!(
+            validate(b"/open-registry/records/v1/x/y", &wire, 0),
+            Err(AdvisoryError::Key)
+        );
         assert_eq!(short_id(&wire).len(), 16);
     }
 

@@ -110,6 +110,11 @@ popularity_interval = "{popularity_interval}"
 # How often this node signs and gossips its report (requests, errors, lag, what it holds) and
 # its statement.toml (what it costs, what it receives); every node shows the network from them.
 report_interval = "{report_interval}"
+
+# Advisories (`open-registry advisory add`): how many trusted operators, this one included,
+# must sign one before the versions it covers are withheld from every client (hidden from
+# packuments, 451 for their documents and tarballs). Unset: trust_threshold.
+{advisory_threshold}
 "#,
         gateway = c.gateway_url(),
         listen = c.listen,
@@ -159,5 +164,9 @@ report_interval = "{report_interval}"
         pin_refresh = format_duration(c.pin_refresh),
         popularity_interval = format_duration(c.popularity_interval),
         report_interval = format_duration(c.report_interval),
+        advisory_threshold = match c.advisory_threshold {
+            Some(k) => format!("advisory_threshold = {k}"),
+            None => format!("# advisory_threshold = {}", c.trust_threshold),
+        },
     )
 }

@@ -225,6 +225,11 @@ pub struct Settings {
     /// statement [default: 5m]
     #[arg(long, env = "OPEN_REGISTRY_REPORT_INTERVAL", value_name = "DURATION")]
     pub report_interval: Option<String>,
+
+    /// How many trusted operators (this one included) must sign an advisory before its
+    /// versions are withheld [default: trust_threshold]
+    #[arg(long, env = "OPEN_REGISTRY_ADVISORY_THRESHOLD", value_name = "K")]
+    pub advisory_threshold: Option<usize>,
 }
 
 impl Settings {
@@ -274,6 +279,7 @@ impl Settings {
             pin_refresh: self.pin_refresh.or(other.pin_refresh),
             popularity_interval: self.popularity_interval.or(other.popularity_interval),
             report_interval: self.report_interval.or(other.report_interval),
+            advisory_threshold: self.advisory_threshold.or(other.advisory_threshold),
         }
     }
 
