@@ -1,0 +1,175 @@
+//! Signed advisories across real nodes (R35): three operators that trust each other, advisory
+//! threshold 2. An advisory signed on A is pending at B with one signer; the same advisory
+//! signed on C puts it in force at B with two signers; A's withdrawal lifts it. Everything
+//! goes through the command line (`advisory add | rm | ls`) and gossip; waits poll with a
+//! deadline.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use open_registry_protocol::advisory::{AdvisoryGroup, AdvisoryList};
+use open_registry_tests::node::cli;
+use open_registry_tests::public::Operator;
+use open_registry_tests::{Node, probe};
+
+/// How long gossip may take to bring an advisory.
+const GOSSIP: Duration = Duration::from_secs(60);
+const CLI: Duration = Duration::from_secs(30);
+
+fn advisories(node: &impl Node, all: bool) -> Result<AdvisoryList> {
+    let path = if all {
+        "/-/open-registry/advisories?all=1"
+    } else {
+        "/-/open-registry/advisories"
+    };
+    let r = node.get(path, &[])?;
+    ensure!(r.status == 200, "{path}: {} {}", r.status, r.text());
+    serde_json::from_slice(&r.body).context("not an advisory list")
+}
+
+fn group<'a>(l: &'a AdvisoryList, name: &str, range: &str) -> Option<&'a AdvisoryGroup> {
+    l.advisories
+        .iter()
+        .find(|g| g.name == name && g.range == range)
+}
+
+/// Waits until `node` lists the advisory about `left-pad@1.0.1` as `check` wants.
+fn wait_group(
+    node: &impl Node,
+    what: &str,
+    check: impl Fn(Option<&AdvisoryGroup>) -> bool,
+) -> Result<AdvisoryList> {
+    let mut last = None;
+    probe::wait_for(GOSSIP, what, || {
+        let l = advisories(node, true).ok()?;
+        let ok = check(group(&l, "left-pad", "1.0.1"));
+        last = Some(l.clone());
+        ok.then_some(l)
+    })
+    .with_context(|| format!("the last list: {last:#?}"))
+}
+
+fn run(op: &Operator, args: &[&str]) -> Result<String> {
+    let dir = op.dir().to_str().context("data dir")?;
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--data-dir", dir]);
+    let out = cli(&all, CLI)?;
+    ensure!(out.status.success(), "{}", out.describe());
+    Ok(out.stdout)
+}
+
+#[test]
+fn two_of_three_trusted_operators_take_a_version_down_and_a_withdrawal_lifts_it() -> Result<()> {
+    let (a, b, c) = (Operator::new(41)?, Operator::new(42)?, Operator::new(43)?);
+    let trust = format!("{},{},{}", a.id, b.id, c.id);
+    let common = [
+        "--no-upstream",
+        "--report-interval",
+        "1s",
+        "--trust",
+        trust.as_str(),
+        "--trust-threshold",
+        "2",
+        "--advisory-threshold",
+        "2",
+    ];
+    let na = a.start(&common)?;
+    let joined = |op: &Operator| {
+        let mut args = vec!["--bootstrap", na.addr.as_str()];
+        args.extend(common);
+        op.start(&args)
+    };
+    let nb = joined(&b)?;
+    let nc = joined(&c)?;
+
+    // One signer: pending everywhere, B included.
+    let out = run(
+        &a,
+        &[
+            "advisory",
+            "add",
+            "left-pad@1.0.1",
+            "--kind",
+            "compromised",
+            "--reason",
+            "stolen token publish",
+            "--url",
+            "https://example.org/incidents/1",
+        ],
+    )?;
+    ensure!(
+        out.contains("for left-pad@1.0.1 (compromised")
+            && out.contains("1 of 2 signatures: pending"),
+        "{out}"
+    );
+    let l = wait_group(&nb.node, "B to hear A's advisory", |g| {
+        g.is_some_and(|g| !g.in_force && g.signers.len() == 1)
+    })?;
+    let g = group(&l, "left-pad", "1.0.1").context("listed")?;
+    ensure!(g.signers[0].operator == a.id && g.signers[0].trusted && !g.signers[0].this_node);
+    ensure!(g.signers[0].url.as_deref() == Some("https://example.org/incidents/1"));
+    let ls = run(&b, &["advisory", "ls"])?;
+    ensure!(
+        ls.starts_with("left-pad@1.0.1  pending  1 of 2 signatures\n") && ls.contains(&a.id),
+        "{ls}"
+    );
+
+    // A second trusted signer: in force at B with both.
+    run(
+        &c,
+        &[
+            "advisory",
+            "add",
+            "left-pad@1.0.1",
+            "--reason",
+            "payload confirmed",
+        ],
+    )?;
+    let l = wait_group(&nb.node, "B to see the advisory in force", |g| {
+        g.is_some_and(|g| g.in_force && g.signers.len() == 2)
+    })?;
+    let g = group(&l, "left-pad", "1.0.1").context("listed")?;
+    let mut signers: Vec<&str> = g.signers.iter().map(|s| s.operator.as_str()).collect();
+    signers.sort_unstable();
+    let mut want = vec![a.id.as_str(), c.id.as_str()];
+    want.sort_unstable();
+    ensure!(signers == want, "{signers:?}");
+    let ls = run(&b, &["advisory", "ls"])?;
+    ensure!(
+        ls.starts_with("left-pad@1.0.1  IN FORCE  2 of 2 signatures\n"),
+        "{ls}"
+    );
+    let json: AdvisoryList = serde_json::from_str(&run(&b, &["advisory", "ls", "--json"])?)?;
+    ensure!(group(&json, "left-pad", "1.0.1").is_some_and(|g| g.in_force));
+
+    // A withdraws: one signer left, no longer in force; the withdrawal is listed with --all.
+    let out = run(&a, &["advisory", "rm", "left-pad@1.0.1"])?;
+    ensure!(
+        out.contains("withdrew advisory for left-pad@1.0.1"),
+        "{out}"
+    );
+    let l = wait_group(&nb.node, "B to hear A's withdrawal", |g| {
+        g.is_some_and(|g| !g.in_force && g.signers.len() == 1)
+    })?;
+    let g = group(&l, "left-pad", "1.0.1").context("listed")?;
+    ensure!(g.signers[0].operator == c.id);
+    ensure!(
+        l.withdrawn.iter().any(|w| w.operator == a.id),
+        "{:?}",
+        l.withdrawn
+    );
+    let all = run(&b, &["advisory", "ls", "--all"])?;
+    ensure!(all.contains("withdrawn:\n") && all.contains(&a.id), "{all}");
+    // A's own node agrees, and nothing honest was refused as forged.
+    wait_group(&na.node, "A to see C's advisory pending", |g| {
+        g.is_some_and(|g| !g.in_force && g.signers.len() == 1)
+    })?;
+    // (A republish in flight when the withdrawal was signed may be refused as rolled back.)
+    let refused = advisories(&nb.node, false)?.refused;
+    ensure!(
+        refused.keys().all(|k| k == "rolled_back"),
+        "honest gossip refused: {refused:?}"
+    );
+    drop(nc);
+    Ok(())
+}
