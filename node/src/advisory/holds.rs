@@ -8,7 +8,7 @@
 use open_registry_protocol::advisory::Advisory;
 use open_registry_protocol::{PackageName, PeerId};
 
-use super::{AdvisoryBook, ByName};
+use super::{AdvisoryBook, ByName, Held};
 
 /// The versions advisories in force withhold.
 pub(crate) trait AdvisoryHolds: Send + Sync + std::fmt::Debug {
@@ -34,9 +34,11 @@ impl AdvisoryBook {
         now: u64,
     ) -> Option<Enforced> {
         let m = held.get(name)?;
+        // Versions that are not semver are never covered.
+        let version = nodejs_semver::Version::parse(version).ok()?;
         let mut by: Vec<(PeerId, Advisory)> = m
             .iter()
-            .filter(|(p, h)| self.trusts(p) && h.advisory.active(now) && h.advisory.covers(version))
+            .filter(|(p, h)| self.trusts(p) && h.advisory.active(now) && h.covers(&version))
             .map(|(p, h)| (*p, h.advisory.clone()))
             .collect();
         if by.len() < self.threshold {
@@ -44,6 +46,15 @@ impl AdvisoryBook {
         }
         by.sort_by_key(|(p, _)| (*p != self.me, *p));
         Some(Enforced { by })
+    }
+}
+
+impl Held {
+    /// Whether the advisory covers `version` ([`Advisory::covers`], with the parsed range).
+    pub(crate) fn covers(&self, version: &nodejs_semver::Version) -> bool {
+        self.range
+            .as_ref()
+            .is_some_and(|r| r.satisfies_with_prerelease(version, true))
     }
 }
 

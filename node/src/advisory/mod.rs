@@ -102,6 +102,19 @@ pub(crate) enum Taken {
 pub(crate) struct Held {
     pub advisory: Advisory,
     pub wire: Vec<u8>,
+    /// The advisory's range, parsed once (a verified advisory's range always parses).
+    range: Option<Range>,
+}
+
+impl Held {
+    fn new(advisory: Advisory, wire: Vec<u8>) -> Held {
+        let range = Range::parse(&advisory.range).ok();
+        Held {
+            advisory,
+            wire,
+            range,
+        }
+    }
 }
 
 /// Why this operator's own advisory could not be signed or withdrawn.
@@ -201,13 +214,9 @@ impl AdvisoryBook {
                 });
             match ok {
                 Some((signer, a)) => {
-                    held.entry(a.get().name.clone()).or_default().insert(
-                        signer,
-                        Held {
-                            advisory: a.get().clone(),
-                            wire: v.to_vec(),
-                        },
-                    );
+                    held.entry(a.get().name.clone())
+                        .or_default()
+                        .insert(signer, Held::new(a.get().clone(), v.to_vec()));
                 }
                 None => dropped.push(k),
             }
@@ -294,13 +303,9 @@ impl AdvisoryBook {
         if let Err(e) = self.tree.insert(held_key(&signer, &a.name), wire) {
             tracing::warn!(error = %e, "could not store an advisory");
         }
-        held.entry(a.name.clone()).or_default().insert(
-            signer,
-            Held {
-                advisory: a,
-                wire: wire.to_vec(),
-            },
-        );
+        held.entry(a.name.clone())
+            .or_default()
+            .insert(signer, Held::new(a, wire.to_vec()));
         Ok(Taken::New)
     }
 
@@ -482,7 +487,7 @@ impl AdvisoryBook {
         self.tree
             .insert(held_key(&self.me, &a.name), wire.as_slice())?;
         index.flush().await?;
-        let h = Held { advisory: a, wire };
+        let h = Held::new(a, wire);
         let mut held = self.held.lock().expect("advisories poisoned");
         if held
             .get(&h.advisory.name)
@@ -547,10 +552,10 @@ impl AdvisoryBook {
         for (name, m) in held.iter() {
             let active: Vec<(&PeerId, &Held)> =
                 m.iter().filter(|(_, h)| h.advisory.active(now)).collect();
-            let trusted: Vec<(&PeerId, &Held, Option<Range>)> = active
+            let trusted: Vec<(&PeerId, &Held, Option<&Range>)> = active
                 .iter()
                 .filter(|(p, _)| self.trusts(p))
-                .map(|(p, h)| (*p, *h, Range::parse(&h.advisory.range).ok()))
+                .map(|(p, h)| (*p, *h, h.range.as_ref()))
                 .collect();
             let mut ranges: Vec<&str> = trusted
                 .iter()
@@ -563,8 +568,7 @@ impl AdvisoryBook {
                 let signers: Vec<AdvisoryView> = trusted
                     .iter()
                     .filter(|(_, h, theirs)| {
-                        h.advisory.range == range
-                            || theirs.as_ref().is_some_and(|t| t.allows_all(&r))
+                        h.advisory.range == range || theirs.is_some_and(|t| t.allows_all(&r))
                     })
                     .map(|(p, h, _)| view(p, h))
                     .collect();
