@@ -1,14 +1,20 @@
 //! Signed advisories across real nodes (R35): three operators that trust each other, advisory
 //! threshold 2. An advisory signed on A is pending at B with one signer; the same advisory
-//! signed on C puts it in force at B with two signers; A's withdrawal lifts it. Everything
-//! goes through the command line (`advisory add | rm | ls`) and gossip; waits poll with a
-//! deadline.
+//! signed on C puts it in force at B with two signers, and is found in the DHT under C's key;
+//! a forgery gossiped by a bare peer is refused and counted; A's withdrawal lifts it.
+//! Everything goes through the command line (`advisory add | rm | ls`) and gossip; waits poll
+//! with a deadline.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use open_registry_protocol::advisory::{AdvisoryGroup, AdvisoryList};
+use base64::Engine as _;
+use open_registry_node::net::ADVISORIES_TOPIC;
+use open_registry_protocol::PackageName;
+use open_registry_protocol::advisory::{self, AdvisoryGroup, AdvisoryList};
+use open_registry_protocol::record::Signed;
 use open_registry_tests::node::cli;
+use open_registry_tests::p2p::{EvilPeer, Values, now_ms};
 use open_registry_tests::public::Operator;
 use open_registry_tests::{Node, probe};
 
@@ -142,6 +148,34 @@ fn two_of_three_trusted_operators_take_a_version_down_and_a_withdrawal_lifts_it(
     let json: AdvisoryList = serde_json::from_str(&run(&b, &["advisory", "ls", "--json"])?)?;
     ensure!(group(&json, "left-pad", "1.0.1").is_some_and(|g| g.in_force));
 
+    // C's advisory is in the DHT under its key; a forgery on gossip (C's advisory claimed by
+    // B) is refused and counted.
+    let peer = EvilPeer::start(44, &[na.addr.as_str()], Values::Pointers)?;
+    let theirs = g
+        .signers
+        .iter()
+        .find(|s| s.operator == c.id)
+        .context("C signed")?;
+    let wire = base64::engine::general_purpose::STANDARD.decode(&theirs.signed)?;
+    let key = advisory::dht_key(&PackageName::parse("left-pad")?, &c.id.parse()?);
+    probe::wait_for(GOSSIP, "C's advisory in the DHT", || {
+        peer.get_records(key.clone()).ok()?.into_iter().find(|v| {
+            advisory::validate(&key, v, now_ms()).is_ok_and(|a| a.get().seq == theirs.seq)
+        })
+    })?;
+    let mut forged = Signed::from_bytes(&wire)?;
+    forged.signer = b.id.parse()?;
+    probe::wait_for(GOSSIP, "A to refuse a forged advisory", || {
+        let _ = peer.publish(ADVISORIES_TOPIC, forged.to_bytes());
+        let refused = advisories(&na.node, false).ok()?.refused;
+        refused.get("forged").is_some_and(|n| *n >= 1).then_some(())
+    })?;
+    ensure!(
+        group(&advisories(&na.node, false)?, "left-pad", "1.0.1")
+            .is_some_and(|g| g.signers.len() == 2),
+        "the forgery changed nothing"
+    );
+
     // A withdraws: one signer left, no longer in force; the withdrawal is listed with --all.
     let out = run(&a, &["advisory", "rm", "left-pad@1.0.1"])?;
     ensure!(
@@ -160,14 +194,15 @@ fn two_of_three_trusted_operators_take_a_version_down_and_a_withdrawal_lifts_it(
     );
     let all = run(&b, &["advisory", "ls", "--all"])?;
     ensure!(all.contains("withdrawn:\n") && all.contains(&a.id), "{all}");
-    // A's own node agrees, and nothing honest was refused as forged.
+    // A's own node agrees, and nothing honest was refused.
     wait_group(&na.node, "A to see C's advisory pending", |g| {
         g.is_some_and(|g| !g.in_force && g.signers.len() == 1)
     })?;
-    // (A republish in flight when the withdrawal was signed may be refused as rolled back.)
+    // (A republish in flight when the withdrawal was signed may be refused as rolled back;
+    // the forgery may have reached B through A.)
     let refused = advisories(&nb.node, false)?.refused;
     ensure!(
-        refused.keys().all(|k| k == "rolled_back"),
+        refused.keys().all(|k| k == "rolled_back" || k == "forged"),
         "honest gossip refused: {refused:?}"
     );
     drop(nc);
