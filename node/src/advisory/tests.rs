@@ -322,3 +322,91 @@ async fn own_advisories_are_checked_before_signing() {
     }
     assert!(w.book.own_wires().is_empty());
 }
+
+#[tokio::test]
+async fn the_routes_need_the_token_check_the_request_and_answer_the_signed_advisory() {
+    use std::sync::Arc;
+
+    use open_registry_protocol::advisory::{AdvisoryList, AdvisoryView};
+
+    use crate::client::{ClientError, NodeClient};
+    use crate::tasks::advisories::Publisher;
+
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual();
+    let store = Arc::new(
+        crate::store::Store::open(dir.path(), clock.clone())
+            .await
+            .unwrap(),
+    );
+    let me = Identity::from_seed([9; 32]);
+    let book = Arc::new(
+        AdvisoryBook::open(&store.index, me.peer_id(), Policy::new([], 1), 1, clock).unwrap(),
+    );
+    let api = Arc::new(routes::AdvisoryApi {
+        book: book.clone(),
+        store,
+        identity: me.clone(),
+        publisher: Arc::new(Publisher { peers: None }),
+        token: "secret".into(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, routes::router(api)).await });
+    let body = serde_json::json!({
+        "name": "left-pad", "range": "1.0.1", "kind": "compromised",
+        "reason": "stolen token publish", "url": "https://example.org/i/1",
+    });
+
+    let anonymous = NodeClient::new(&base, Some("wrong".into())).unwrap();
+    let e = anonymous
+        .admin::<AdvisoryView>("advisory", &body)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401), "{e}");
+    let admin = NodeClient::new(&base, Some("secret".into())).unwrap();
+    for (field, value) in [
+        ("kind", "benign"),
+        ("url", "ftp://example.org/x"),
+        ("range", "not a range!"),
+        ("name", "Not A Name"),
+        ("reason", ""),
+    ] {
+        let mut b = body.clone();
+        b[field] = value.into();
+        let e: ClientError = admin
+            .admin::<AdvisoryView>("advisory", &b)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(400), "{field}: {e}");
+    }
+    let v: AdvisoryView = admin.admin("advisory", &body).await.unwrap();
+    assert!(v.this_node && !v.withdrawn && v.kind == Kind::Compromised);
+    assert_eq!(v.operator, me.peer_id().to_string());
+    // Threshold 1 and this node's own advisory: in force at once.
+    let l: AdvisoryList = admin.get_json("/-/open-registry/advisories").await.unwrap();
+    assert!(l.advisories[0].in_force, "{l:?}");
+    assert_eq!(held(&book, "1.0.1"), ["1.0.1"]);
+    let e = admin
+        .admin::<AdvisoryView>(
+            "advisory/withdraw",
+            &serde_json::json!({"id": "0000000000000000"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
+    let w: AdvisoryView = admin
+        .admin("advisory/withdraw", &serde_json::json!({"id": v.id}))
+        .await
+        .unwrap();
+    assert!(w.withdrawn && w.seq > v.seq);
+    assert!(held(&book, "1.0.1").is_empty());
+    let all: AdvisoryList = admin
+        .get_json("/-/open-registry/advisories?all=1")
+        .await
+        .unwrap();
+    assert!(
+        all.advisories.is_empty() && all.withdrawn.len() == 1,
+        "{all:?}"
+    );
+}
