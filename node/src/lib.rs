@@ -21,6 +21,8 @@
 //!   statements, kept from every operator and added up into the network view.
 //! - `withhold`: the versions held back (the release cooldown, advisories in force), withheld
 //!   from the packuments served and answered 451.
+//! - `advisory`: signed advisories (takedowns) from every operator, and the quorum of trusted
+//!   operators that puts them in force.
 //! - `history`: hourly buckets of the node's counters and of the network totals, kept 90 days
 //!   in the store.
 //! - `admin`: the operator routes (dashboard, network view, pins, peers, popularity, history).
@@ -45,6 +47,7 @@ pub mod net;
 pub mod store;
 
 mod admin;
+mod advisory;
 mod errors;
 mod fdlimit;
 mod fetch;

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
+use crate::advisory::AdvisoryBook;
+use crate::advisory::routes::AdvisoryApi;
 use crate::config::{Config, gateway_url};
 use crate::fdlimit;
 use crate::fetch::keys::KEYS_FILE;
@@ -34,6 +36,7 @@ use crate::registry::Node;
 use crate::search::{self, SearchIndex};
 use crate::store::Store;
 use crate::store::pins::Pins;
+use crate::tasks::advisories::{Advisories, Publisher};
 use crate::tasks::gossip::Gossip;
 use crate::tasks::maintenance::Maintenance;
 use crate::tasks::public::Public;
@@ -139,11 +142,20 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         Some(_) => Some(Arc::new(FirstSeen::open(&store.index)?)),
         None => None,
     };
+    // Signed advisories and their quorum: what the withholding side asks, besides the
+    // release cooldown.
+    let advisories = Arc::new(AdvisoryBook::open(
+        &store.index,
+        identity.peer_id(),
+        config.policy(),
+        config.advisory_threshold(),
+        clock.clone(),
+    )?);
     let holds = Arc::new(Holds::new(
         config
             .min_release_age
             .map(|age| Cooldown::new(age, &config.cooldown_exempt)),
-        None,
+        Some(advisories.clone() as Arc<dyn crate::withhold::AdvisoryHolds>),
         first_seen.clone(),
         clock.clone(),
         (config.memory_cache_size / 8).max(4 << 20),
@@ -220,6 +232,16 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     }
     .spawn(&tracker, cancel.clone())
     .await?;
+    let publisher = Arc::new(Publisher {
+        peers: peers.clone(),
+    });
+    Advisories {
+        book: advisories.clone(),
+        publisher: publisher.clone(),
+        interval: config.report_interval,
+    }
+    .spawn(&tracker, cancel.clone())
+    .await?;
     tracker.spawn(
         Maintenance {
             store: store.clone(),
@@ -250,6 +272,14 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         book: book.clone(),
         holds,
     });
+    let token = admin::token::load_or_create(&config.data_dir)?;
+    let advisory_api = Arc::new(AdvisoryApi {
+        book: advisories.clone(),
+        store: store.clone(),
+        identity: identity.clone(),
+        publisher,
+        token: token.clone(),
+    });
     let admin = Arc::new(Admin {
         fetcher: fetcher.clone(),
         pins,
@@ -257,7 +287,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         popularity,
         book,
         history,
-        token: admin::token::load_or_create(&config.data_dir)?,
+        token,
     });
     let router = admin::router(admin).merge(gateway::router(
         node.clone(),
@@ -268,6 +298,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             traffic: Some(traffic),
         },
     ));
+    let router = router.merge(crate::advisory::routes::router(advisory_api));
     // Pin the upstream's registry keys on first start (init normally did it already).
     if !config.data_dir.join(KEYS_FILE).exists() && fetcher.upstream().is_some() {
         let n = node.clone();

@@ -457,6 +457,50 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Advisories (R35): whatever a mutated encoding or a mutated signed wire form decodes to
+    /// is canonical, and only an unexpired advisory signed by the key's operator for the key's
+    /// package validates as a DHT value.
+    #[test]
+    fn advisories_accept_only_canonical_bytes(
+        seq in any::<u64>(),
+        at in 0u64..u64::MAX / 2,
+        now in any::<u64>(),
+        withdrawn in any::<bool>(),
+        range in prop_oneof![Just("1.0.1"), Just(">=1.0.1 <1.0.4 || 2.0.3"), Just("*")],
+        ms in prop::collection::vec(mutation(), 1..4),
+    ) {
+        use crate::advisory::{self, Advisory, DEFAULT_LIFETIME_MS, Kind};
+        let a = Advisory {
+            name: PackageName::parse("@s/p").unwrap(),
+            range: range.into(),
+            kind: Kind::Compromised,
+            reason: "stolen token".into(),
+            url: Some("https://example.org/x".into()),
+            seq,
+            at_ms: at,
+            expires_at_ms: at + DEFAULT_LIFETIME_MS,
+            withdrawn,
+        };
+        let b = mutate(a.try_encode().unwrap(), &ms);
+        if let Ok(d) = Advisory::decode(&b) {
+            prop_assert_eq!(d.try_encode().unwrap(), b.clone());
+        }
+        let key = signing_key(4);
+        let signed = sign_raw(&key, Advisory::DOMAIN, b.clone());
+        if let Ok(v) = signed.verify_as::<Advisory>() {
+            prop_assert_eq!(v.get().try_encode().unwrap(), b);
+        }
+        prop_assert!(signed.verify().is_err(), "an advisory signature is not a record's");
+        let k = advisory::dht_key(&a.name, &PeerId::from_public_key(&key.verifying_key()));
+        let wire = mutate(a.sign(&key).to_bytes(), &ms);
+        if let Ok(ok) = advisory::validate(&k, &wire, now) {
+            prop_assert!(ok.get().expires_at_ms > now);
+            prop_assert_eq!(&ok.get().name, &a.name);
+        }
+    }
+}
+
 // ---- npm registry keys and timestamps ----------------------------------------------------
 
 fn real_key_der() -> String {

@@ -18,6 +18,8 @@
 //!   view; [`network`]: that view's JSON.
 //! - [`history`]: hourly buckets of a node's own counters and of the network totals, kept 90
 //!   days (`history.json`).
+//! - [`advisory`]: signed advisories, an operator's statement that versions of a package must
+//!   not be served (enforced by a node when enough trusted operators sign one).
 //! - [`trust`]: the trust policy (trusted signers, threshold) and its distinct rejections.
 //! - [`status`]: the node's JSON self-report; [`admin`]: the JSON of its operator routes.
 //! - [`statement`]: operator statements (`statement.toml`): what a node costs and receives,
@@ -28,6 +30,7 @@
 //! tested exhaustively and can be reimplemented from docs/protocol.md.
 
 pub mod admin;
+pub mod advisory;
 pub mod derive;
 pub mod history;
 pub mod id;

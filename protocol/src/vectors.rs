@@ -168,3 +168,55 @@ fn documented_report_and_statement_vectors_match_the_code() {
         assert_eq!(hex::encode(signature), get("signature"), "{block}");
     }
 }
+
+/// The advisory of the documented advisory vector (docs/protocol.md, section 9).
+fn vector_advisory() -> crate::advisory::Advisory {
+    use crate::advisory::{Advisory, DEFAULT_LIFETIME_MS, Kind};
+    Advisory {
+        name: PackageName::parse("left-pad").unwrap(),
+        range: "1.0.1".into(),
+        kind: Kind::Malware,
+        reason: "stolen token publish".into(),
+        url: Some("https://example.org/advisories/1".into()),
+        seq: 1_764_547_200_000,
+        at_ms: 1_764_547_200_000,
+        expires_at_ms: 1_764_547_200_000 + DEFAULT_LIFETIME_MS,
+        withdrawn: false,
+    }
+}
+
+#[test]
+fn documented_advisory_vector_matches_the_code() {
+    use crate::advisory::{self, Advisory};
+    use crate::record::Signable as _;
+
+    let seed: [u8; 32] = (0u8..32).collect::<Vec<u8>>().try_into().unwrap();
+    let key = SigningKey::from_bytes(&seed);
+    let a = vector_advisory();
+    let body = a.try_encode().unwrap();
+    let signed = a.sign(&key);
+    let lines = block_lines("advisory-vector");
+    let get = |k: &str| {
+        lines
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("advisory-vector has no {k:?} line"))
+    };
+    assert_eq!(hex::encode(&body), get("body"));
+    assert_eq!(hex::encode(signed.signature), get("signature"));
+    let signer = PeerId::from_public_key(&key.verifying_key());
+    assert_eq!(
+        String::from_utf8(advisory::dht_key(&a.name, &signer)).unwrap(),
+        get("dht key")
+    );
+    // The documented bytes verify on their own, as an advisory and as nothing else.
+    let doc = crate::record::Signed {
+        signer,
+        signature: hex::decode(get("signature")).unwrap().try_into().unwrap(),
+        body: hex::decode(get("body")).unwrap(),
+    };
+    assert_eq!(doc.verify_as::<Advisory>().unwrap().get(), &a);
+    assert!(doc.verify().is_err(), "an advisory is not a record");
+    assert!(a.covers("1.0.1") && !a.covers("1.0.0"));
+}

@@ -93,6 +93,9 @@ pub struct Config {
     pub min_release_age: Option<Duration>,
     /// Packages (names, or scopes as `@scope/*`) the release cooldown never holds.
     pub cooldown_exempt: Vec<String>,
+    /// Trusted operators (this one included) that must sign an advisory before it is in
+    /// force; `None`: the trust threshold ([`Config::advisory_threshold`]).
+    pub advisory_threshold: Option<usize>,
     /// What "now" is for every calendar decision (the system clock; tests inject a manual one).
     pub clock: Clock,
 }
@@ -136,6 +139,7 @@ impl Config {
             report_interval: Duration::from_secs(300),
             min_release_age: None,
             cooldown_exempt: Vec::new(),
+            advisory_threshold: None,
             clock: Clock::system(),
         }
     }
@@ -143,6 +147,12 @@ impl Config {
     /// The trust policy for records from peers.
     pub fn policy(&self) -> Policy {
         Policy::new(self.trust.iter().copied(), self.trust_threshold)
+    }
+
+    /// How many trusted operators (this one included) must sign an advisory before its
+    /// versions are withheld: `advisory_threshold`, else the trust threshold.
+    pub fn advisory_threshold(&self) -> usize {
+        self.advisory_threshold.unwrap_or(self.trust_threshold)
     }
 
     /// Validates merged settings. `npm_registry` is asked for the npm client's registry only when
@@ -284,6 +294,20 @@ impl Config {
                 c.trust_threshold,
                 c.trust.len()
             );
+        }
+        c.advisory_threshold = s.advisory_threshold;
+        if let Some(k) = c.advisory_threshold {
+            // This node's own operator signs too.
+            let signers = c.trust.len() + 1;
+            if k == 0 {
+                bail!("advisory_threshold must be at least 1");
+            }
+            if k > signers {
+                bail!(
+                    "advisory_threshold {k} is more than the {signers} operators that can sign (this one and the {} trusted)",
+                    c.trust.len()
+                );
+            }
         }
         if c.changes_feed.is_some() && c.upstream.is_none() {
             bail!(
@@ -595,6 +619,43 @@ mod tests {
             ..Default::default()
         };
         assert!(resolve(s, None).is_err());
+    }
+
+    #[test]
+    fn advisory_threshold_defaults_to_the_trust_threshold() {
+        let ids: Vec<String> = [1u8, 2, 3]
+            .map(|i| {
+                crate::records::identity::Identity::from_seed([i; 32])
+                    .peer_id()
+                    .to_string()
+            })
+            .into();
+        let s = Settings {
+            trust: Some(ids),
+            trust_threshold: Some(2),
+            ..Default::default()
+        };
+        let c = resolve(s.clone(), None).unwrap();
+        assert_eq!(c.advisory_threshold(), 2);
+        let text = render_toml(&c);
+        assert!(text.contains("# advisory_threshold = 2"), "{text}");
+        let back = resolve(toml::from_str(&text).unwrap(), None).unwrap();
+        assert_eq!(back.advisory_threshold, None);
+        let set = Settings {
+            advisory_threshold: Some(4),
+            ..s.clone()
+        };
+        let c = resolve(set, None).unwrap();
+        assert_eq!(c.advisory_threshold(), 4, "three trusted and this one");
+        let back = resolve(toml::from_str(&render_toml(&c)).unwrap(), None).unwrap();
+        assert_eq!(back.advisory_threshold, Some(4));
+        for k in [0, 5] {
+            let bad = Settings {
+                advisory_threshold: Some(k),
+                ..s.clone()
+            };
+            assert!(resolve(bad, None).is_err(), "{k}");
+        }
     }
 
     #[test]

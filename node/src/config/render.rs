@@ -118,6 +118,11 @@ report_interval = "{report_interval}"
 # cooldown_exempt (names, or scopes as "@scope/*") are never held.
 {min_release_age}
 {cooldown_exempt}
+
+# Advisories (`open-registry advisory add`): how many trusted operators, this one included,
+# must sign one before the versions it covers are withheld from every client (hidden from
+# packuments, 451 for their documents and tarballs). Unset: trust_threshold.
+{advisory_threshold}
 "#,
         gateway = c.gateway_url(),
         listen = c.listen,
@@ -175,6 +180,10 @@ report_interval = "{report_interval}"
             "# cooldown_exempt = [\"@my-org/*\", \"typescript\"]".to_owned()
         } else {
             format!("cooldown_exempt = [{}]", quoted(c.cooldown_exempt.clone()))
+        },
+        advisory_threshold = match c.advisory_threshold {
+            Some(k) => format!("advisory_threshold = {k}"),
+            None => format!("# advisory_threshold = {}", c.trust_threshold),
         },
     )
 }

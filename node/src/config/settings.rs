@@ -240,6 +240,10 @@ pub struct Settings {
         value_delimiter = ','
     )]
     pub cooldown_exempt: Option<Vec<String>>,
+    /// How many trusted operators (this one included) must sign an advisory before its
+    /// versions are withheld [default: trust_threshold]
+    #[arg(long, env = "OPEN_REGISTRY_ADVISORY_THRESHOLD", value_name = "K")]
+    pub advisory_threshold: Option<usize>,
 }
 
 impl Settings {
@@ -291,6 +295,7 @@ impl Settings {
             report_interval: self.report_interval.or(other.report_interval),
             min_release_age: self.min_release_age.or(other.min_release_age),
             cooldown_exempt: self.cooldown_exempt.or(other.cooldown_exempt),
+            advisory_threshold: self.advisory_threshold.or(other.advisory_threshold),
         }
     }
 

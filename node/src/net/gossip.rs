@@ -1,9 +1,9 @@
 //! Gossipsub: signed announcements that every interested node should hear about soon.
 //!
-//! Four topics: new signed record pointers ([`RECORDS_TOPIC`]), so nodes that cache a package
+//! Five topics: new signed record pointers ([`RECORDS_TOPIC`]), so nodes that cache a package
 //! learn of a new revision without polling anyone; signed popularity summaries
 //! ([`POPULARITY_TOPIC`]); and the network's public operation, signed node reports
-//! ([`REPORTS_TOPIC`]) and operator statements ([`STATEMENTS_TOPIC`]). Messages are signed by the sending peer's key (libp2p's
+//! ([`REPORTS_TOPIC`]) and operator statements ([`STATEMENTS_TOPIC`]); and signed advisories ([`ADVISORIES_TOPIC`]). Messages are signed by the sending peer's key (libp2p's
 //! `MessageAuthenticity::Signed`, strict validation) and capped at [`MAX_MESSAGE`] bytes; what
 //! they say is verified again by the node (the payloads are signed by operators). A subscriber
 //! gets a bounded channel; when it falls behind, messages are dropped, never queued without end.
@@ -24,6 +24,8 @@ pub const POPULARITY_TOPIC: &str = "/open-registry/popularity/1";
 pub const REPORTS_TOPIC: &str = "/open-registry/reports/1";
 /// Signed operator statements.
 pub const STATEMENTS_TOPIC: &str = "/open-registry/statements/1";
+/// Signed advisories (takedowns and their withdrawals).
+pub const ADVISORIES_TOPIC: &str = "/open-registry/advisories/1";
 /// The largest message sent or accepted.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Messages buffered for a subscriber before new ones are dropped.

@@ -51,7 +51,8 @@ pub use dht_store::{ANNOUNCE_RETRY, PROVIDER_RECORD_TTL, REANNOUNCE_INTERVAL};
 pub use error::NetError;
 pub use event_loop::MAX_CONCURRENT_ANNOUNCES;
 pub use gossip::{
-    Message as GossipMessage, POPULARITY_TOPIC, RECORDS_TOPIC, REPORTS_TOPIC, STATEMENTS_TOPIC,
+    ADVISORIES_TOPIC, Message as GossipMessage, POPULARITY_TOPIC, RECORDS_TOPIC, REPORTS_TOPIC,
+    STATEMENTS_TOPIC,
 };
 pub use hooks::{Blob, BlobSource, NoBlobs, RecordValidator, RejectAll};
 pub use libp2p::{Multiaddr, PeerId};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use open_registry_protocol::BlobId;
-use open_registry_protocol::pointer;
+use open_registry_protocol::{advisory, pointer};
 use tokio::io::AsyncSeekExt as _;
 
 use crate::clock::Clock;
@@ -52,8 +52,9 @@ impl BlobSource for StoreSource {
     }
 }
 
-/// Admits only correctly signed, unexpired pointers stored under their signer's key, and keeps
-/// the newer of two (a replayed older pointer never replaces a newer one: R4).
+/// Admits only correctly signed, unexpired pointers (and advisories, under their own key
+/// prefix) stored under their signer's key, and keeps the newer of two (a replayed older
+/// pointer or advisory never replaces a newer one: R4, R35).
 #[derive(Debug, Clone, Default)]
 pub struct PointerValidator {
     clock: Clock,
@@ -68,12 +69,21 @@ impl PointerValidator {
 
 impl RecordValidator for PointerValidator {
     fn validate(&self, key: &[u8], value: &[u8]) -> bool {
-        pointer::validate(key, value, self.clock.now_ms()).is_ok()
+        let now = self.clock.now_ms();
+        if key.starts_with(advisory::KEY_PREFIX.as_bytes()) {
+            return advisory::validate(key, value, now).is_ok();
+        }
+        pointer::validate(key, value, now).is_ok()
     }
 
     fn replaces(&self, key: &[u8], old: &[u8], new: &[u8]) -> bool {
         let now = self.clock.now_ms();
-        let seq = |v: &[u8]| pointer::validate(key, v, now).ok().map(|p| p.get().seq);
+        let seq = |v: &[u8]| {
+            if key.starts_with(advisory::KEY_PREFIX.as_bytes()) {
+                return advisory::validate(key, v, now).ok().map(|a| a.get().seq);
+            }
+            pointer::validate(key, v, now).ok().map(|p| p.get().seq)
+        };
         match (seq(old), seq(new)) {
             (Some(o), Some(n)) => n > o,
             (None, Some(_)) => true,

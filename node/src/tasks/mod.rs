@@ -1,8 +1,9 @@
 //! The node's background work: staying in sync with the upstream ([`sync`]), acting on gossip
 //! and publishing its popularity summary ([`gossip`]), publishing its signed reports and
-//! statement ([`public`]), and keeping the store under its budget ([`maintenance`]). Every task runs on the node's `TaskTracker` and stops on its
+//! statement ([`public`]), gossiping signed advisories ([`advisories`]), and keeping the store under its budget ([`maintenance`]). Every task runs on the node's `TaskTracker` and stops on its
 //! `CancellationToken`.
 
+pub(crate) mod advisories;
 pub(crate) mod gossip;
 pub(crate) mod maintenance;
 pub(crate) mod public;

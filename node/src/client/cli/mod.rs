@@ -4,9 +4,10 @@
 //! validates a node's settings. Every command returns an `anyhow::Result` that `main` prints
 //! with its causes; a failed check (verify, pin) prints its report and exits nonzero. The
 //! commands live by what they do: `start` (`init`, `start`), `status` (`status`, `peers`,
-//! `id`), `pin`, `verify`, `statement` (the operator's `statement.toml`) and `network` (the
-//! network view of a running node).
+//! `id`), `pin`, `verify`, `statement` (the operator's `statement.toml`), `network` (the
+//! network view of a running node) and `advisory` (signed takedowns).
 
+mod advisory;
 mod network;
 mod pin;
 mod start;
@@ -54,6 +55,9 @@ enum Command {
     Statement(StatementCommand),
     /// The whole network as a running node sees it: instances, costs, donations, errors, lag
     Network(NetworkArgs),
+    /// Signed advisories: take versions down across the network (enforced by quorum)
+    #[command(subcommand)]
+    Advisory(advisory::AdvisoryCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -278,6 +282,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Peers(a) => status::peers(a).await,
         Command::Statement(c) => statement::statement(c),
         Command::Network(a) => network::network(a).await,
+        Command::Advisory(c) => advisory::advisory(c).await,
     }
     .map(|()| ExitCode::SUCCESS)
     .or_else(|e| match e.downcast_ref::<Failed>() {
