@@ -56,6 +56,13 @@ pub(crate) trait AdvisoryHolds: Send + Sync + std::fmt::Debug {
     /// Of `versions` (every version of `name`'s current packument), those an advisory in force
     /// takes down, each with the message a client is shown: `(version, message)`.
     fn holds(&self, name: &PackageName, versions: &[&str]) -> Vec<(String, String)>;
+
+    /// Whether any advisory at all names `name` (a cheap check: when none does, nothing about
+    /// the package is looked up or filtered).
+    fn may_hold(&self, name: &PackageName) -> bool {
+        let _ = name;
+        true
+    }
 }
 
 /// The release cooldown's settings.
@@ -321,7 +328,7 @@ impl Holds {
 
     /// Whether anything can hold a version of `name` (the fast path skips everything else).
     pub(crate) fn applies_to(&self, name: &PackageName) -> bool {
-        self.advisory.is_some() || self.cooling(name).is_some()
+        self.cooling(name).is_some() || self.advisory.as_ref().is_some_and(|a| a.may_hold(name))
     }
 
     /// The cooldown, unless `name` is exempt from it.

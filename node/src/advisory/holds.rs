@@ -64,6 +64,13 @@ impl AdvisoryHolds for AdvisoryBook {
             })
             .collect()
     }
+
+    fn may_hold(&self, name: &PackageName) -> bool {
+        self.held
+            .lock()
+            .expect("advisories poisoned")
+            .contains_key(name)
+    }
 }
 
 /// "NAME@VERSION is taken down on this registry: KIND — REASON (advisory signed by A, B; URL)":

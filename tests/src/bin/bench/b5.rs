@@ -250,7 +250,7 @@ fn median_of(misses: &[(Miss, Miss)], f: impl Fn(&(Miss, Miss)) -> f64) -> f64 {
 
 /// Waits (bounded) until the far node's routing table has not grown for a second; returns
 /// every node's routing table size.
-fn settle(far: &Peer, h: &Peer, chain: &[Peer]) -> Result<Vec<u64>> {
+pub(crate) fn settle(far: &Peer, h: &Peer, chain: &[Peer]) -> Result<Vec<u64>> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let (mut last, mut since) = (far.routing_table()?, Instant::now());
     while Instant::now() < deadline && since.elapsed() < Duration::from_secs(1) {

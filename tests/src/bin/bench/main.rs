@@ -12,7 +12,8 @@
 //! its fixtures (a [`FakeUpstream`](open_registry_tests::FakeUpstream) in this process, with
 //! generated packages), starts what it compares (the node, nginx, Verdaccio), measures them
 //! back to back, and returns a [`report::Report`] that is printed and written as JSON.
-//! B8 measures memory in real use (`npm install` of multi-megabyte packuments).
+//! B8 measures memory in real use (`npm install` of multi-megabyte packuments). B9 measures how
+//! fast a signed takedown reaches every node of a network.
 //! The peer benchmarks (B3p, B4, B5) start several nodes on loopback (`targets::start_peer`)
 //! and compare with B3 and with in-process transport references (`perf`).
 
@@ -25,6 +26,7 @@ mod b5;
 mod b6;
 mod b7;
 mod b8;
+mod b9;
 mod load;
 mod perf;
 mod profile;
@@ -88,6 +90,11 @@ const BENCHMARKS: &[Bench] = &[
         "B8",
         "npm install without a lockfile, 1–25 MB packuments, 16 in flight: peak RSS",
         b8::run,
+    ),
+    (
+        "B9",
+        "a takedown: from advisory add on one node to a 451 on every node of 20",
+        b9::run,
     ),
 ];
 
