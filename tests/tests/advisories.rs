@@ -2,7 +2,8 @@
 //! threshold 2. An advisory signed on A is pending at B with one signer; the same advisory
 //! signed on C puts it in force at B with two signers, and is found in the DHT under C's key;
 //! a forgery gossiped by a bare peer is refused and counted; A's withdrawal lifts it.
-//! Everything goes through the command line (`advisory add | rm | ls`) and gossip; waits poll
+//! While it is in force, `verify --lockfile` of a lockfile pinning the version fails and
+//! names the advisory. Everything goes through the command line (`advisory add | rm | ls`) and gossip; waits poll
 //! with a deadline.
 
 use std::time::Duration;
@@ -180,6 +181,49 @@ fn two_of_three_trusted_operators_take_a_version_down_and_a_withdrawal_lifts_it(
             "{path}: {text}"
         );
     }
+
+    // A lockfile that picked 1.0.1 up elsewhere: `verify --lockfile` against B fails and
+    // names the advisory, its kind and reason, its signers and its URL.
+    let work = tempfile::tempdir()?;
+    let lockfile = work.path().join("package-lock.json");
+    let lock = serde_json::json!({
+        "name": "app", "version": "1.0.0", "lockfileVersion": 3, "requires": true,
+        "packages": {
+            "": {"name": "app", "version": "1.0.0", "dependencies": {"left-pad": "1.0.1"}},
+            "node_modules/left-pad": {
+                "version": "1.0.1",
+                "resolved": format!("{}{}", nb.node.gateway(), bad.tarball_path),
+                "integrity": bad.integrity,
+            },
+        },
+    });
+    std::fs::write(&lockfile, serde_json::to_vec_pretty(&lock)?)?;
+    let out = cli(
+        &[
+            "verify",
+            "--lockfile",
+            lockfile.to_str().context("lockfile path")?,
+            "--registry",
+            nb.node.gateway(),
+            "--data-dir",
+            work.path().join("data").to_str().context("data dir")?,
+        ],
+        CLI,
+    )?;
+    ensure!(!out.status.success(), "verify passed:\n{}", out.describe());
+    let failure = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("left-pad@1.0.1: advisory: taken down by advisory left-pad@1.0.1"))
+        .with_context(|| out.describe())?;
+    ensure!(
+        failure.contains(&a.id)
+            && failure.contains(&c.id)
+            && failure.contains("compromised: stolen token publish")
+            && failure.contains("https://example.org/incidents/1")
+            && !failure.contains("does not verify"),
+        "{failure}"
+    );
 
     // C's advisory is in the DHT under its key; a forgery on gossip (C's advisory claimed by
     // B) is refused and counted.

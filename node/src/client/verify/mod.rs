@@ -9,6 +9,12 @@
 //!    the version's integrity and tarball, that are unexpired, not rolled back, and whose
 //!    packument CID matches the packument bytes (fetched by CID and hashed here).
 //!
+//! A fourth check comes from the registry itself: an Open-Registry node lists the advisories in
+//! force (`GET /-/open-registry/advisories`, fetched once per session); a version one of them
+//! covers fails, with the advisory's kind, reason, signers and URL. A version the registry
+//! withholds (it answers 451: an advisory, or its release cooldown) fails with the registry's
+//! message. A registry without the list is `advisories: not checked`, not a failure.
+//!
 //! A check that cannot be made is reported as not checked, with why, and is not a failure:
 //! signatures without pinned keys (`not checked: no pinned keys`; a version is `unsigned` only
 //! when the registry published no signature for it), operator records when no operator is
@@ -31,6 +37,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
+use open_registry_protocol::advisory::{self, AdvisoryGroup, AdvisoryList};
 use open_registry_protocol::npm_sig::Keys;
 use open_registry_protocol::packument::{self as doc, DistRef};
 use open_registry_protocol::record::{Signed, attested_integrity};
@@ -52,6 +59,10 @@ pub(crate) const NO_KEYS: &str = "not checked: no pinned keys";
 pub(crate) const UNSIGNED: &str = "unsigned: the registry published no signatures for this version";
 /// The operator check when no operator is trusted.
 pub(crate) const NO_OPERATORS: &str = "not checked: no trusted operators";
+/// The advisory check when the registry lists no advisories (not an Open-Registry node).
+pub(crate) const NO_ADVISORIES: &str = "not checked: the registry lists no advisories";
+/// The other checks of a version an advisory in force covers.
+const TAKEN_DOWN: &str = "skipped: taken down by an advisory in force";
 /// How many packages are checked at once.
 const CONCURRENCY: usize = 8;
 /// How long one document or tarball may take to arrive.
@@ -114,12 +125,15 @@ pub(crate) struct Report {
     pub integrity: Check,
     pub signature: Check,
     pub operators: Check,
+    /// Advisories in force, and the registry withholding the version (451).
+    pub advisory: Check,
 }
 
 impl Report {
     /// The first failure, in words.
     pub(crate) fn reason(&self) -> Option<String> {
         [
+            ("advisory", &self.advisory),
             ("integrity", &self.integrity),
             ("npm signature", &self.signature),
             ("operator records", &self.operators),
@@ -132,6 +146,68 @@ impl Report {
     }
 }
 
+/// How a withheld version's failure starts.
+const WITHHELD: &str = "withheld by the registry (451): ";
+
+/// The registry's message, when `e` is its 451 (a withheld version).
+fn withheld(e: &anyhow::Error) -> Option<String> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<ClientError>())
+        .and_then(|c| match c {
+            ClientError::Status {
+                status: 451,
+                message,
+            } => Some(format!("{WITHHELD}{message}")),
+            _ => None,
+        })
+}
+
+/// The failure line for `t` if one of `groups` (in force) covers it: kind, reason, signers (a
+/// signer whose signed advisory does not verify is marked so) and URL.
+pub(crate) fn in_force_for(groups: &[AdvisoryGroup], t: &Target, now: u64) -> Option<String> {
+    let version = nodejs_semver::Version::parse(&t.version).ok()?;
+    let g = groups.iter().find(|g| {
+        g.in_force
+            && g.name == t.name.as_str()
+            && advisory::parse_range(&g.range)
+                .is_ok_and(|r| r.satisfies_with_prerelease(&version, true))
+    })?;
+    let signers: Vec<String> = g
+        .signers
+        .iter()
+        .map(|s| {
+            let genuine = s
+                .operator
+                .parse()
+                .ok()
+                .zip(
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &s.signed)
+                        .ok(),
+                )
+                .is_some_and(|(peer, wire)| {
+                    advisory::validate(&advisory::dht_key(&t.name, &peer), &wire, now).is_ok()
+                });
+            let url = s
+                .url
+                .as_deref()
+                .map(|u| format!(", {u}"))
+                .unwrap_or_default();
+            let forged = if genuine {
+                ""
+            } else {
+                "; its signature does not verify"
+            };
+            format!("{} ({}: {}{url}{forged})", s.operator, s.kind, s.reason)
+        })
+        .collect();
+    Some(format!(
+        "taken down by advisory {}@{} in force, signed by {}",
+        g.name,
+        g.range,
+        signers.join(", ")
+    ))
+}
+
 type Seen = BTreeMap<String, BTreeMap<String, u64>>;
 
 /// A verification session: the gateway and per-package caches.
@@ -142,6 +218,8 @@ pub(crate) struct Verify {
     docs: tokio::sync::Mutex<HashMap<PackageName, Arc<Value>>>,
     records: tokio::sync::Mutex<HashMap<PackageName, Arc<Vec<Signed>>>>,
     seen: Mutex<Seen>,
+    /// The registry's advisories in force, fetched once; `Err`: why they are not checked.
+    advisories: tokio::sync::OnceCell<Result<Vec<AdvisoryGroup>, String>>,
 }
 
 impl Verify {
@@ -160,6 +238,7 @@ impl Verify {
             docs: Default::default(),
             records: Default::default(),
             seen: Mutex::new(seen),
+            advisories: Default::default(),
         })
     }
 
@@ -213,23 +292,89 @@ impl Verify {
             integrity: Check::Skipped("not checked".into()),
             signature: Check::Skipped("not checked".into()),
             operators: Check::Skipped("not checked".into()),
+            advisory: Check::Skipped("not checked".into()),
         };
-        if let Err(e) = self.check_into(t, &mut report).await {
-            report.integrity = Check::Failed(format!("{e:#}"));
+        report.advisory = self.advisory_check(t).await;
+        if report.advisory.failed() {
+            for c in [
+                &mut report.integrity,
+                &mut report.signature,
+                &mut report.operators,
+            ] {
+                *c = Check::Skipped(TAKEN_DOWN.into());
+            }
+        } else if let Err(e) = self.check_into(t, &mut report).await {
+            match withheld(&e) {
+                Some(m) => report.advisory = Check::Failed(m),
+                None => report.integrity = Check::Failed(format!("{e:#}")),
+            }
         }
-        report.ok =
-            !(report.integrity.failed() || report.signature.failed() || report.operators.failed());
+        if let Check::Failed(e) = &report.integrity
+            && e.starts_with(WITHHELD)
+        {
+            report.advisory = report.integrity.clone();
+            report.integrity = Check::Skipped("not checked: withheld by the registry".into());
+        }
+        report.ok = !(report.integrity.failed()
+            || report.signature.failed()
+            || report.operators.failed()
+            || report.advisory.failed());
         report
+    }
+
+    /// The registry's advisories in force (fetched on first use), or why there are none.
+    async fn advisories(&self) -> &Result<Vec<AdvisoryGroup>, String> {
+        self.advisories
+            .get_or_init(|| async {
+                let path = "-/open-registry/advisories";
+                match self.get(path).await {
+                    Ok(r) => {
+                        let bytes = r
+                            .bytes()
+                            .await
+                            .map_err(|e| format!("{NO_ADVISORIES} ({e})"))?;
+                        let list: AdvisoryList = serde_json::from_slice(&bytes)
+                            .map_err(|_| format!("{NO_ADVISORIES} (not an advisory list)"))?;
+                        Ok(list.advisories.into_iter().filter(|g| g.in_force).collect())
+                    }
+                    Err(e) => Err(format!("{NO_ADVISORIES} ({e})")),
+                }
+            })
+            .await
+    }
+
+    /// Fails `t` when an advisory in force covers it.
+    async fn advisory_check(&self, t: &Target) -> Check {
+        let groups = match self.advisories().await {
+            Ok(g) => g,
+            Err(why) => return Check::Skipped(why.clone()),
+        };
+        match in_force_for(groups, t, now_ms()) {
+            Some(line) => Check::Failed(line),
+            None => Check::Ok(format!("{} in force, none covers it", groups.len())),
+        }
     }
 
     async fn check_into(&self, t: &Target, report: &mut Report) -> anyhow::Result<()> {
         let packument = self.packument(&t.name).await?;
-        let vdoc = packument
-            .pointer(&format!(
-                "/versions/{}",
-                t.version.replace('~', "~0").replace('/', "~1")
-            ))
-            .ok_or_else(|| anyhow::anyhow!("version {} is not in the metadata", t.version))?;
+        let vdoc = packument.pointer(&format!(
+            "/versions/{}",
+            t.version.replace('~', "~0").replace('/', "~1")
+        ));
+        let vdoc = match vdoc {
+            Some(d) => d,
+            None => {
+                // Withheld versions are absent from packuments; asked for by name, the
+                // registry says why (451).
+                let path = format!("{}/{}", t.name.url_segment(), t.version);
+                if let Err(e) = self.get(&path).await
+                    && e.status() == Some(451)
+                {
+                    return Err(e.into());
+                }
+                anyhow::bail!("version {} is not in the metadata", t.version)
+            }
+        };
         let dist_s = |k: &str| vdoc.pointer(&format!("/dist/{k}")).and_then(Value::as_str);
         let dist = DistRef {
             version: t.version.clone(),
@@ -279,7 +424,7 @@ impl Verify {
                 id
             }
             Err(e) => {
-                report.integrity = Check::Failed(format!("{e:#}"));
+                report.integrity = Check::Failed(withheld(&e).unwrap_or_else(|| format!("{e:#}")));
                 None
             }
         };

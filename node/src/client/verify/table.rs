@@ -10,7 +10,7 @@ use super::{Check, Report};
 
 /// The human-readable table.
 pub(crate) fn render_table(reports: &[Report]) -> String {
-    let rows: Vec<[String; 5]> = reports
+    let rows: Vec<[String; 6]> = reports
         .iter()
         .map(|r| {
             [
@@ -21,6 +21,7 @@ pub(crate) fn render_table(reports: &[Report]) -> String {
                     Check::Ok(d) => d.split(' ').next().unwrap_or("ok").to_owned(),
                     c => cell(c),
                 },
+                cell(&r.advisory),
                 if r.ok { "ok" } else { "FAIL" }.to_owned(),
             ]
         })
@@ -30,6 +31,7 @@ pub(crate) fn render_table(reports: &[Report]) -> String {
         "INTEGRITY",
         "NPM SIGNATURE",
         "OPERATORS",
+        "ADVISORIES",
         "RESULT",
     ];
     let mut w = head.map(str::len);
@@ -38,23 +40,25 @@ pub(crate) fn render_table(reports: &[Report]) -> String {
             w[i] = w[i].max(c.len());
         }
     }
-    let line = |c: [&str; 5]| {
+    let line = |c: [&str; 6]| {
         format!(
-            "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {}\n",
+            "{:<a$}  {:<b$}  {:<c$}  {:<d$}  {:<e$}  {}\n",
             c[0],
             c[1],
             c[2],
             c[3],
             c[4],
+            c[5],
             a = w[0],
             b = w[1],
             c = w[2],
-            d = w[3]
+            d = w[3],
+            e = w[4]
         )
     };
     let mut out = line(head);
     for r in &rows {
-        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
     }
     let failed: Vec<&Report> = reports.iter().filter(|r| !r.ok).collect();
     out.push('\n');
@@ -73,6 +77,7 @@ pub(crate) fn render_table(reports: &[Report]) -> String {
                 &r.operators,
                 " (pass --trust PEER_ID; --require-operators makes this an error)",
             ),
+            ("advisories", &r.advisory, ""),
         ] {
             if let Check::Skipped(why) = c
                 && why.starts_with("not checked")
@@ -156,6 +161,7 @@ mod tests {
             integrity: Check::Ok("sha512-x".into()),
             signature: Check::Skipped("no keys".into()),
             operators: Check::Ok("1/1 (abc)".into()),
+            advisory: Check::Ok("0 in force, none covers it".into()),
         };
         let mut bad = ok.clone();
         bad.name = "b".into();
@@ -175,6 +181,7 @@ mod tests {
             integrity: Check::Ok("sha512-x".into()),
             signature: Check::Skipped(super::super::NO_KEYS.into()),
             operators: Check::Skipped(super::super::NO_OPERATORS.into()),
+            advisory: Check::Skipped(super::super::NO_ADVISORIES.into()),
         };
         let mut plain = r.clone();
         plain.name = "b".into();
@@ -186,11 +193,11 @@ mod tests {
         };
         assert_eq!(
             cols("a@1.0.0"),
-            ["a@1.0.0", "ok", "unchecked", "unchecked", "ok"]
+            ["a@1.0.0", "ok", "unchecked", "unchecked", "unchecked", "ok"]
         );
         assert_eq!(
             cols("b@1.0.0"),
-            ["b@1.0.0", "ok", "unsigned", "unchecked", "ok"]
+            ["b@1.0.0", "ok", "unsigned", "unchecked", "unchecked", "ok"]
         );
         assert!(
             t.contains("npm signatures: not checked: no pinned keys (pin"),
@@ -198,6 +205,12 @@ mod tests {
         );
         assert_eq!(
             t.matches("operators: not checked: no trusted operators")
+                .count(),
+            1,
+            "{t}"
+        );
+        assert_eq!(
+            t.matches("advisories: not checked: the registry lists no advisories")
                 .count(),
             1,
             "{t}"
