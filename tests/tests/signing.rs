@@ -267,7 +267,7 @@ fn forged_metadata_is_caught_by_npm_and_by_verify() -> Result<()> {
     ensure!(failing.len() == 1, "{}", out.stdout);
     let cols: Vec<&str> = failing[0].split_whitespace().collect();
     ensure!(
-        cols == ["sig-plain@1.0.0", "FAIL", "FAIL", "1/1", "FAIL"],
+        cols == ["sig-plain@1.0.0", "FAIL", "FAIL", "1/1", "ok", "FAIL"],
         "{}",
         out.stdout
     );
