@@ -23,7 +23,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -58,7 +58,7 @@ pub struct Browser {
 }
 
 /// One entry of the browser's console log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogEntry {
     /// `SEVERE`, `WARNING`, `INFO` or `DEBUG`.
     pub level: String,
@@ -228,20 +228,23 @@ impl Browser {
         timeout: Duration,
         ok: impl Fn(&str) -> bool,
     ) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = match self.text(id) {
-                Ok(t) if ok(&t) => return Ok(t),
-                Ok(t) => t,
-                Err(e) => format!("(not readable: {e:#})"),
-            };
-            if Instant::now() >= deadline {
-                bail!(
-                    "#{id} did not reach the expected text within {timeout:?}; last seen: {last:?}"
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        let mut last = String::new();
+        crate::probe::wait_for(
+            timeout,
+            &format!("#{id} to reach the expected text"),
+            || match self.text(id) {
+                Ok(t) if ok(&t) => Some(t),
+                Ok(t) => {
+                    last = t;
+                    None
+                }
+                Err(e) => {
+                    last = format!("(not readable: {e:#})");
+                    None
+                }
+            },
+        )
+        .with_context(|| format!("last seen: {last:?}"))
     }
 
     /// Runs `script` (a function body; `arguments` holds `args`) in the page and returns what
@@ -285,20 +288,28 @@ impl Browser {
         timeout: Duration,
         ok: impl Fn(&LogEntry) -> bool,
     ) -> Result<LogEntry> {
-        let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
-        loop {
-            for e in self.console()? {
-                if ok(&e) {
-                    return Ok(e);
+        let mut failed = None;
+        let found = crate::probe::wait_for(timeout, "a matching console entry", || {
+            match self.console() {
+                Ok(entries) => entries.into_iter().find_map(|e| {
+                    if ok(&e) {
+                        Some(e)
+                    } else {
+                        seen.push(e);
+                        None
+                    }
+                }),
+                Err(e) => {
+                    failed = Some(e);
+                    Some(LogEntry::default())
                 }
-                seen.push(e);
             }
-            if Instant::now() >= deadline {
-                bail!("no such console entry within {timeout:?}; logged: {seen:#?}");
-            }
-            thread::sleep(Duration::from_millis(100));
+        });
+        if let Some(e) = failed {
+            return Err(e);
         }
+        found.with_context(|| format!("logged: {seen:#?}"))
     }
 
     /// Saves a PNG of the window as `<target dir>/artifacts/<name>.png` and returns its path.
@@ -458,18 +469,17 @@ impl Dashboard {
 
     /// Waits until the page has drawn itself `times` times since it was loaded.
     fn wait_until_drawn(&self, times: u64) -> Result<()> {
-        let deadline = Instant::now() + DASHBOARD_LOAD;
-        while self.refreshes()? < times {
-            if Instant::now() >= deadline {
-                bail!(
-                    "the dashboard at {} did not finish drawing (page errors: {:?})",
-                    self.url,
-                    self.browser.text("page-errors").unwrap_or_default()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+        crate::probe::wait_for(DASHBOARD_LOAD, "the dashboard to finish drawing", || {
+            self.refreshes().ok().filter(|&n| n >= times)
+        })
+        .with_context(|| {
+            format!(
+                "the dashboard at {} (page errors: {:?})",
+                self.url,
+                self.browser.text("page-errors").unwrap_or_default()
+            )
+        })
+        .map(drop)
     }
 
     /// Waits until the page has drawn itself once more (it does every 10 seconds), so what it
