@@ -258,6 +258,11 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let url = gateway_url(addr);
+    let views = Arc::new(crate::public::Views {
+        book: book.clone(),
+        advisories: advisories.clone(),
+        holds: holds.clone(),
+    });
     let node = Arc::new(Node {
         fetcher: fetcher.clone(),
         operator: identity.peer_id(),
@@ -269,7 +274,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         popularity: popularity.clone(),
         keys: Mutex::new(()),
         search,
-        book: book.clone(),
+        views: views.clone(),
         holds,
     });
     let token = admin::token::load_or_create(&config.data_dir)?;
@@ -286,6 +291,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         peers,
         popularity,
         book,
+        views,
         history,
         token,
     });

@@ -38,8 +38,8 @@ pub(crate) struct Node {
     pub(crate) keys: Mutex<()>,
     /// The packages this node stores, for search without an upstream search.
     pub(crate) search: Arc<SearchIndex>,
-    /// Every operator's reports and statements, for the network gauges.
-    pub(crate) book: Arc<crate::public::Book>,
+    /// The network view, for its gauges.
+    pub(crate) views: Arc<crate::public::Views>,
     /// The versions held back (release cooldown, advisories).
     pub(crate) holds: Arc<Holds>,
 }
@@ -216,7 +216,7 @@ impl Registry for Node {
                 self.started.elapsed().as_secs(),
             ),
         ]);
-        text.push_str(&crate::public::prometheus(&self.book.view()));
+        text.push_str(&crate::public::prometheus(&self.views.network()));
         text
     }
 }

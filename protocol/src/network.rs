@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::advisory::AdvisoryGroup;
+use crate::status::CooldownStatus;
+
 /// The whole view.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -48,6 +51,27 @@ pub struct NetworkView {
     /// Reports and statements refused since the node started, by `kind.reason` (for example
     /// `report.forged`, `statement.rolled_back`).
     pub refused: BTreeMap<String, u64>,
+    /// The versions this node withholds and why: the advisories of trusted operators in force
+    /// and pending, and the versions in their release cooldown.
+    pub withholding: Withholding,
+}
+
+/// What the node that made the view withholds from every client, and what it may soon.
+///
+/// Advisories are the trusted operators' (this node's own included), as the node that made the
+/// view holds them; the cooldown is that node's own setting. Other nodes may differ: each
+/// enforces its own trust policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Withholding {
+    /// Trusted operators that must sign before an advisory is in force.
+    pub advisory_threshold: usize,
+    /// Advisories in force: their versions are withheld.
+    pub in_force: Vec<AdvisoryGroup>,
+    /// Advisories signed by fewer trusted operators than the threshold, with the signers so far.
+    pub pending: Vec<AdvisoryGroup>,
+    /// The release cooldown and the versions it holds now; absent when it is off.
+    pub cooldown: Option<CooldownStatus>,
 }
 
 /// Instance counts. "Online" means a report made within two of its windows.

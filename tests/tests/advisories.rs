@@ -16,7 +16,7 @@ use open_registry_protocol::advisory::{self, AdvisoryGroup, AdvisoryList};
 use open_registry_protocol::record::Signed;
 use open_registry_tests::node::cli;
 use open_registry_tests::p2p::{EvilPeer, Values, now_ms};
-use open_registry_tests::public::Operator;
+use open_registry_tests::public::{Operator, network_view};
 use open_registry_tests::{Node, probe};
 
 /// How long gossip may take to bring an advisory.
@@ -163,6 +163,26 @@ fn two_of_three_trusted_operators_take_a_version_down_and_a_withdrawal_lifts_it(
     );
     let json: AdvisoryList = serde_json::from_str(&run(&b, &["advisory", "ls", "--json"])?)?;
     ensure!(group(&json, "left-pad", "1.0.1").is_some_and(|g| g.in_force));
+    // The network view lists it in force, with both signers, and `network` says so.
+    let w = network_view(&nb.node)?.withholding;
+    ensure!(
+        w.advisory_threshold == 2
+            && w.pending.is_empty()
+            && w.in_force.len() == 1
+            && w.in_force[0].name == "left-pad"
+            && w.in_force[0].signers.len() == 2,
+        "{w:#?}"
+    );
+    let net = cli(&["network", "--registry", nb.node.gateway()], CLI)?;
+    ensure!(
+        net.stdout
+            .contains("advisories  1 in force, 0 pending (in force at 2 trusted signers)\n")
+            && net
+                .stdout
+                .contains("  left-pad@1.0.1  IN FORCE  2 of 2 signatures\n"),
+        "{}",
+        net.describe()
+    );
     // In force, B withholds 1.0.1 from every client: gone from the packument (latest moved
     // down), its document and tarball answer 451 naming the advisory and its signers.
     ensure!(versions(&nb.node)? == ["1.0.0"]);
@@ -274,6 +294,11 @@ fn two_of_three_trusted_operators_take_a_version_down_and_a_withdrawal_lifts_it(
         "the withdrawal restores 1.0.1"
     );
     ensure!(nb.node.get(&bad.tarball_path, &[])?.status == 200);
+    let w = network_view(&nb.node)?.withholding;
+    ensure!(
+        w.in_force.is_empty() && w.pending.len() == 1 && w.pending[0].signers[0].operator == c.id,
+        "after the withdrawal: {w:#?}"
+    );
     let all = run(&b, &["advisory", "ls", "--all"])?;
     ensure!(all.contains("withdrawn:\n") && all.contains(&a.id), "{all}");
     // A's own node agrees, and nothing honest was refused.

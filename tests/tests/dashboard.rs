@@ -23,9 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use open_registry_protocol::advisory::{AdvisoryGroup, AdvisoryView, Kind};
 use open_registry_protocol::network::{
     CostItem, Errors, Instances, Lag, Money, NetworkView, OperatorView, Others, Packages,
+    Withholding,
 };
+use open_registry_protocol::status::{CooldownHeld, CooldownStatus};
 use open_registry_tests::{
     Dashboard, FakeUpstream, Fault, NodeProcess, PackageSpec, Target, open_dashboard, probe,
 };
@@ -174,6 +177,14 @@ fn the_dashboard_shows_a_running_node_in_chromium() -> Result<()> {
             "#{plot} is blank"
         );
     }
+    // Nothing withheld: no advisories, no cooldown configured.
+    ensure!(d.text("advisories-in-force")? == "none");
+    ensure!(
+        d.text("cooldown-held")?
+            .starts_with("no release cooldown on this node"),
+        "{}",
+        d.text("cooldown-held")?
+    );
     // The upstream answers: no banner.
     ensure!(
         d.text("upstream-banner")?.is_empty(),
@@ -370,7 +381,62 @@ fn network_fixture() -> NetworkView {
             },
         ],
         refused: [("report.forged".to_owned(), 2)].into(),
+        withholding: withholding_fixture(),
         ..NetworkView::default()
+    }
+}
+
+/// An advisory in force (both trusted operators signed), one pending (one signer), and a
+/// version in its release cooldown.
+fn withholding_fixture() -> Withholding {
+    let signer = |operator: &str, name: &str, reason: &str, url: Option<&str>| AdvisoryView {
+        id: "0011223344556677".into(),
+        operator: operator.into(),
+        trusted: true,
+        this_node: operator == "12D3KooWDashAlpha",
+        name: name.into(),
+        range: "1.0.1".into(),
+        kind: Kind::Compromised,
+        reason: reason.into(),
+        url: url.map(str::to_owned),
+        seq: 1,
+        at_ms: 1_800_000_000_000,
+        expires_at_ms: 1_807_776_000_000,
+        withdrawn: false,
+        signed: String::new(),
+    };
+    Withholding {
+        advisory_threshold: 2,
+        in_force: vec![AdvisoryGroup {
+            name: "left-pad".into(),
+            range: "1.0.1".into(),
+            in_force: true,
+            signers: vec![
+                signer(
+                    "12D3KooWDashAlpha",
+                    "left-pad",
+                    "stolen token publish",
+                    Some("https://example.org/incidents/1"),
+                ),
+                signer("12D3KooWDashBeta", "left-pad", "payload confirmed", None),
+            ],
+        }],
+        pending: vec![AdvisoryGroup {
+            name: "is-odd".into(),
+            range: "1.0.1".into(),
+            in_force: false,
+            signers: vec![signer("12D3KooWDashBeta", "is-odd", "suspicious", None)],
+        }],
+        cooldown: Some(CooldownStatus {
+            min_release_age_secs: 86_400,
+            held: vec![CooldownHeld {
+                name: "or-cd".into(),
+                version: "2.0.0".into(),
+                until_ms: 1_800_000_000_000,
+                from_first_seen: false,
+            }],
+            first_seen_used: 0,
+        }),
     }
 }
 
@@ -583,6 +649,40 @@ fn the_dashboard_draws_the_network_view_and_copes_without_it() -> Result<()> {
     ensure!(count_in(&d, "#plot-lag polyline")? == 1);
     ensure!(d.text("history-note")?.contains("trusted nodes"));
     ensure!(d.text("upstream-banner")?.is_empty());
+    // What the node withholds: the advisory in force with both signers, the pending one with
+    // its one signer so far, and the version in its cooldown with when it is released.
+    let in_force = d.text("advisories-in-force")?;
+    for cell in [
+        "left-pad@1.0.1",
+        "2 of 2: 12D3KooWDashAlpha (this node), 12D3KooWDashBeta",
+        "compromised",
+        "stolen token publish (details); payload confirmed",
+    ] {
+        ensure!(
+            in_force.contains(cell),
+            "#advisories-in-force lacks {cell:?}: {in_force}"
+        );
+    }
+    ensure!(count_in(&d, "#advisories-in-force tr")? == 2, "{in_force}");
+    ensure!(
+        count_in(
+            &d,
+            "#advisories-in-force a[href=\"https://example.org/incidents/1\"]"
+        )? == 1,
+        "the advisory's link: {in_force}"
+    );
+    let pending = d.text("advisories-pending")?;
+    ensure!(
+        pending.contains("is-odd@1.0.1")
+            && pending.contains("1 of 2: 12D3KooWDashBeta")
+            && !pending.contains("left-pad"),
+        "{pending}"
+    );
+    let held = d.text("cooldown-held")?;
+    ensure!(
+        held.contains("or-cd") && held.contains("2.0.0") && held.contains("2027-01-15 08:00"),
+        "{held}"
+    );
     no_script_errors(&d)?;
     d.screenshot("dashboard-network")?;
 
@@ -596,6 +696,9 @@ fn the_dashboard_draws_the_network_view_and_copes_without_it() -> Result<()> {
     ensure!(count_in(&d, "#costs-chart rect")? == 0);
     ensure!(d.text("plot-requests")? == "not available");
     ensure!(d.text("plot-lag")? == "not available");
+    for id in ["advisories-in-force", "advisories-pending", "cooldown-held"] {
+        ensure!(d.text(id)? == "not available", "#{id}: {}", d.text(id)?);
+    }
     ensure!(d.text("node-id")?.contains("12D3KooWDashAlpha"));
     ensure!(d.text("popular")?.contains("left-pad"));
     no_script_errors(&d)?;

@@ -8,9 +8,9 @@
 //!
 //! - `GET /-/open-registry/`: an HTML dashboard drawn by its script from the JSON routes: the
 //!   network's instances, cost per month and by item, donations and spending, errors now,
-//!   packages served and cached, lag, operators and hourly plots (from `network.json` and
-//!   `history.json`, "not available" where a node lacks them), then this node, its peers,
-//!   popularity and pins.
+//!   packages served and cached, lag, operators, the withheld versions and hourly plots (from
+//!   `network.json` and `history.json`, "not available" where a node lacks them), then this
+//!   node, its peers, popularity and pins.
 //! - `GET /-/open-registry/pins`: [`PinList`].
 //! - `GET /-/open-registry/peers`: [`protocol::admin::Peers`](open_registry_protocol::admin::Peers), 404 without
 //!   the network.
@@ -18,7 +18,8 @@
 //!   here and at trusted operators' nodes (from their signed gossip summaries).
 //! - `GET /-/open-registry/network.json`: the network view
 //!   ([`NetworkView`](open_registry_protocol::network::NetworkView)), from every operator's
-//!   newest verified report and statement.
+//!   newest verified report and statement, with what this node withholds (advisories in force
+//!   and pending, versions in their release cooldown).
 //! - `GET /-/open-registry/reports.json`: those reports and statements, each with its signed
 //!   wire form (base64) so that anyone can check the signatures.
 //! - `GET /-/open-registry/statement.json`: this node's own signed statement (404 without one).
@@ -46,7 +47,7 @@ use crate::fetch::Fetcher;
 use crate::history::{History, KEPT_HOURS};
 use crate::peer::Peers;
 use crate::peer::popularity::Popularity;
-use crate::public::Book;
+use crate::public::{Book, Views};
 use crate::store::pins::Pins;
 
 /// What the operator routes work with.
@@ -58,6 +59,8 @@ pub(crate) struct Admin {
     pub popularity: Arc<Popularity>,
     /// Every operator's reports and statements.
     pub book: Arc<Book>,
+    /// The network view (the book's figures and what this node withholds).
+    pub views: Arc<Views>,
     /// The hourly buckets `history.json` reads.
     pub history: Arc<History>,
     /// The admin token (see [`token`]).
@@ -130,7 +133,7 @@ async fn popular(State(admin): State<Arc<Admin>>, Query(q): Query<Limit>) -> Ans
 async fn network(
     State(admin): State<Arc<Admin>>,
 ) -> Json<open_registry_protocol::network::NetworkView> {
-    Json(admin.book.view())
+    Json(admin.views.network())
 }
 
 async fn reports(State(admin): State<Arc<Admin>>) -> Json<serde_json::Value> {

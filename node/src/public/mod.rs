@@ -9,6 +9,9 @@
 //! - `view`: the [`NetworkView`](open_registry_protocol::network::NetworkView) (trusted totals,
 //!   others apart) and its Prometheus gauges.
 //!
+//! - [`Views`]: that view with what this node withholds added (advisories in force and
+//!   pending, versions in their release cooldown), as `network.json` and the gauges serve it.
+//!
 //! The gossip task that moves reports and statements between nodes is `tasks::public`.
 
 mod report;
@@ -18,16 +21,18 @@ mod tests;
 mod view;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use open_registry_protocol::network::NetworkView;
+use open_registry_protocol::network::{NetworkView, Withholding};
 use open_registry_protocol::record::{RecordError, Signed};
 use open_registry_protocol::report::{MAX_REPORT_LEN, Report};
 use open_registry_protocol::statement::{MAX_STATEMENT_LEN, SignedStatement};
 use open_registry_protocol::{PeerId, Policy};
 
+use crate::advisory::AdvisoryBook;
 use crate::clock::Clock;
+use crate::withhold::Holds;
 
 pub(crate) use report::{Gathered, Reporter};
 pub(crate) use statement::OwnStatement;
@@ -318,6 +323,38 @@ impl Book {
             statements: &self.statements(),
             refused: self.refused(),
         })
+    }
+}
+
+/// The network view as this node serves it: the book's figures and what this node withholds.
+#[derive(Debug)]
+pub(crate) struct Views {
+    /// Every operator's reports and statements.
+    pub book: Arc<Book>,
+    /// The signed advisories held, and their quorum.
+    pub advisories: Arc<AdvisoryBook>,
+    /// The release cooldown's held versions.
+    pub holds: Arc<Holds>,
+}
+
+impl Views {
+    /// `network.json`.
+    pub(crate) fn network(&self) -> NetworkView {
+        let mut v = self.book.view();
+        v.withholding = self.withholding();
+        v
+    }
+
+    /// Advisories in force and pending (trusted signers only), and the cooldown's versions.
+    fn withholding(&self) -> Withholding {
+        let list = self.advisories.list(false);
+        let (in_force, pending) = list.advisories.into_iter().partition(|g| g.in_force);
+        Withholding {
+            advisory_threshold: list.threshold,
+            in_force,
+            pending,
+            cooldown: self.holds.status(),
+        }
     }
 }
 

@@ -313,3 +313,79 @@ fn the_book_is_bounded_and_keeps_room_for_trusted_operators() {
     assert_eq!(w.book.reports().len(), MAX_OPERATORS);
     assert_eq!(w.book.view().instances.trusted_online, 1);
 }
+
+#[test]
+fn the_served_view_lists_advisories_in_force_and_pending_and_the_cooldown() {
+    use open_registry_protocol::PackageName;
+    use open_registry_protocol::advisory::{Advisory, DEFAULT_LIFETIME_MS, Kind};
+
+    use crate::store::Index;
+    use crate::withhold::{Cooldown, Holds};
+
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual();
+    let index = Index::open(&dir.path().join("index"), clock.clone()).unwrap();
+    let (me, b, c) = (
+        Identity::from_seed([1; 32]),
+        Identity::from_seed([2; 32]),
+        Identity::from_seed([3; 32]),
+    );
+    let policy = Policy::new([b.peer_id(), c.peer_id()], 2);
+    let advisories = Arc::new(
+        AdvisoryBook::open(&index, me.peer_id(), policy.clone(), 2, clock.clone()).unwrap(),
+    );
+    let advisory = |name: &str, range: &str| Advisory {
+        name: PackageName::parse(name).unwrap(),
+        range: range.into(),
+        kind: Kind::Malware,
+        reason: "payload".into(),
+        url: None,
+        seq: 1,
+        at_ms: clock.now_ms(),
+        expires_at_ms: clock.now_ms() + DEFAULT_LIFETIME_MS,
+        withdrawn: false,
+    };
+    // B and C sign left-pad@1.0.1 (in force); only B signs is-odd@3.0.1 (pending).
+    for (id, name, range) in [
+        (&b, "left-pad", "1.0.1"),
+        (&c, "left-pad", "1.0.1"),
+        (&b, "is-odd", "3.0.1"),
+    ] {
+        let wire = advisory(name, range).sign(id.signing_key()).to_bytes();
+        advisories.take(&wire).unwrap();
+    }
+    let views = Views {
+        book: Arc::new(Book::new(me.peer_id(), policy, clock.clone())),
+        advisories,
+        holds: Arc::new(Holds::new(
+            Some(Cooldown::new(Duration::from_secs(3600), &[])),
+            None,
+            None,
+            clock.clone(),
+            8 << 20,
+        )),
+    };
+    let v = views.network();
+    let w = &v.withholding;
+    assert_eq!(w.advisory_threshold, 2);
+    assert_eq!(w.in_force.len(), 1, "{w:?}");
+    assert_eq!(
+        (w.in_force[0].name.as_str(), w.in_force[0].range.as_str()),
+        ("left-pad", "1.0.1")
+    );
+    assert_eq!(w.in_force[0].signers.len(), 2);
+    assert_eq!(w.pending.len(), 1, "{w:?}");
+    assert_eq!(w.pending[0].name, "is-odd");
+    assert_eq!(w.pending[0].signers[0].operator, b.peer_id().to_string());
+    let cooldown = w.cooldown.as_ref().expect("the cooldown is on");
+    assert_eq!(cooldown.min_release_age_secs, 3600);
+    assert!(cooldown.held.is_empty());
+    let text = prometheus(&v);
+    for line in [
+        "open_registry_network_advisories{state=\"in_force\"} 1\n",
+        "open_registry_network_advisories{state=\"pending\"} 1\n",
+        "open_registry_network_cooldown_held 0\n",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+}

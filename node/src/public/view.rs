@@ -360,6 +360,20 @@ pub(crate) fn prometheus(v: &NetworkView) -> String {
         "Donated minus spent, per currency.",
         &money(|m| &m.balance),
     );
+    let w = &v.withholding;
+    gauge(
+        "advisories",
+        "Advisories of trusted operators this node holds: in force (versions withheld) or pending (fewer signers than the threshold).",
+        &[
+            ("{state=\"in_force\"}".into(), w.in_force.len().to_string()),
+            ("{state=\"pending\"}".into(), w.pending.len().to_string()),
+        ],
+    );
+    gauge(
+        "cooldown_held",
+        "Versions this node holds back in their release cooldown now (0 when the cooldown is off).",
+        &one(w.cooldown.as_ref().map_or(0, |c| c.held.len() as u64)),
+    );
     let _ = writeln!(
         out,
         "# HELP open_registry_network_refused_total Reports and statements refused, by kind and reason.\n# TYPE open_registry_network_refused_total counter"

@@ -172,7 +172,7 @@ fn signer(v: &AdvisoryView) -> String {
 }
 
 /// The listing: one block per package and range, its state and its signers.
-fn render(v: &AdvisoryList) -> String {
+pub(super) fn render(v: &AdvisoryList) -> String {
     let mut out = String::new();
     if v.advisories.is_empty() {
         out.push_str("no advisories from trusted operators\n");

@@ -4,9 +4,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use open_registry_protocol::network::NetworkView;
+use open_registry_protocol::advisory::AdvisoryList;
+use open_registry_protocol::network::{NetworkView, Withholding};
 
-use super::{NetworkArgs, registry_url};
+use super::{NetworkArgs, advisory, registry_url, status};
 use crate::client::NodeClient;
 use crate::config::units::format_size;
 
@@ -142,6 +143,36 @@ fn render(url: &str, v: &NetworkView) -> String {
         let r: Vec<String> = v.refused.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(out, "refused     {}", r.join(", "));
     }
+    out.push_str(&render_withholding(&v.withholding));
+    out
+}
+
+/// What the node withholds: its advisories in force and pending with their signers, and the
+/// versions in their release cooldown (nothing when there are none and the cooldown is off).
+fn render_withholding(w: &Withholding) -> String {
+    let mut out = String::new();
+    if !w.in_force.is_empty() || !w.pending.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nadvisories  {} in force, {} pending (in force at {} trusted signers)",
+            w.in_force.len(),
+            w.pending.len(),
+            w.advisory_threshold
+        );
+        let list = AdvisoryList {
+            threshold: w.advisory_threshold,
+            advisories: w.in_force.iter().chain(&w.pending).cloned().collect(),
+            ..AdvisoryList::default()
+        };
+        for line in advisory::render(&list).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    let cooldown = status::render_cooldown(w.cooldown.as_ref());
+    if !cooldown.is_empty() {
+        out.push('\n');
+        out.push_str(&cooldown);
+    }
     out
 }
 
@@ -152,5 +183,71 @@ fn truncate(s: &str, n: usize) -> String {
         let mut t: String = s.chars().take(n - 1).collect();
         t.push('…');
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use open_registry_protocol::advisory::{AdvisoryGroup, AdvisoryView, Kind};
+    use open_registry_protocol::status::{CooldownHeld, CooldownStatus};
+
+    use super::*;
+
+    fn group(name: &str, in_force: bool, signers: &[&str]) -> AdvisoryGroup {
+        AdvisoryGroup {
+            name: name.into(),
+            range: "1.0.1".into(),
+            in_force,
+            signers: signers
+                .iter()
+                .map(|op| AdvisoryView {
+                    id: "0011223344556677".into(),
+                    operator: (*op).into(),
+                    trusted: true,
+                    this_node: false,
+                    name: name.into(),
+                    range: "1.0.1".into(),
+                    kind: Kind::Compromised,
+                    reason: "stolen token".into(),
+                    url: None,
+                    seq: 1,
+                    at_ms: 1,
+                    expires_at_ms: 2,
+                    withdrawn: false,
+                    signed: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn withholding_lists_advisories_and_the_cooldown() {
+        assert_eq!(render_withholding(&Withholding::default()), "");
+        let w = Withholding {
+            advisory_threshold: 2,
+            in_force: vec![group("left-pad", true, &["A", "C"])],
+            pending: vec![group("is-odd", false, &["B"])],
+            cooldown: Some(CooldownStatus {
+                min_release_age_secs: 3600,
+                held: vec![CooldownHeld {
+                    name: "or-cd".into(),
+                    version: "1.0.1".into(),
+                    until_ms: 1_800_000_000_000,
+                    from_first_seen: false,
+                }],
+                first_seen_used: 0,
+            }),
+        };
+        let out = render_withholding(&w);
+        for want in [
+            "advisories  1 in force, 1 pending (in force at 2 trusted signers)\n",
+            "  left-pad@1.0.1  IN FORCE  2 of 2 signatures\n",
+            "  is-odd@1.0.1  pending  1 of 2 signatures\n",
+            "    B  is-odd@1.0.1  compromised: stolen token  [0011223344556677]\n",
+            "cooldown   min_release_age 1h: 1 version held\n",
+            "  or-cd@1.0.1 until 2027-01-15T08:00:00Z\n",
+        ] {
+            assert!(out.contains(want), "{want:?} missing from\n{out}");
+        }
     }
 }

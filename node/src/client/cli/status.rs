@@ -131,7 +131,7 @@ fn render_status(url: &str, s: &Status) -> String {
 }
 
 /// The release cooldown and the versions it holds (nothing when it is off).
-fn render_cooldown(c: Option<&CooldownStatus>) -> String {
+pub(super) fn render_cooldown(c: Option<&CooldownStatus>) -> String {
     let Some(c) = c else {
         return String::new();
     };
