@@ -50,6 +50,7 @@ counters! {
     peer_requests: "Blob requests sent to peers.",
     peer_ingests: "Blobs fetched from peers, verified and stored.",
     peer_errors: "Peer fetches that failed (error, stall, timeout, bad bytes); the next source was tried.",
+    peer_hedges: "Peer requests sent because the provider asked before had not started answering within its hedge delay.",
     peer_bytes: "Blob bytes received from peers.",
     records_rejected: "Signed records from the network refused by the trust policy.",
     records_unsigned: "Packument revisions served without a signed record because it would not fit the record encoding (too many versions, strings too long).",

@@ -89,6 +89,9 @@ pub struct Peers {
 pub struct Connected {
     pub peer_id: String,
     pub addrs: Vec<String>,
+    /// The smoothed round-trip time, in microseconds, once a ping was answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
 }
 
 /// `GET /-/open-registry/popular`: the most requested packages.

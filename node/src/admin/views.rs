@@ -115,6 +115,7 @@ impl Admin {
             return Ok(None);
         };
         let i = peers.client().peers().await.map_err(internal)?;
+        let rtts = peers.client().rtts();
         let strs = |v: &[crate::net::Multiaddr]| v.iter().map(ToString::to_string).collect();
         Ok(Some(Peers {
             peer_id: i.local.to_string(),
@@ -128,6 +129,7 @@ impl Admin {
                 .map(|(p, a)| Connected {
                     peer_id: p.to_string(),
                     addrs: strs(a),
+                    rtt_us: rtts.get(p).map(|d| d.as_micros() as u64),
                 })
                 .collect(),
             provided: i.provided as u64,

@@ -8,6 +8,8 @@
 //!   on the stream protocol `/ipfs/id/1.0.0`; only the version string inside is ours.)
 //! - `libp2p-stream` for the blob protocol (see [`blob`](super::blob)).
 //! - gossipsub for signed announcements (see [`gossip`](super::gossip)).
+//! - ping on every connection, whose round-trip times feed [`Rtts`](super::rtt::Rtts): the
+//!   nearest provider is asked first.
 //! - connection limits (R16).
 //!
 //! The record and provider intervals are documented consts, so docs/protocol.md can cite them.
@@ -17,7 +19,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, Mode, StoreInserts};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, connection_limits, gossipsub, identify};
+use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, ping};
 
 use super::Config;
 use super::dht_store::{DhtStore, PROVIDER_RECORD_TTL};
@@ -43,6 +45,9 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Room in a Kademlia message besides the value: closer peers with their addresses.
 const KAD_PACKET_OVERHEAD: usize = 16 * 1024;
 
+/// How often each connection is pinged (the first ping goes out when it opens).
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+
 /// Listen addresses taken from one identify message.
 pub(crate) const MAX_IDENTIFY_ADDRS: usize = 8;
 
@@ -54,6 +59,7 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) stream: libp2p_stream::Behaviour,
     pub(crate) gossip: gossipsub::Behaviour,
+    pub(crate) ping: ping::Behaviour,
 }
 
 impl Behaviour {
@@ -98,6 +104,7 @@ impl Behaviour {
             identify,
             stream: libp2p_stream::Behaviour::new(),
             gossip: super::gossip::behaviour(key),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
         }
     }
 

@@ -53,6 +53,8 @@ pub(crate) enum Command {
     GetRecords {
         key: Vec<u8>,
         deadline: Instant,
+        /// End the query at the first valid value a remote peer returns.
+        first: bool,
         reply: Reply<Vec<FoundRecord>>,
     },
     Peers {
@@ -127,6 +129,7 @@ pub struct Client {
     outbound: Arc<Semaphore>,
     max_blob_size: u64,
     stall: Duration,
+    rtts: super::Rtts,
 }
 
 impl std::fmt::Debug for Client {
@@ -143,6 +146,7 @@ impl Client {
         control: libp2p_stream::Control,
         local: PeerId,
         limits: &Limits,
+        rtts: super::Rtts,
     ) -> Client {
         Client {
             commands,
@@ -151,7 +155,13 @@ impl Client {
             outbound: Arc::new(Semaphore::new(limits.max_outbound_transfers)),
             max_blob_size: limits.max_blob_size,
             stall: limits.stall_timeout,
+            rtts,
         }
+    }
+
+    /// The measured round-trip times of the connected peers.
+    pub fn rtts(&self) -> &super::Rtts {
+        &self.rtts
     }
 
     /// Our libp2p peer id (the same string as the operator's protocol `PeerId`).
@@ -218,11 +228,33 @@ impl Client {
         key: Vec<u8>,
         deadline: Duration,
     ) -> Result<Vec<FoundRecord>, NetError> {
+        self.records(key, deadline, false).await
+    }
+
+    /// Like [`Client::get_records`], but the query ends as soon as a remote peer returns a
+    /// valid value (our own copy, if we hold one, is in the answer too). For values of which
+    /// any valid one is good enough: a signed pointer, whose signer's newest the caller picks
+    /// from what arrived, instead of waiting for every closest peer to answer or time out.
+    pub async fn get_first_records(
+        &self,
+        key: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<Vec<FoundRecord>, NetError> {
+        self.records(key, deadline, true).await
+    }
+
+    async fn records(
+        &self,
+        key: Vec<u8>,
+        deadline: Duration,
+        first: bool,
+    ) -> Result<Vec<FoundRecord>, NetError> {
         let at = Instant::now() + deadline;
         self.call("get_records", at + REPLY_GRACE, |reply| {
             Command::GetRecords {
                 key,
                 deadline: at,
+                first,
                 reply,
             }
         })

@@ -65,6 +65,8 @@ struct FindProviders {
 
 struct GetRecords {
     found: Vec<FoundRecord>,
+    /// Answer at the first valid value from a remote peer.
+    first: bool,
     reply: Reply<Vec<FoundRecord>>,
 }
 
@@ -90,6 +92,8 @@ pub(crate) struct EventLoop {
     bootstrap: Vec<Multiaddr>,
     /// Gossip subscribers by topic.
     subscribers: HashMap<libp2p::gossipsub::TopicHash, mpsc::Sender<super::gossip::Message>>,
+    /// Each connected peer's round-trip time, from ping.
+    rtts: super::Rtts,
 }
 
 impl EventLoop {
@@ -100,6 +104,7 @@ impl EventLoop {
         limits: Limits,
         metrics: Option<Arc<Metrics>>,
         cancel: CancellationToken,
+        rtts: super::Rtts,
     ) -> EventLoop {
         EventLoop {
             swarm,
@@ -119,6 +124,7 @@ impl EventLoop {
             armed: HashMap::new(),
             bootstrap: Vec::new(),
             subscribers: HashMap::new(),
+            rtts,
         }
     }
 
@@ -270,6 +276,11 @@ impl EventLoop {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => self.rtts.record(peer, rtt),
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(libp2p::gossipsub::Event::Message {
                 message,
                 ..
@@ -335,6 +346,7 @@ impl EventLoop {
                     cs.retain(|(c, _)| *c != connection_id);
                     if cs.is_empty() {
                         self.connections.remove(&peer_id);
+                        self.rtts.forget(&peer_id);
                     }
                 }
             }

@@ -8,7 +8,7 @@
 //!
 //! What `net` does not do: verify bytes (the Fetcher checks every blob against its CID),
 //! decide whom to trust (the [`RecordValidator`] hook does), or choose among providers
-//! (the Fetcher fails over). It does bound everything it touches (R7, R15 and R16 in
+//! (the node's peer layer does, nearest first by the [`Rtts`] measured here). It does bound everything it touches (R7, R15 and R16 in
 //! docs/security.md).
 //!
 //! - [`config`]: listen and bootstrap addresses, Kademlia mode, [`Limits`].
@@ -21,6 +21,7 @@
 //! - [`gossip`]: gossipsub topics for signed announcements.
 //! - [`hooks`]: [`BlobSource`] and [`RecordValidator`], what the swarm asks of the node.
 //! - [`reach`]: who can reach the listen addresses, in words (for `start`).
+//! - [`rtt`]: [`Rtts`], the smoothed round-trip time of each connected peer.
 //! - [`error`]: the one error type, [`NetError`].
 
 pub mod behaviour;
@@ -33,6 +34,7 @@ pub mod event_loop;
 pub mod gossip;
 pub mod hooks;
 pub mod reach;
+pub mod rtt;
 pub mod serve;
 pub mod swarm;
 pub mod transfer;
@@ -57,5 +59,6 @@ pub use gossip::{
 pub use hooks::{Blob, BlobSource, NoBlobs, RecordValidator, RejectAll};
 pub use libp2p::{Multiaddr, PeerId};
 pub use reach::{Reach, kad_mode, reachability};
+pub use rtt::Rtts;
 pub use swarm::spawn;
 pub use transfer::Transfer;

@@ -124,6 +124,7 @@ pub async fn spawn(
 
     let local = *swarm.local_peer_id();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let rtts = super::Rtts::default();
     let mut event_loop = EventLoop::new(
         swarm,
         rx,
@@ -131,10 +132,11 @@ pub async fn spawn(
         config.limits.clone(),
         config.metrics.clone(),
         cancel,
+        rtts.clone(),
     );
     event_loop.bootstrap_from(config.bootstrap.clone());
     tracker.spawn(event_loop.run());
-    Ok((Client::new(tx, control, local, &config.limits), bound))
+    Ok((Client::new(tx, control, local, &config.limits, rtts), bound))
 }
 
 /// Fails if `addr` names a fixed TCP or UDP port that something already holds.

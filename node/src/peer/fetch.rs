@@ -3,8 +3,11 @@
 //! Order: the trusted operators first, listed as providers or not (anyone can announce a blob,
 //! R15, and sybils must not crowd out the nodes whose records named it; when one of them has
 //! the blob, the usual case, the fetch costs no DHT query at all: benchmark B5), then the
-//! providers a DHT lookup returns, shuffled (spreading load, and not always waiting on the
-//! same slow peer first) and bounded in number. One budget covers every attempt.
+//! providers a DHT lookup returns, bounded in number. Within each group the nearest is asked
+//! first (by the round-trip times ping measures; peers not measured yet come after, shuffled
+//! to spread load), and a request that has not started answering within a delay derived from
+//! its provider's round-trip time is hedged to the next ([`hedge`](super::hedge)). One budget
+//! covers every attempt.
 
 use std::time::Duration;
 
@@ -12,6 +15,7 @@ use futures::StreamExt as _;
 use open_registry_protocol::{BlobId, Integrity, Verifier};
 use tokio::time::Instant;
 
+use super::hedge::{self, Failed};
 use super::{PeerError, Peers};
 use crate::metrics::Metrics;
 use crate::net;
@@ -24,15 +28,23 @@ const MAX_PROVIDER_RECORDS: usize = 20;
 pub(super) const FIND_DEADLINE: Duration = Duration::from_secs(5);
 
 impl Peers {
-    /// The trusted operators as peers, without this node.
+    /// The trusted operators as peers, without this node, nearest first.
     fn trusted_peers(&self) -> Vec<net::PeerId> {
         let me = self.net.local_peer_id();
-        self.policy
+        let mut peers: Vec<net::PeerId> = self
+            .policy
             .trusted()
             .iter()
             .filter_map(|p| net::PeerId::from_bytes(&p.to_bytes()).ok())
             .filter(|p| *p != me)
-            .collect()
+            .collect();
+        self.net.rtts().nearest_first(&mut peers);
+        peers
+    }
+
+    /// How long a request to `peer` may go without starting to answer before it is hedged.
+    fn hedge_delay(&self, peer: &net::PeerId) -> Duration {
+        hedge::hedge_delay(self.net.rtts().get(peer))
     }
 
     /// Fetches blob `id` into the store, checking it against `id` and, when given, `integrity`.
@@ -74,11 +86,13 @@ impl Peers {
         };
         shuffle(&mut providers, self.clock.now_ms());
         let me = self.net.local_peer_id();
-        let others: Vec<net::PeerId> = providers
+        let mut others: Vec<net::PeerId> = providers
             .into_iter()
             .filter(|p| !trusted.contains(p) && *p != me)
             .take(MAX_PROVIDERS)
             .collect();
+        // Stable: the providers not measured yet stay shuffled.
+        self.net.rtts().nearest_first(&mut others);
         if others.is_empty()
             && let Some(e) = first
         {
@@ -88,54 +102,69 @@ impl Peers {
             .await
     }
 
-    /// Asks `providers` in order until one delivers.
+    /// Asks `providers` (nearest first), hedged, until one delivers.
     pub(crate) async fn fetch_from(
         &self,
         providers: &[net::PeerId],
         id: &BlobId,
-        verifier: impl Fn() -> Verifier,
+        verifier: impl Fn() -> Verifier + Sync,
         max_len: u64,
         deadline: Instant,
     ) -> Result<BlobId, PeerError> {
-        if providers.is_empty() {
-            return Err(PeerError::NoProviders(*id));
-        }
-        let mut last = PeerError::Deadline;
-        for peer in providers {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                last = PeerError::Deadline;
-                break;
-            }
-            Metrics::inc(&self.metrics.peer_requests);
-            match self.fetch_one(*peer, id, verifier(), max_len, left).await {
-                Ok(got) => {
-                    Metrics::inc(&self.metrics.peer_ingests);
-                    tracing::debug!(%peer, id = %id.short(), "fetched a blob from a peer");
-                    return Ok(got);
+        let verifier = &verifier;
+        let r = hedge::race(
+            providers,
+            |p| self.hedge_delay(p),
+            deadline,
+            |peer| {
+                Metrics::inc(&self.metrics.peer_requests);
+                let left = deadline.saturating_duration_since(Instant::now());
+                async move {
+                    let t = self.net.fetch(peer, id, max_len, left).await;
+                    t.map_err(|e| self.failed(peer, id, e.into()))
                 }
-                Err(e) => {
-                    Metrics::inc(&self.metrics.peer_errors);
-                    tracing::warn!(%peer, id = %id.short(), error = %crate::errors::chain(&e), "peer fetch failed; trying the next provider");
-                    last = e;
+            },
+            |peer, transfer| async move {
+                match self.receive(transfer, id, verifier(), max_len).await {
+                    Ok(got) => {
+                        Metrics::inc(&self.metrics.peer_ingests);
+                        tracing::debug!(%peer, id = %id.short(), "fetched a blob from a peer");
+                        Ok(got)
+                    }
+                    Err(e) => Err(self.failed(peer, id, e)),
                 }
-            }
-        }
-        Err(PeerError::Undelivered {
-            id: *id,
-            last: last.into(),
+            },
+            || Metrics::inc(&self.metrics.peer_hedges),
+        )
+        .await;
+        r.map_err(|f| match f {
+            Failed::NoProviders => PeerError::NoProviders(*id),
+            Failed::Deadline => PeerError::Undelivered {
+                id: *id,
+                last: PeerError::Deadline.into(),
+            },
+            Failed::All(last) => PeerError::Undelivered {
+                id: *id,
+                last: last.into(),
+            },
         })
     }
 
-    async fn fetch_one(
+    /// Counts and logs a failed request to `peer`, and gives its error back.
+    fn failed(&self, peer: net::PeerId, id: &BlobId, e: PeerError) -> PeerError {
+        Metrics::inc(&self.metrics.peer_errors);
+        tracing::warn!(%peer, id = %id.short(), error = %crate::errors::chain(&e), "peer fetch failed; trying the next provider");
+        e
+    }
+
+    /// Receives a transfer that started answering into the store, verified.
+    async fn receive(
         &self,
-        peer: net::PeerId,
+        mut transfer: net::Transfer,
         id: &BlobId,
         verifier: Verifier,
         max_len: u64,
-        deadline: Duration,
     ) -> Result<BlobId, PeerError> {
-        let mut transfer = self.net.fetch(peer, id, max_len, deadline).await?;
         let mut w = self
             .store
             .blobs
@@ -186,20 +215,31 @@ impl Peers {
         id: &BlobId,
         cap: u64,
     ) -> Option<Vec<u8>> {
-        for &peer in providers {
-            let Ok(t) = self.net.fetch(peer, id, cap, FIND_DEADLINE).await else {
-                continue;
-            };
-            match t.read_all().await {
-                Ok(b) if BlobId::of(&b) == *id => return Some(b.to_vec()),
-                Ok(_) => {
-                    Metrics::inc(&self.metrics.integrity_failures);
-                    tracing::warn!(peer = %peer, "a peer served a record blob that does not match its id");
+        let mut providers = providers.to_vec();
+        self.net.rtts().nearest_first(&mut providers);
+        hedge::race(
+            &providers,
+            |p| self.hedge_delay(p),
+            Instant::now() + FIND_DEADLINE,
+            |peer| async move {
+                let t = self.net.fetch(peer, id, cap, FIND_DEADLINE).await;
+                t.map(|t| (peer, t)).map_err(drop)
+            },
+            |_, (peer, t)| async move {
+                match t.read_all().await {
+                    Ok(b) if BlobId::of(&b) == *id => Ok(b.to_vec()),
+                    Ok(_) => {
+                        Metrics::inc(&self.metrics.integrity_failures);
+                        tracing::warn!(peer = %peer, "a peer served a record blob that does not match its id");
+                        Err(())
+                    }
+                    Err(_) => Err(()),
                 }
-                Err(_) => {}
-            }
-        }
-        None
+            },
+            || Metrics::inc(&self.metrics.peer_hedges),
+        )
+        .await
+        .ok()
     }
 }
 

@@ -5,9 +5,11 @@
 //!   trust policy; the packument revision at least `threshold` of them agree on (quorum); the
 //!   tarball id their records name for a version whose integrity matches ours.
 //! - [`fetch`]: blobs by content id. The trusted operators are asked first (they signed the
-//!   records naming the blob), then other providers from the DHT, shuffled and bounded; each
-//!   answer streams through a verifier into the store, and a provider that errs, stalls, runs
-//!   out of time or sends bytes that do not verify is skipped for the next.
+//!   records naming the blob), then other providers from the DHT, bounded; nearest first in
+//!   each group, each answer streams through a verifier into the store, and a provider that
+//!   errs, stalls, runs out of time or sends bytes that do not verify is skipped for the next.
+//! - [`hedge`]: how those requests are raced: the next provider is asked when the one before
+//!   has not started answering within a delay derived from its round-trip time.
 //! - [`announce`]: what this node tells the network. One provider record per stored blob
 //!   (withdrawn on eviction), and for every record it signs a small signed pointer in the DHT
 //!   under (name, operator) plus the same pointer on gossip.
@@ -21,6 +23,7 @@
 pub(crate) mod announce;
 pub(crate) mod error;
 pub(crate) mod fetch;
+pub(crate) mod hedge;
 pub(crate) mod hooks;
 pub(crate) mod popularity;
 pub(crate) mod trust;

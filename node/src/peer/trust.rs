@@ -20,8 +20,10 @@ use crate::net;
 
 impl Peers {
     /// The newest records of the trusted operators for `name` that pass the trust policy, with
-    /// their signed form. `hint` is a pointer heard on gossip: it competes with what the DHT
-    /// returns.
+    /// their signed form. `hint` is a pointer heard on gossip: its signer's pointer is not
+    /// looked up at all. The others' lookups run side by side, and each ends at the first valid
+    /// pointer a peer returns (not when every closest peer has answered or timed out), so the
+    /// whole costs about one lookup's round trips.
     pub(crate) async fn trusted_records(
         &self,
         name: &PackageName,
@@ -29,14 +31,17 @@ impl Peers {
     ) -> Vec<Found> {
         let lookups = self.policy.trusted().iter().map(|signer| async move {
             let key = pointer::dht_key(name, signer);
-            let found = self
-                .net
-                .get_records(key.clone(), FIND_DEADLINE)
-                .await
-                .unwrap_or_default();
-            let now = self.clock.now_ms();
-            // The newest valid pointer any peer returned (or gossip brought).
             let hinted = hint.filter(|h| h.signer() == signer).cloned();
+            let found = match hinted {
+                Some(_) => Vec::new(),
+                None => self
+                    .net
+                    .get_first_records(key.clone(), FIND_DEADLINE)
+                    .await
+                    .unwrap_or_default(),
+            };
+            let now = self.clock.now_ms();
+            // The newest valid pointer that arrived (or gossip brought).
             let best = found
                 .iter()
                 .filter_map(|f| pointer::validate(&key, &f.value, now).ok())

@@ -38,7 +38,11 @@ fn render_peers(v: &Peers) -> String {
     out.push_str(&format!("providing      {} blobs\n", v.provided));
     out.push_str(&format!("connected      {} peers\n", v.connected.len()));
     for c in &v.connected {
-        out.push_str(&format!("  {}  {}\n", c.peer_id, c.addrs.join(" ")));
+        let rtt = c
+            .rtt_us
+            .map(|us| format!("  rtt {:.1} ms", us as f64 / 1000.0))
+            .unwrap_or_default();
+        out.push_str(&format!("  {}  {}{rtt}\n", c.peer_id, c.addrs.join(" ")));
     }
     out
 }
@@ -281,11 +285,15 @@ mod tests {
             connected: vec![open_registry_protocol::admin::Connected {
                 peer_id: "12D3Other".into(),
                 addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                rtt_us: Some(91_250),
             }],
             ..Default::default()
         };
         let out = render_peers(&v);
         assert!(out.contains("server mode"), "{out}");
-        assert!(out.contains("  12D3Other  /ip4/127.0.0.1/tcp/1"), "{out}");
+        assert!(
+            out.contains("  12D3Other  /ip4/127.0.0.1/tcp/1  rtt 91.2 ms\n"),
+            "{out}"
+        );
     }
 }

@@ -72,6 +72,7 @@ impl EventLoop {
             Command::GetRecords {
                 key,
                 deadline,
+                first,
                 reply,
             } => {
                 let qid = self
@@ -80,7 +81,14 @@ impl EventLoop {
                     .kad
                     .get_record(RecordKey::from(key));
                 let found = Vec::new();
-                self.get_records.insert(qid, GetRecords { found, reply });
+                self.get_records.insert(
+                    qid,
+                    GetRecords {
+                        found,
+                        first,
+                        reply,
+                    },
+                );
                 self.timer(deadline, Expired::Query(qid));
             }
             Command::Peers { reply } => {

@@ -155,11 +155,18 @@ impl EventLoop {
         {
             return;
         }
+        let remote = r.peer.is_some_and(|p| p != local);
         g.found.push(FoundRecord {
             from: r.peer.unwrap_or(local),
             publisher,
             value,
         });
+        if g.first && remote {
+            if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&qid) {
+                q.finish();
+            }
+            self.answer_query(qid);
+        }
     }
 
     /// A value a peer pushed to us: stored only if valid and, replacing one, newer.

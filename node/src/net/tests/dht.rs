@@ -165,6 +165,25 @@ async fn records_round_trip_and_invalid_ones_are_not_stored() {
         assert_eq!(a.client.peers().await.unwrap().records_stored, 1);
         let b_stored = b.client.peers().await.unwrap().records_stored;
         assert!(b_stored <= 1, "B stored {b_stored} records");
+        // Ending at the first remote answer: B gets a valid value from a peer (besides its
+        // own copy, if it kept one), and the invalid value never ends a lookup.
+        let found = b
+            .client
+            .get_first_records(key.clone(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            found.iter().any(|f| f.from != b.peer)
+                && found.iter().all(|f| f.value.starts_with(b"ok")),
+            "{found:?}"
+        );
+        assert!(
+            b.client
+                .get_first_records(bad_key.clone(), Duration::from_secs(2))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         // A and B kept "ok-1": their own copy comes first in their answers. (C's "ok" is valid,
         // so it may be listed after it.)
         for n in [&a, &b] {

@@ -244,3 +244,25 @@ async fn connection_limits_hold() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn ping_measures_each_connected_peer_and_forgets_it_when_it_leaves() {
+    bounded(async {
+        let a = start(70, config(&[]), Arc::new(NoBlobs)).await;
+        let b = start(71, config(&[&a]), Arc::new(NoBlobs)).await;
+        // The first ping goes out as the connection opens; both ends measure.
+        wait_for("both ends to measure the round trip", || async {
+            a.client.rtts().get(&b.peer).is_some() && b.client.rtts().get(&a.peer).is_some()
+        })
+        .await;
+        let rtt = b.client.rtts().get(&a.peer).unwrap();
+        assert!(rtt < Duration::from_secs(1), "loopback took {rtt:?}");
+        let b_peer = b.peer;
+        drop(b);
+        wait_for("A to forget B", || async {
+            a.client.rtts().get(&b_peer).is_none()
+        })
+        .await;
+    })
+    .await;
+}
