@@ -44,6 +44,53 @@ pub(crate) struct Node {
     pub(crate) holds: Arc<Holds>,
 }
 
+impl Node {
+    /// Makes a search hit name the `latest` of the packument this node serves: a version the
+    /// cooldown or an advisory withholds is never offered as the newest (its date goes with
+    /// it). Left as it is when nothing can hold it or the packument cannot be read; emptied
+    /// when every version is withheld.
+    async fn served_latest(&self, pkg: &mut gateway::SearchPackage) {
+        let Ok(name) = PackageName::parse(&pkg.name) else {
+            return;
+        };
+        if !self.holds.may_hold_latest(&name, pkg.date.as_deref()) {
+            return;
+        }
+        let Ok(p) = self.fetcher.packument(&name, false).await else {
+            return;
+        };
+        let Ok(served) = self.holds.apply(&name, p).await else {
+            return;
+        };
+        if !served.withheld.iter().any(|w| w.version == pkg.version) {
+            return;
+        }
+        let (latest, date) = latest_of(&served.bytes);
+        pkg.version = latest.unwrap_or_default();
+        pkg.date = date;
+    }
+}
+
+/// A packument's `dist-tags.latest` and its `time`, each if present.
+fn latest_of(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        #[serde(rename = "dist-tags", default)]
+        tags: std::collections::HashMap<String, String>,
+        #[serde(default)]
+        time: std::collections::HashMap<String, serde_json::Value>,
+    }
+    let Ok(d) = serde_json::from_slice::<Doc>(bytes) else {
+        return (None, None);
+    };
+    let latest = d.tags.get("latest").cloned();
+    let date = latest
+        .as_ref()
+        .and_then(|v| d.time.get(v))
+        .and_then(|t| t.as_str().map(str::to_owned));
+    (latest, date)
+}
+
 impl Registry for Node {
     async fn packument(
         &self,
@@ -145,7 +192,13 @@ impl Registry for Node {
     }
 
     async fn search(&self, query: &SearchQuery) -> Result<SearchResults, gateway::Error> {
-        Ok(self.search.search(query))
+        let mut results = self.search.search(query);
+        for hit in &mut results.hits {
+            self.served_latest(&mut hit.package).await;
+        }
+        // A package whose every version is withheld is not offered at all.
+        results.hits.retain(|h| !h.package.version.is_empty());
+        Ok(results)
     }
 
     async fn status(&self) -> Status {

@@ -331,6 +331,25 @@ impl Holds {
         self.cooling(name).is_some() || self.advisory.as_ref().is_some_and(|a| a.may_hold(name))
     }
 
+    /// Whether the version search shows as `name`'s latest, published at `date` (ISO 8601, as
+    /// the search index has it), may be held: an advisory names the package, or the cooldown
+    /// applies and the date is unknown or within it. Otherwise search shows it as it is.
+    pub(crate) fn may_hold_latest(&self, name: &PackageName, date: Option<&str>) -> bool {
+        if self.advisory.as_ref().is_some_and(|a| a.may_hold(name)) {
+            return true;
+        }
+        let Some(c) = self.cooling(name) else {
+            return false;
+        };
+        let cutoff = self
+            .clock
+            .now_ms()
+            .saturating_sub(c.min_age.as_millis() as u64);
+        date.and_then(open_registry_protocol::npm_sig::parse_iso8601_ms)
+            .and_then(|ms| u64::try_from(ms).ok())
+            .is_none_or(|published| published > cutoff)
+    }
+
     /// The cooldown, unless `name` is exempt from it.
     fn cooling(&self, name: &PackageName) -> Option<&Cooldown> {
         self.cooldown.as_ref().filter(|c| !c.exempts(name))

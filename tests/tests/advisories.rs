@@ -69,8 +69,12 @@ fn run(op: &Operator, args: &[&str]) -> Result<String> {
 fn two_of_three_trusted_operators_take_a_version_down_and_a_withdrawal_lifts_it() -> Result<()> {
     let (a, b, c) = (Operator::new(41)?, Operator::new(42)?, Operator::new(43)?);
     let trust = format!("{},{},{}", a.id, b.id, c.id);
-    // B mirrors left-pad from an upstream and enforces what is in force.
-    let up = open_registry_tests::FakeUpstream::start()?;
+    // B mirrors left-pad from an upstream and enforces what is in force. The upstream has no
+    // search (like many mirrors), so B answers search from its own index.
+    let up = open_registry_tests::FakeUpstream::start_with(open_registry_tests::UpstreamOptions {
+        no_search_or_audit: true,
+        ..open_registry_tests::UpstreamOptions::default()
+    })?;
     up.publish(&open_registry_tests::PackageSpec::new("left-pad", "1.0.0"))?;
     let bad = up.publish(&open_registry_tests::PackageSpec::new("left-pad", "1.0.1"))?;
     let common = [
@@ -103,6 +107,20 @@ fn two_of_three_trusted_operators_take_a_version_down_and_a_withdrawal_lifts_it(
     };
     ensure!(versions(&nb.node)? == ["1.0.0", "1.0.1"]);
     ensure!(nb.node.get(&bad.tarball_path, &[])?.status == 200);
+    // What search offers as the newest version (the index follows the store in the
+    // background).
+    let searched = |node: &open_registry_tests::NodeProcess| -> Option<String> {
+        let r = node.get("/-/v1/search?text=left-pad&size=5", &[]).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+        v["objects"]
+            .as_array()?
+            .iter()
+            .find(|o| o["package"]["name"] == "left-pad")
+            .and_then(|o| o["package"]["version"].as_str().map(str::to_owned))
+    };
+    probe::wait_for(GOSSIP, "B's search index to hold left-pad", || {
+        (searched(&nb.node)? == "1.0.1").then_some(())
+    })?;
 
     // One signer: pending everywhere, B included.
     let out = run(
@@ -186,6 +204,11 @@ fn two_of_three_trusted_operators_take_a_version_down_and_a_withdrawal_lifts_it(
     // In force, B withholds 1.0.1 from every client: gone from the packument (latest moved
     // down), its document and tarball answer 451 naming the advisory and its signers.
     ensure!(versions(&nb.node)? == ["1.0.0"]);
+    ensure!(
+        searched(&nb.node).as_deref() == Some("1.0.0"),
+        "search offers {:?} while 1.0.1 is taken down",
+        searched(&nb.node)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&nb.node.get("/left-pad", &[])?.body)?;
     ensure!(
         doc["dist-tags"]["latest"] == "1.0.0",
@@ -294,6 +317,7 @@ fn two_of_three_trusted_operators_take_a_version_down_and_a_withdrawal_lifts_it(
         "the withdrawal restores 1.0.1"
     );
     ensure!(nb.node.get(&bad.tarball_path, &[])?.status == 200);
+    ensure!(searched(&nb.node).as_deref() == Some("1.0.1"));
     let w = network_view(&nb.node)?.withholding;
     ensure!(
         w.in_force.is_empty() && w.pending.len() == 1 && w.pending[0].signers[0].operator == c.id,
