@@ -351,3 +351,51 @@ fn loss_drops_a_seeded_share_of_the_pairs_packets_only() -> Result<()> {
     }
     lab.shutdown()
 }
+
+#[test]
+fn a_bulk_transfer_crosses_the_delay_line_intact() -> Result<()> {
+    const BYTES: usize = 16 << 20;
+    let lab = Lab::builder()
+        .delay_scale(0.1)
+        .host("eu-1", Region::Europe)
+        .host("asia-1", Region::Asia)
+        .build()?;
+    let listener = lab.enter("asia-1", || {
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT))
+    })??;
+    let sink = std::thread::spawn(move || -> Result<(usize, u64)> {
+        let (mut s, _) = listener.accept()?;
+        let (mut total, mut sum) = (0usize, 0u64);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok((total, sum));
+            }
+            for (i, b) in buf[..n].iter().enumerate() {
+                sum = sum.wrapping_add(u64::from(*b) * ((total + i) as u64 % 251 + 1));
+            }
+            total += n;
+        }
+    });
+    let data: Vec<u8> = (0..BYTES).map(|i| (i * 7 % 256) as u8).collect();
+    let want = data.iter().enumerate().fold(0u64, |sum, (i, b)| {
+        sum.wrapping_add(u64::from(*b) * (i as u64 % 251 + 1))
+    });
+    let (mut s, _) = connect(&lab, "eu-1", (lab.addr("asia-1"), PORT).into())?;
+    let start = Instant::now();
+    s.write_all(&data)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let (got, sum) = sink.join().expect("sink panicked")?;
+    let took = start.elapsed();
+    assert_eq!((got, sum), (BYTES, want), "the bytes arrived changed");
+    let stats = lab.delay_line_stats();
+    println!(
+        "16 MiB Europe → Asia at RTT {:.1} ms: {:.0} ms, {:.1} MB/s; {stats:?}",
+        ms(lab.rtt("eu-1", "asia-1")),
+        ms(took),
+        BYTES as f64 / took.as_secs_f64() / 1e6
+    );
+    assert_eq!(stats.errors, 0, "{stats:?}");
+    lab.shutdown()
+}

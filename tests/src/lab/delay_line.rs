@@ -17,7 +17,7 @@
 //! error (a host dialling a laptop's private address). Anything that is not IPv4 is dropped
 //! (the namespaces have IPv6 turned off).
 //!
-//! The reader polls the device with a 50 ms timeout so that [`DelayLine::stop`] ends both
+//! The reader polls the device with a 50 ms timeout so that stopping the line ends both
 //! threads within that time; the writer's sleep is an `mpsc::Receiver::recv_timeout`, which
 //! wakes within tens of microseconds of the release time on Linux.
 

@@ -504,7 +504,8 @@ impl LabBuilder {
             seed: self.seed,
         };
         lab.delay_line = Some(DelayLine::start(device, plan)?);
-        ip(&router, &["link", "set", TUN, "up"])?;
+        // A long queue into the forwarder: bursts wait for it instead of being dropped.
+        ip(&router, &["link", "set", TUN, "txqueuelen", "10000", "up"])?;
         ip(
             &router,
             &["route", "add", "default", "dev", TUN, "table", DELAY_TABLE],
