@@ -399,3 +399,50 @@ fn a_bulk_transfer_crosses_the_delay_line_intact() -> Result<()> {
     assert_eq!(stats.errors, 0, "{stats:?}");
     lab.shutdown()
 }
+
+/// Set in the child of [`without_privileges_a_lab_fails_and_says_why`].
+const PROBE_ENV: &str = "OPEN_REGISTRY_LAB_UNPRIVILEGED_PROBE";
+
+#[test]
+#[ignore = "the child process of without_privileges_a_lab_fails_and_says_why"]
+fn unprivileged_probe() {
+    if std::env::var_os(PROBE_ENV).is_none() {
+        println!("{PROBE_ENV} is not set: nothing to probe");
+        return;
+    }
+    let err = Lab::builder()
+        .host("eu-1", Region::Europe)
+        .build()
+        .expect_err("a lab was built without any capability");
+    println!("LAB-ERROR: {err:#}");
+}
+
+#[test]
+fn without_privileges_a_lab_fails_and_says_why() -> Result<()> {
+    // This very test binary, its capabilities dropped (still uid 0, so it can read its files).
+    let out = process::run(
+        Command::new("setpriv")
+            .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
+            .arg(std::env::current_exe()?)
+            .args([
+                "--exact",
+                "unprivileged_probe",
+                "--include-ignored",
+                "--nocapture",
+            ])
+            .env(PROBE_ENV, "1"),
+        Duration::from_secs(60),
+    )?;
+    let printed = format!("{}{}", out.stdout, out.stderr);
+    ensure!(out.success(), "the probe failed: {}", out.describe());
+    let line = printed
+        .lines()
+        .find(|l| l.starts_with("LAB-ERROR: "))
+        .with_context(|| format!("the probe printed no error: {printed}"))?;
+    println!("{line}");
+    ensure!(
+        line.contains("needs root") && line.contains("namespace"),
+        "the error does not say what is missing: {line}"
+    );
+    Ok(())
+}
