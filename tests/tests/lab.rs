@@ -207,6 +207,36 @@ fn laptops_are_behind_their_home_routers_nat() -> Result<()> {
     drop(s);
     laptop_server.join().expect("echo server panicked")?;
     assert_eq!(lab.rtt("eu-laptop-1", "eu-laptop-2"), Duration::ZERO);
+
+    // Multicast, what mDNS uses, reaches the other laptop of the LAN and not the host beyond.
+    let group = Ipv4Addr::new(224, 0, 0, 251);
+    let join = |name: &str| -> Result<UdpSocket> {
+        let s = lab.enter(name, || -> std::io::Result<UdpSocket> {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5353))?;
+            s.join_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED)?;
+            Ok(s)
+        })??;
+        Ok(s)
+    };
+    let on_lan = join("eu-laptop-1")?;
+    let beyond = join("eu-1")?;
+    let sender = lab.enter("eu-laptop-2", || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+    })??;
+    sender.send_to(b"who is there?", (group, 5353))?;
+    let mut buf = [0u8; 64];
+    on_lan.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let (n, from) = on_lan
+        .recv_from(&mut buf)
+        .context("the multicast datagram did not reach the other laptop")?;
+    assert_eq!(&buf[..n], b"who is there?");
+    assert_eq!(from.ip(), lab.addr("eu-laptop-2"));
+    beyond.set_read_timeout(Some(
+        lab.rtt("eu-1", "eu-home") * 3 + Duration::from_millis(300),
+    ))?;
+    if let Ok((_, from)) = beyond.recv_from(&mut buf) {
+        bail!("the host beyond the home router received the LAN's multicast from {from}");
+    }
     lab.shutdown()
 }
 

@@ -9,18 +9,22 @@
 //! (`tests/tests/lab.rs`) and the benchmarks share it.
 //!
 //! ```text
-//!   eu-1 (10.1.1.2)   na-1 (10.2.1.2)          eu-laptop (192.168.1.10)
-//!        │ eth0           │ eth0                     │ eth0
-//!        │                │                     ┌────┴─────────────┐
-//!        │                │                     │ eu-home: bridge   │ MASQUERADE
-//!        │                │                     │ lan 192.168.1.1   │ out of eth0
-//!        │                │                     └────┬─────────────┘ (10.1.2.2)
-//!        │ h0 10.1.1.1    │ h1 10.2.1.1              │ h2 10.1.2.1
-//!   ┌────┴────────────────┴──────────────────────────┴───┐
-//!   │ router: `ip rule iif hN lookup 100`, table 100:      │
-//!   │ default dev dl0 ─► delay line (TUN, user space) ─►   │
-//!   │ dl0 ─► main table ─► hN of the destination           │
-//!   └──────────────────────────────────────────────────────┘
+//!   eu-1 10.1.1.2   na-1 10.2.1.2     eu-laptop 192.168.1.10
+//!     │ eth0          │ eth0            │ eth0
+//!     │               │       ┌─────────┴────────────────────┐
+//!     │               │       │ eu-home: the port l1 of      │
+//!     │               │       │ bridge lan 192.168.1.1;      │
+//!     │               │       │ MASQUERADE out of eth0       │
+//!     │               │       └─────────┬────────────────────┘
+//!     │               │                 │ eth0 10.1.2.2
+//!     │ h0 10.1.1.1   │ h1 10.2.1.1     │ h2 10.1.2.1
+//!   ┌─┴───────────────┴─────────────────┴──────────────────────┐
+//!   │ router: what arrives from hN → ip rule → table 100       │
+//!   │ → default dev dl0 → the delay line (a TUN device and     │
+//!   │ two threads holding each packet for its region pair's    │
+//!   │ one-way delay) → back into dl0 → main table → the hN     │
+//!   │ of the destination                                       │
+//!   └──────────────────────────────────────────────────────────┘
 //! ```
 //!
 //! # Topology and addressing
@@ -32,10 +36,11 @@
 //!   its WAN address) with a bridge `lan` at `192.168.H.1/24` (H counts homes from 1),
 //!   forwarding on, and `iptables -t nat -A POSTROUTING -o eth0 -j MASQUERADE`.
 //! - A **laptop** ([`LabBuilder::laptop`]) is a namespace whose `eth0` is a port of its home's
-//!   bridge, at `192.168.H.(10+i)`, default route the home router. Laptops of one home share
-//!   an Ethernet segment (multicast, so mDNS, works between them, undelayed); everything else
-//!   sees them as their home's WAN address, and nothing outside can dial them (the router has
-//!   no route to 192.168.0.0/16, so it answers "network unreachable").
+//!   bridge, at `192.168.H.10`, `.11`, … in the order added, default route the home router.
+//!   Laptops of one home share an Ethernet segment (multicast, so mDNS, works between them,
+//!   undelayed); everything else sees them as their home's WAN address, and nothing outside
+//!   can dial them (the router has no route to 192.168.0.0/16, so it answers "network
+//!   unreachable"; the home router's WAN address has nothing forwarded to the LAN).
 //! - The **router** has forwarding on and `rp_filter` off, and sends every packet that arrives
 //!   from a host-facing veth through the [`delay_line`] (policy routing: `ip rule add iif hN
 //!   lookup 100`, table 100 `default dev dl0`). Packets the delay line writes back arrive on
@@ -614,7 +619,7 @@ impl LabBuilder {
             let ns = format!("{}{}", lab.prefix, spec.name);
             add_netns(lab, &ns)?;
             let port = format!("l{i}");
-            let addr = Ipv4Addr::new(192, 168, h, 10 + i);
+            let addr = Ipv4Addr::new(192, 168, h, 9 + i);
             ip(
                 &home_node.namespace,
                 &[
