@@ -40,6 +40,9 @@ pub enum IndexError {
     Corrupt(String),
 }
 
+/// How long opening waits for a database this process closed a moment ago to be unlocked.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The sled database and its trees.
 #[derive(Debug)]
 pub struct Index {
@@ -71,10 +74,23 @@ impl Index {
     /// Opens the database at `path`; access times are read off `clock`.
     pub fn open(path: &std::path::Path, clock: Clock) -> Result<Index, IndexError> {
         // sled caches up to 1 GiB by default; the index is small and hot entries stay cached.
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(4 << 20)
-            .open()?;
+        let config = sled::Config::new().path(path).cache_capacity(4 << 20);
+        // The database's file lock is released by sled's background thread after the last
+        // handle is dropped, so a database closed a moment ago in this process (a node
+        // restarted in process) may still be locked: wait for it, boundedly. Another process
+        // holding it keeps it, and the error says so.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r?,
+            }
+        };
         Ok(Index {
             packuments: db.open_tree("packuments")?,
             tarballs: db.open_tree("tarballs")?,
@@ -278,6 +294,20 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_closed_a_moment_ago_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        for _ in 0..20 {
+            let idx = Index::open(&path, Clock::system()).unwrap();
+            drop(idx);
+        }
+        // Held open, it stays locked for a second handle, which says so.
+        let _held = Index::open(&path, Clock::system()).unwrap();
+        let e = Index::open(&path, Clock::system()).unwrap_err();
+        assert!(e.to_string().contains("lock"), "{e}");
+    }
 
     #[tokio::test]
     async fn entries_persist_and_repair_drops_dangling() {
