@@ -28,18 +28,23 @@
 //!   addresses, what a node holds for a package, and [`p2p::EvilPeer`], an in-process peer that
 //!   serves lies on demand.
 //! - [`public`]: operators with prepared keys and statements, and their nodes' network view.
+//! - [`lab`]: [`Lab`], the network laboratory: hosts in four regions (Linux network
+//!   namespaces) behind a router that delays each packet by the published one-way delay
+//!   between their regions, and laptops behind NAT. Unlike the rest, it needs root.
 //! - [`probe`]: shared checks for the node's tests (JSON errors, concurrent requests, polling).
 //! - [`sync`]: pins, the cache budget and the changes feed: lag reports, pin lists, feed
 //!   requests, and [`sync::DhtProbe`], a bare peer asking the DHT who provides a blob.
 //!
 //! Everything binds 127.0.0.1 and cleans up on drop: temporary directories are removed and
 //! child process groups are killed, so a failing test leaves nothing running. No registry
-//! address is built in; the only network the tests use is loopback.
+//! address is built in; the only network the tests use is loopback, and the laboratory's
+//! namespaces, which the tests create and remove themselves.
 
 pub mod browser;
 pub mod fixtures;
 pub mod http;
 pub mod inproc;
+pub mod lab;
 pub mod node;
 pub mod npm;
 pub mod npmsig;
@@ -56,6 +61,7 @@ pub mod verdaccio;
 pub use browser::{Browser, Dashboard, open_dashboard};
 pub use fixtures::{PackageSpec, Tarball};
 pub use inproc::InProcessNode;
+pub use lab::{Lab, Region};
 pub use node::{Node, NodeProcess};
 pub use npm::Npm;
 pub use npmsig::RegistryKey;
