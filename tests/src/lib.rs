@@ -15,6 +15,8 @@
 //!   tarballs built in Rust ([`Tarball`]), and consumer projects.
 //! - [`npm`]: [`Npm`], the real npm, pnpm, yarn 1, yarn 4 and bun clients with an
 //!   isolated home, config and cache.
+//! - [`installed`]: one of those clients adding a package to a fresh project, and the version
+//!   it installed.
 //! - [`verdaccio`]: [`Verdaccio`], a real Verdaccio 6 with no uplinks, as a realistic upstream.
 //! - [`upstream`]: [`FakeUpstream`], an in-memory registry with fault injection, request
 //!   counting, npm-style signatures and a changes feed.
@@ -44,6 +46,7 @@ pub mod browser;
 pub mod fixtures;
 pub mod http;
 pub mod inproc;
+pub mod installed;
 pub mod lab;
 pub mod node;
 pub mod npm;

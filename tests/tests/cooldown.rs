@@ -7,18 +7,18 @@
 //!
 //! The node runs in this process on a manual clock ([`InProcessNode`]): the cooldown ends by
 //! advancing the clock, never by waiting. The upstream ([`FakeUpstream`]) sets each version's
-//! publish time; the real npm client installs through the node in the second test.
+//! publish time; the real npm client installs through the node in the second test, pnpm,
+//! yarn 1, yarn 4 and bun in the third (each into a fresh project with empty caches, through
+//! [`open_registry_tests::installed`]): the newest version they pick is the newest the node
+//! released, a pin on the held version fails, and an exempt package's newest installs at once.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
+use open_registry_tests::installed::{Client, fresh_add, fresh_version, installed, lines_with};
 use open_registry_tests::upstream::iso_time;
-use open_registry_tests::{
-    FakeUpstream, InProcessNode, Node as _, Npm, Output, PackageSpec, fixtures, http, probe,
-};
-use serde_json::Value;
+use open_registry_tests::{FakeUpstream, InProcessNode, Node as _, Npm, PackageSpec, http, probe};
 
 const DAY: u64 = 86_400;
 
@@ -161,25 +161,6 @@ fn r34_versions_in_their_cooldown_are_withheld_until_the_clock_passes() -> Resul
     Ok(())
 }
 
-/// The version of `name` npm installed in `project`.
-fn installed(project: &Path, name: &str) -> Result<String> {
-    let path = project.join("node_modules").join(name).join("package.json");
-    let v: Value = serde_json::from_slice(
-        &fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-    )?;
-    Ok(v["version"].as_str().unwrap_or_default().to_owned())
-}
-
-/// Installs `spec` into a fresh project under `work` with an empty npm cache; the output,
-/// whether it succeeded or not.
-fn npm_install(npm: &Npm, work: &Path, dir: &str, spec: &str) -> Result<(PathBuf, Output)> {
-    let project = work.join(dir);
-    fixtures::write_project(&project, &[])?;
-    npm.clear_cache()?;
-    let out = npm.run(&project, &["install", "--prefer-online", spec])?;
-    Ok((project, out))
-}
-
 #[test]
 fn r34_npm_installs_only_what_the_cooldown_released() -> Result<()> {
     let start = Instant::now();
@@ -189,13 +170,11 @@ fn r34_npm_installs_only_what_the_cooldown_released() -> Result<()> {
 
     let node = InProcessNode::start(&["--upstream", up.url(), "--min-release-age", "1h"])?;
     let npm = Npm::new(&node.gateway)?;
-    let (project, out) = npm_install(&npm, work.path(), "latest", "or-cool")?;
-    out.ok().context("npm install or-cool")?;
-    let got = installed(&project, "or-cool")?;
+    let (got, _) = fresh_version(&npm, Client::Npm, work.path(), "latest", "or-cool")?;
     say(&format!("npm install or-cool: {got}"));
     ensure!(got == "1.0.0", "installed {got}");
 
-    let (_, out) = npm_install(&npm, work.path(), "pinned", "or-cool@1.0.1")?;
+    let (_, out) = fresh_add(&npm, Client::Npm, work.path(), "pinned", "or-cool@1.0.1")?;
     let text = format!("{}\n{}", out.stdout, out.stderr);
     ensure!(
         !out.status.success(),
@@ -225,9 +204,7 @@ fn r34_npm_installs_only_what_the_cooldown_released() -> Result<()> {
         "or-cool",
     ])?;
     let npm_exempt = Npm::new(&exempt.gateway)?;
-    let (project, out) = npm_install(&npm_exempt, work.path(), "exempt", "or-cool")?;
-    out.ok().context("npm install or-cool (exempt)")?;
-    let got = installed(&project, "or-cool")?;
+    let (got, _) = fresh_version(&npm_exempt, Client::Npm, work.path(), "exempt", "or-cool")?;
     say(&format!(
         "npm install or-cool with the package exempt: {got}"
     ));
@@ -235,15 +212,76 @@ fn r34_npm_installs_only_what_the_cooldown_released() -> Result<()> {
 
     // Past the hour on the first node's clock: 1.0.1 installs there too.
     node.clock().advance(Duration::from_secs(3600));
-    let (project, out) = npm_install(&npm, work.path(), "later", "or-cool@1.0.1")?;
+    let (project, out) = fresh_add(&npm, Client::Npm, work.path(), "later", "or-cool@1.0.1")?;
     out.ok()
         .context("npm install or-cool@1.0.1 after the cooldown")?;
     ensure!(installed(&project, "or-cool")? == "1.0.1");
-    let (project, out) = npm_install(&npm, work.path(), "later-latest", "or-cool")?;
-    out.ok().context("npm install or-cool after the cooldown")?;
-    let got = installed(&project, "or-cool")?;
+    let (got, _) = fresh_version(&npm, Client::Npm, work.path(), "later-latest", "or-cool")?;
     say(&format!("an hour later, npm install or-cool: {got}"));
     ensure!(got == "1.0.1", "installed {got}");
+    say(&format!("done in {:.1}s", start.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+/// What a client printed about a failed install: its error lines (each client words them its
+/// own way).
+fn failure_lines(out: &open_registry_tests::Output) -> String {
+    lines_with(
+        out,
+        &["ERR", "rror", "YN0082", "No candidates", "not found"],
+    )
+    .join("\n")
+}
+
+#[test]
+fn r34_pnpm_yarn_and_bun_install_only_what_the_cooldown_released() -> Result<()> {
+    const NAME: &str = "or-cool-clients";
+    let start = Instant::now();
+    let up = FakeUpstream::start()?;
+    publish_pair(&up, NAME)?;
+    let work = tempfile::tempdir()?;
+    let held = InProcessNode::start(&["--upstream", up.url(), "--min-release-age", "1h"])?;
+    let exempt = InProcessNode::start(&[
+        "--upstream",
+        up.url(),
+        "--min-release-age",
+        "1h",
+        "--cooldown-exempt",
+        NAME,
+    ])?;
+    let (npm_held, npm_exempt) = (Npm::new(&held.gateway)?, Npm::new(&exempt.gateway)?);
+    let pinned = format!("{NAME}@1.0.1");
+    // npm is the test above.
+    for client in [Client::Pnpm, Client::Yarn1, Client::Yarn4, Client::Bun] {
+        let t = Instant::now();
+        let (got, _) = fresh_version(&npm_held, client, work.path(), "held", NAME)?;
+        say(&format!(
+            "{} {NAME} (1.0.1 published a minute ago, min_release_age 1h): {got}",
+            client.add_command()
+        ));
+        ensure!(got == "1.0.0", "{} installed {got}", client.name());
+
+        let (_, out) = fresh_add(&npm_held, client, work.path(), "pinned", &pinned)?;
+        ensure!(
+            !out.success(),
+            "{} {pinned} succeeded in its cooldown:\n{}",
+            client.add_command(),
+            out.describe()
+        );
+        say(&format!(
+            "{} {pinned} fails:\n{}",
+            client.add_command(),
+            failure_lines(&out)
+        ));
+
+        let (got, _) = fresh_version(&npm_exempt, client, work.path(), "exempt", NAME)?;
+        say(&format!(
+            "{} {NAME} with the package exempt: {got} ({:.1}s for the three)",
+            client.add_command(),
+            t.elapsed().as_secs_f64()
+        ));
+        ensure!(got == "1.0.1", "{} installed {got} (exempt)", client.name());
+    }
     say(&format!("done in {:.1}s", start.elapsed().as_secs_f64()));
     Ok(())
 }
