@@ -52,6 +52,8 @@ counters! {
     peer_errors: "Peer fetches that failed (error, stall, timeout, bad bytes); the next source was tried.",
     peer_hedges: "Peer requests sent because the provider asked before had not started answering within its hedge delay.",
     peer_bytes: "Blob bytes received from peers.",
+    peer_serves: "Blobs this node served to peers, whole.",
+    peer_served_bytes: "Blob bytes this node served to peers.",
     records_rejected: "Signed records from the network refused by the trust policy.",
     records_unsigned: "Packument revisions served without a signed record because it would not fit the record encoding (too many versions, strings too long).",
     dht_queries: "DHT lookups finished: providers of a blob, or the values under a key.",

@@ -33,6 +33,7 @@
 //! - [`lab`]: [`Lab`], the network laboratory: hosts in four regions (Linux network
 //!   namespaces) behind a router that delays each packet by the published one-way delay
 //!   between their regions, and laptops behind NAT. Unlike the rest, it needs root.
+//!   [`labnode`]: [`LabNode`], an `open-registry` node on one of its hosts.
 //! - [`probe`]: shared checks for the node's tests (JSON errors, concurrent requests, polling).
 //! - [`sync`]: pins, the cache budget and the changes feed: lag reports, pin lists, feed
 //!   requests, and [`sync::DhtProbe`], a bare peer asking the DHT who provides a blob.
@@ -48,6 +49,7 @@ pub mod http;
 pub mod inproc;
 pub mod installed;
 pub mod lab;
+pub mod labnode;
 pub mod node;
 pub mod npm;
 pub mod npmsig;
@@ -65,6 +67,7 @@ pub use browser::{Browser, Dashboard, open_dashboard};
 pub use fixtures::{PackageSpec, Tarball};
 pub use inproc::InProcessNode;
 pub use lab::{Lab, Region};
+pub use labnode::LabNode;
 pub use node::{Node, NodeProcess};
 pub use npm::Npm;
 pub use npmsig::RegistryKey;

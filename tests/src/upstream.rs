@@ -112,6 +112,9 @@ pub struct Options {
     /// Have no search and no audit endpoints: `/-/v1/search` and both audit routes answer 404,
     /// as a plain registry without them does.
     pub no_search_or_audit: bool,
+    /// The address to listen on instead of `127.0.0.1` (a laboratory host's, say; started on
+    /// a thread inside its namespace).
+    pub bind: Option<std::net::IpAddr>,
 }
 
 /// One request as it arrived.
@@ -152,7 +155,7 @@ pub struct Published {
     pub size: usize,
 }
 
-/// An in-memory npm registry on 127.0.0.1 with fault injection.
+/// An in-memory npm registry on 127.0.0.1 (or [`Options::bind`]) with fault injection.
 #[derive(Debug)]
 pub struct FakeUpstream {
     shared: Arc<Shared>,
@@ -178,7 +181,7 @@ impl FakeUpstream {
         Self::start_with(Options::default())
     }
 
-    /// Starts on `127.0.0.1:<ephemeral port>` with `options`.
+    /// Starts on `127.0.0.1:<ephemeral port>` (or [`Options::bind`]) with `options`.
     pub fn start_with(options: Options) -> Result<FakeUpstream> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -207,7 +210,11 @@ impl FakeUpstream {
         let rt = ready_rx
             .recv()
             .map_err(|_| anyhow!("the fake upstream's thread died"))??;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        let ip = options
+            .bind
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let listener =
+            std::net::TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0"))?;
         let addr = listener.local_addr()?;
         let key = if options.sign {
             Some(RegistryKey::from_seed(&format!("fake-upstream {addr}"))?)

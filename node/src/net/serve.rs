@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use super::blob::{self, BLOB_PROTOCOL, CHUNK, Status};
 use super::{BlobSource, Limits, NetError};
+use crate::metrics::Metrics;
 
 /// How long a peer has to send its (at most 73-byte) request after opening the stream.
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +37,7 @@ pub(crate) fn start(
     control: &mut Control,
     blobs: Arc<dyn BlobSource>,
     limits: &Limits,
+    metrics: Option<Arc<Metrics>>,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<(), NetError> {
@@ -49,6 +51,7 @@ pub(crate) fn start(
         per_peer: Mutex::new(HashMap::new()),
         stall: limits.stall_timeout,
         total: limits.request_timeout,
+        metrics,
         tracker: tracker.clone(),
         cancel,
     };
@@ -64,6 +67,8 @@ struct Server {
     per_peer: Mutex<HashMap<PeerId, usize>>,
     stall: Duration,
     total: Duration,
+    /// Where blobs served are counted (`peer_serves`, `peer_served_bytes`).
+    metrics: Option<Arc<Metrics>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -132,7 +137,13 @@ impl Server {
             r = timeout(self.total, self.serve(&mut stream)) => r,
         };
         match outcome {
-            Ok(Ok(Some(sent))) => tracing::debug!(%peer, sent, "blob served"),
+            Ok(Ok(Some(sent))) => {
+                if let Some(m) = &self.metrics {
+                    Metrics::inc(&m.peer_serves);
+                    Metrics::add(&m.peer_served_bytes, sent);
+                }
+                tracing::debug!(%peer, sent, "blob served");
+            }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "blob transfer aborted"),
             Err(_) => tracing::debug!(%peer, after = ?self.total, "blob transfer took too long"),

@@ -118,6 +118,7 @@ pub async fn spawn(
         &mut control,
         blobs,
         &config.limits,
+        config.metrics.clone(),
         &tracker,
         cancel.clone(),
     )?;

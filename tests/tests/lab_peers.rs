@@ -1,0 +1,149 @@
+//! Issue 13 in the network laboratory (tests/src/lab): which peer a node asks, across real
+//! distances and a NAT.
+//!
+//! Two community nodes, one in Europe and one in North America, mirror an upstream in North
+//! America. A laptop in Europe, behind its home router's NAT and with no upstream of its own,
+//! trusts both operators and installs with the real npm through its node. It measures both
+//! round trips (ping), asks the nearer community node first, and when that one dies between
+//! two installs, the next install comes from the other. Which node served the bytes is read
+//! from their own counters (`peer_served_bytes`).
+//!
+//! Delays run at half the published figures, so the test stays short; the laboratory needs
+//! root, and without it the test fails saying so.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use open_registry_tests::installed::{self, Client};
+use open_registry_tests::lab::Lab;
+use open_registry_tests::public::Operator;
+use open_registry_tests::{
+    FakeUpstream, LabNode, Node as _, Npm, PackageSpec, Region, UpstreamOptions,
+};
+
+/// Each tarball is larger than every record blob a node serves together.
+const TARBALL: usize = 256 * 1024;
+
+fn say(line: &str) {
+    eprintln!("[lab-peers] {line}");
+}
+
+/// The bytes `node` served to peers so far.
+fn served(node: &LabNode<'_>) -> Result<u64> {
+    node.counter("peer_served_bytes")
+}
+
+#[test]
+fn a_natted_laptop_installs_from_the_nearest_community_node_and_falls_back_to_the_other()
+-> Result<()> {
+    let lab = Lab::builder()
+        .upstream("npm")
+        .host("eu-1", Region::Europe)
+        .host("na-1", Region::NorthAmerica)
+        .laptop("eu-laptop", Region::Europe, "eu-home")
+        .delay_scale(0.5)
+        .build()?;
+    let up = lab.enter("npm", || {
+        FakeUpstream::start_with(UpstreamOptions {
+            bind: Some(lab.addr("npm").into()),
+            ..UpstreamOptions::default()
+        })
+    })??;
+    for name in ["or-lab-a", "or-lab-b"] {
+        up.publish(&PackageSpec {
+            big_file: Some(TARBALL),
+            ..PackageSpec::new(name, "1.0.0")
+        })?;
+    }
+    let (eu_op, na_op) = (Operator::new(131)?, Operator::new(132)?);
+    let community = |host: &str, op: &Operator, bootstrap: Option<&str>| {
+        let mut args = vec!["--upstream", up.url(), "--kad-server"];
+        if let Some(b) = bootstrap {
+            args.extend(["--bootstrap", b]);
+        }
+        LabNode::start(&lab, host, Some(op.dir()), &args)
+    };
+    let mut eu = community("eu-1", &eu_op, None)?;
+    let na = community("na-1", &na_op, Some(eu.addr.as_str()))?;
+    // Both community nodes hold both packages (and sign records for them).
+    for node in [&eu, &na] {
+        for name in ["or-lab-a", "or-lab-b"] {
+            let r = node.get(&format!("/{name}"), &[])?;
+            ensure!(r.status == 200, "{name} on {}: {}", node.host, r.status);
+            let tarball = format!("/{name}/-/{name}-1.0.0.tgz");
+            ensure!(node.get(&tarball, &[])?.status == 200);
+        }
+    }
+    let trust = format!("{},{}", eu.id, na.id);
+    let laptop = LabNode::start(
+        &lab,
+        "eu-laptop",
+        None,
+        &[
+            "--no-upstream",
+            "--bootstrap",
+            eu.addr.as_str(),
+            "--bootstrap",
+            na.addr.as_str(),
+            "--trust",
+            trust.as_str(),
+            "--trust-threshold",
+            "1",
+        ],
+    )?;
+    laptop.wait_measured(&[eu.id.as_str(), na.id.as_str()], Duration::from_secs(30))?;
+    let rtts = laptop.rtts()?;
+    let rtt = |id: &str| -> Result<u64> {
+        rtts.iter()
+            .find(|(p, _)| p == id)
+            .and_then(|(_, r)| *r)
+            .with_context(|| format!("no round trip to {id}"))
+    };
+    let (to_eu, to_na) = (rtt(&eu.id)?, rtt(&na.id)?);
+    say(&format!(
+        "laptop's round trips: eu-1 {:.1} ms, na-1 {:.1} ms (the laboratory: {:?} and {:?})",
+        to_eu as f64 / 1000.0,
+        to_na as f64 / 1000.0,
+        lab.rtt("eu-laptop", "eu-1"),
+        lab.rtt("eu-laptop", "na-1"),
+    ));
+    ensure!(to_eu < to_na, "eu-1 measured farther than na-1");
+
+    // npm through the laptop's node, inside the laptop's namespace.
+    let npm = Npm::new(laptop.gateway())?;
+    let work = tempfile::tempdir()?;
+    let install = |label: &str, name: &str| -> Result<String> {
+        let (version, _) = laptop
+            .enter(|| installed::fresh_version(&npm, Client::Npm, work.path(), label, name))??;
+        Ok(version)
+    };
+    let (eu0, na0) = (served(&eu)?, served(&na)?);
+    ensure!(install("first", "or-lab-a")? == "1.0.0");
+    let (eu1, na1) = (served(&eu)?, served(&na)?);
+    say(&format!(
+        "npm install or-lab-a: eu-1 served {} bytes, na-1 {} bytes",
+        eu1 - eu0,
+        na1 - na0
+    ));
+    ensure!(
+        eu1 - eu0 >= TARBALL as u64 && na1 - na0 < TARBALL as u64,
+        "the nearer node did not serve the tarball: eu-1 {}, na-1 {}",
+        eu1 - eu0,
+        na1 - na0
+    );
+
+    // The nearer node dies between two installs: the next comes from the other.
+    eu.kill();
+    ensure!(install("second", "or-lab-b")? == "1.0.0");
+    let na2 = served(&na)?;
+    say(&format!(
+        "eu-1 killed; npm install or-lab-b: na-1 served {} bytes",
+        na2 - na1
+    ));
+    ensure!(
+        na2 - na1 >= TARBALL as u64,
+        "na-1 served {} bytes",
+        na2 - na1
+    );
+    Ok(())
+}
