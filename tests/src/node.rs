@@ -417,3 +417,26 @@ pub fn cli(args: &[&str], timeout: Duration) -> Result<Output> {
     isolate_env(&mut cmd);
     process::run(&mut cmd, timeout).map_err(|e| anyhow!("{e:#}"))
 }
+
+/// `open-registry verify --lockfile LOCKFILE --registry REGISTRY --data-dir DATA_DIR`; the
+/// result may be a failure.
+pub fn verify_lockfile(lockfile: &Path, registry: &str, data_dir: &Path) -> Result<Output> {
+    let path = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .context("a path that is not UTF-8")
+    };
+    let (lockfile, data_dir) = (path(lockfile)?, path(data_dir)?);
+    cli(
+        &[
+            "verify",
+            "--lockfile",
+            &lockfile,
+            "--registry",
+            registry,
+            "--data-dir",
+            &data_dir,
+        ],
+        Duration::from_secs(60),
+    )
+}

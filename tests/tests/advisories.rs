@@ -14,7 +14,7 @@ use open_registry_node::net::ADVISORIES_TOPIC;
 use open_registry_protocol::PackageName;
 use open_registry_protocol::advisory::{self, AdvisoryGroup, AdvisoryList};
 use open_registry_protocol::record::Signed;
-use open_registry_tests::node::cli;
+use open_registry_tests::node::{cli, verify_lockfile};
 use open_registry_tests::p2p::{EvilPeer, Values, now_ms};
 use open_registry_tests::public::{Operator, network_view};
 use open_registry_tests::{Node, probe};
@@ -241,18 +241,7 @@ fn two_of_three_trusted_operators_take_a_version_down_and_a_withdrawal_lifts_it(
         },
     });
     std::fs::write(&lockfile, serde_json::to_vec_pretty(&lock)?)?;
-    let out = cli(
-        &[
-            "verify",
-            "--lockfile",
-            lockfile.to_str().context("lockfile path")?,
-            "--registry",
-            nb.node.gateway(),
-            "--data-dir",
-            work.path().join("data").to_str().context("data dir")?,
-        ],
-        CLI,
-    )?;
+    let out = verify_lockfile(&lockfile, nb.node.gateway(), &work.path().join("data"))?;
     ensure!(!out.status.success(), "verify passed:\n{}", out.describe());
     let failure = out
         .stdout

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, ensure};
 use open_registry_protocol::advisory::{AdvisoryGroup, AdvisoryList};
 use open_registry_tests::installed::{self, Client, fresh_add, fresh_version, lines_with};
-use open_registry_tests::node::cli;
+use open_registry_tests::node::{cli, verify_lockfile};
 use open_registry_tests::public::Operator;
 use open_registry_tests::upstream::iso_time;
 use open_registry_tests::{FakeUpstream, Node, Npm, Output, PackageSpec, Published, probe};
@@ -478,20 +478,10 @@ fn an_incident_is_held_by_the_cooldown_then_by_the_advisory() -> Result<()> {
     let elsewhere = work.path().join("elsewhere");
     pinned_project(&elsewhere, &bad, &bad.tarball_url)?;
     let lockfile = elsewhere.join("package-lock.json");
-    let out = cli(
-        &[
-            "verify",
-            "--lockfile",
-            lockfile.to_str().context("lockfile path")?,
-            "--registry",
-            nb.node.gateway(),
-            "--data-dir",
-            work.path()
-                .join("verify-data")
-                .to_str()
-                .context("data dir")?,
-        ],
-        CLI,
+    let out = verify_lockfile(
+        &lockfile,
+        nb.node.gateway(),
+        &work.path().join("verify-data"),
     )?;
     ensure!(!out.status.success(), "verify passed:\n{}", out.describe());
     let failure = out
