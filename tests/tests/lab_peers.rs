@@ -147,3 +147,82 @@ fn a_natted_laptop_installs_from_the_nearest_community_node_and_falls_back_to_th
     );
     Ok(())
 }
+
+/// Two laptops behind one home router find each other with mDNS (neither names the other),
+/// and the second one's install comes from the first, over the LAN, not from the community
+/// node across the NAT.
+#[test]
+fn laptops_on_one_lan_find_each_other_with_mdns_and_share_over_it() -> Result<()> {
+    let lab = Lab::builder()
+        .upstream("npm")
+        .host("eu-1", Region::Europe)
+        .laptop("laptop-1", Region::Europe, "home")
+        .laptop("laptop-2", Region::Europe, "home")
+        .delay_scale(0.5)
+        .build()?;
+    let up = lab.enter("npm", || {
+        FakeUpstream::start_with(UpstreamOptions {
+            bind: Some(lab.addr("npm").into()),
+            ..UpstreamOptions::default()
+        })
+    })??;
+    up.publish(&PackageSpec {
+        big_file: Some(TARBALL),
+        ..PackageSpec::new("or-lab-lan", "1.0.0")
+    })?;
+    let op = Operator::new(133)?;
+    let eu = LabNode::start(
+        &lab,
+        "eu-1",
+        Some(op.dir()),
+        &["--upstream", up.url(), "--kad-server"],
+    )?;
+    ensure!(eu.get("/or-lab-lan", &[])?.status == 200);
+    ensure!(eu.get("/or-lab-lan/-/or-lab-lan-1.0.0.tgz", &[])?.status == 200);
+    let laptop = |host: &str| {
+        LabNode::start(
+            &lab,
+            host,
+            None,
+            &[
+                "--no-upstream",
+                "--bootstrap",
+                eu.addr.as_str(),
+                "--trust",
+                eu.id.as_str(),
+                "--trust-threshold",
+                "1",
+            ],
+        )
+    };
+    let (one, two) = (laptop("laptop-1")?, laptop("laptop-2")?);
+    // mDNS: each connects to the other, with a LAN round trip.
+    two.wait_measured(&[one.id.as_str(), eu.id.as_str()], Duration::from_secs(30))?;
+    one.wait_measured(&[two.id.as_str()], Duration::from_secs(30))?;
+    say(&format!("laptop-2 sees {:?}", two.rtts()?));
+
+    let work = tempfile::tempdir()?;
+    let install = |node: &LabNode<'_>, label: &str| -> Result<String> {
+        let npm = Npm::new(node.gateway())?;
+        let (version, _) = node.enter(|| {
+            installed::fresh_version(&npm, Client::Npm, work.path(), label, "or-lab-lan")
+        })??;
+        Ok(version)
+    };
+    ensure!(install(&one, "first")? == "1.0.0");
+    let (eu1, one1) = (served(&eu)?, served(&one)?);
+    ensure!(install(&two, "second")? == "1.0.0");
+    let (eu2, one2) = (served(&eu)?, served(&one)?);
+    say(&format!(
+        "laptop-2's npm install: laptop-1 served {} bytes over the LAN, eu-1 {} bytes",
+        one2 - one1,
+        eu2 - eu1
+    ));
+    ensure!(
+        one2 - one1 >= TARBALL as u64 && eu2 - eu1 < TARBALL as u64,
+        "the tarball did not come over the LAN: laptop-1 {}, eu-1 {}",
+        one2 - one1,
+        eu2 - eu1
+    );
+    Ok(())
+}

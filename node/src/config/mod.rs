@@ -268,6 +268,7 @@ impl Config {
             n.bootstrap = addrs(&s.bootstrap, "--bootstrap")?.unwrap_or_default();
             n.external = addrs(&s.external_addr, "--external-addr")?.unwrap_or_default();
             n.kad_server = s.kad_server;
+            n.mdns = s.mdns;
             if let Some(st) = &s.peer_stall_timeout {
                 n.limits.stall_timeout = parse_duration(st)?;
             }

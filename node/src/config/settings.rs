@@ -179,6 +179,16 @@ pub struct Settings {
     )]
     pub kad_server: Option<bool>,
 
+    /// Find peers on the local network with mDNS [default: when listening on a private address or every interface]
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_MDNS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub mdns: Option<bool>,
+
     /// Do not join the peer-to-peer network
     #[arg(
         long,
@@ -285,6 +295,7 @@ impl Settings {
             bootstrap: self.bootstrap.or(other.bootstrap),
             external_addr: self.external_addr.or(other.external_addr),
             kad_server: self.kad_server.or(other.kad_server),
+            mdns: self.mdns.or(other.mdns),
             no_p2p: self.no_p2p.or(other.no_p2p),
             peer_timeout: self.peer_timeout.or(other.peer_timeout),
             peer_stall_timeout: self.peer_stall_timeout.or(other.peer_stall_timeout),

@@ -10,6 +10,8 @@
 //! - gossipsub for signed announcements (see [`gossip`](super::gossip)).
 //! - ping on every connection, whose round-trip times feed [`Rtts`](super::rtt::Rtts): the
 //!   nearest provider is asked first.
+//! - mDNS (when [`Config::mdns_enabled`]): peers on the same LAN find each other without a
+//!   bootstrap address; they are dialed and asked for blobs before anyone else.
 //! - connection limits (R16).
 //!
 //! The record and provider intervals are documented consts, so docs/protocol.md can cite them.
@@ -19,7 +21,8 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, Mode, StoreInserts};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, ping};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, mdns, ping};
 
 use super::Config;
 use super::dht_store::{DhtStore, PROVIDER_RECORD_TTL};
@@ -60,6 +63,7 @@ pub(crate) struct Behaviour {
     pub(crate) stream: libp2p_stream::Behaviour,
     pub(crate) gossip: gossipsub::Behaviour,
     pub(crate) ping: ping::Behaviour,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 impl Behaviour {
@@ -89,6 +93,15 @@ impl Behaviour {
                 .with_agent_version(format!("open-registry/{}", env!("CARGO_PKG_VERSION"))),
         );
 
+        // A failure to start mDNS (no multicast here) leaves the node without it, said once.
+        let mdns = config
+            .mdns_enabled()
+            .then(|| mdns::tokio::Behaviour::new(mdns::Config::default(), local))
+            .and_then(|r| {
+                r.map_err(|e| tracing::warn!(error = %e, "mDNS unavailable; LAN peers are found only through the DHT"))
+                    .ok()
+            });
+
         let pending = Some(l.max_pending_connections);
         let limits = connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
@@ -105,6 +118,7 @@ impl Behaviour {
             stream: libp2p_stream::Behaviour::new(),
             gossip: super::gossip::behaviour(key),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
+            mdns: Toggle::from(mdns),
         }
     }
 

@@ -37,6 +37,10 @@ pub struct Config {
     /// address is confirmed). Automatic mode alone never becomes server on loopback, and then
     /// answers no queries at all.
     pub kad_server: Option<bool>,
+    /// Find peers on the local network with mDNS: `Some` forces it on or off; `None` turns it
+    /// on when a listen address is private, link-local or every interface (a node on a LAN),
+    /// and off when they are all loopback or public ([`Config::mdns_enabled`]).
+    pub mdns: Option<bool>,
     /// Resource limits and deadlines.
     pub limits: Limits,
     /// Where the swarm counts its DHT lookups (`dht_queries`, `dht_requests`, ...): the node's
@@ -111,6 +115,7 @@ impl Default for Config {
             bootstrap: Vec::new(),
             external: Vec::new(),
             kad_server: None,
+            mdns: None,
             limits: Limits::default(),
             metrics: None,
         }
@@ -165,6 +170,12 @@ impl Config {
         Ok(())
     }
 
+    /// Whether mDNS runs: see [`Config::mdns`].
+    pub fn mdns_enabled(&self) -> bool {
+        self.mdns
+            .unwrap_or_else(|| self.listen.iter().any(on_a_lan))
+    }
+
     /// Whether Kademlia must be forced into server mode (`Some(true)`), client mode
     /// (`Some(false)`), or left automatic (`None`).
     pub fn kad_server_mode(&self) -> Option<bool> {
@@ -173,6 +184,18 @@ impl Config {
             None if self.listen.iter().chain(&self.bootstrap).any(is_loopback) => Some(true),
             None => None,
         }
+    }
+}
+
+/// Whether a listen address is one a LAN peer reaches: a private or link-local address, or
+/// every interface.
+fn on_a_lan(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_unspecified() || ip.is_private() || ip.is_link_local(),
+        Some(Protocol::Ip6(ip)) => {
+            ip.is_unspecified() || ip.is_unique_local() || ip.is_unicast_link_local()
+        }
+        _ => false,
     }
 }
 
@@ -240,6 +263,23 @@ mod tests {
     #[test]
     fn loopback_forces_server_mode() {
         assert_eq!(Config::loopback().kad_server_mode(), Some(true));
+        // mDNS: on for a LAN (private addresses, every interface), off on loopback or public
+        // addresses alone, and as forced.
+        assert!(!Config::loopback().mdns_enabled());
+        assert!(Config::default().mdns_enabled());
+        let at = |a: &str| Config {
+            listen: vec![a.parse().unwrap()],
+            ..Config::default()
+        };
+        assert!(at("/ip4/192.168.1.10/tcp/7374").mdns_enabled());
+        assert!(!at("/ip4/203.0.113.7/tcp/7374").mdns_enabled());
+        assert!(
+            !Config {
+                mdns: Some(false),
+                ..Config::default()
+            }
+            .mdns_enabled()
+        );
         let c = Config {
             bootstrap: vec![ma("/ip6/::1/tcp/4001")],
             ..Config::default()

@@ -281,6 +281,31 @@ impl EventLoop {
                 result: Ok(rtt),
                 ..
             })) => self.rtts.record(peer, rtt),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if peer == *self.swarm.local_peer_id() {
+                        continue;
+                    }
+                    tracing::debug!(%peer, %addr, "found a peer on the local network");
+                    self.rtts.on_lan(peer);
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    let opts = DialOpts::peer_id(peer)
+                        .condition(
+                            libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing,
+                        )
+                        .addresses(vec![addr])
+                        .build();
+                    let _ = self.swarm.dial(opts);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Expired(gone))) => {
+                for (peer, _) in gone {
+                    self.rtts.off_lan(&peer);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(libp2p::gossipsub::Event::Message {
                 message,
                 ..

@@ -7,8 +7,11 @@
 //! sample as is, then `srtt = 7/8 · srtt + 1/8 · sample`, so one slow ping (a busy peer, a
 //! queue) moves it a little and a change of path moves it within a few pings. A peer is
 //! forgotten when its last connection closes: a new connection may take another path.
+//!
+//! The table also knows which peers mDNS found on the local network ([`Rtts::lan_peers`]):
+//! those are asked for a blob before anyone else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ const MAX_PEERS: usize = 4096;
 #[derive(Debug, Clone, Default)]
 pub struct Rtts {
     inner: Arc<Mutex<HashMap<PeerId, Duration>>>,
+    lan: Arc<Mutex<HashSet<PeerId>>>,
 }
 
 impl Rtts {
@@ -41,6 +45,35 @@ impl Rtts {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(peer);
+    }
+
+    /// Notes that mDNS found `peer` on the local network.
+    pub fn on_lan(&self, peer: PeerId) {
+        let mut lan = self.lan.lock().unwrap_or_else(|e| e.into_inner());
+        if lan.len() < MAX_PEERS {
+            lan.insert(peer);
+        }
+    }
+
+    /// Notes that mDNS no longer sees `peer` on the local network.
+    pub fn off_lan(&self, peer: &PeerId) {
+        self.lan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(peer);
+    }
+
+    /// The peers mDNS found on the local network (and still sees), nearest first.
+    pub fn lan_peers(&self) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self
+            .lan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        self.nearest_first(&mut v);
+        v
     }
 
     /// The smoothed round-trip time to `peer`, if it was measured.
@@ -78,8 +111,14 @@ mod tests {
         // One slow sample moves it by an eighth of the difference.
         r.record(p, ms(160));
         assert_eq!(r.get(&p), Some(ms(90)));
+        r.on_lan(p);
+        assert_eq!(r.lan_peers(), vec![p]);
         r.forget(&p);
         assert_eq!(r.get(&p), None);
+        // Disconnected, it is still on the LAN until mDNS stops seeing it.
+        assert_eq!(r.lan_peers(), vec![p]);
+        r.off_lan(&p);
+        assert!(r.lan_peers().is_empty());
     }
 
     #[test]

@@ -112,14 +112,15 @@ async fn start_with(
     trace();
     let identity = Identity::from_seed([seed; 32]);
     let cancel = CancellationToken::new();
-    let (client, addrs) = spawn(
+    // Boxed: the swarm it builds (every behaviour inline) would make each test's future large.
+    let (client, addrs) = Box::pin(spawn(
         config,
         &identity,
         blobs,
         validator,
         TaskTracker::new(),
         cancel.clone(),
-    )
+    ))
     .await
     .unwrap();
     assert_eq!(
