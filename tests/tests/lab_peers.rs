@@ -28,6 +28,38 @@ fn say(line: &str) {
     eprintln!("[lab-peers] {line}");
 }
 
+/// A FakeUpstream on the lab's host `npm`, publishing `names` at 1.0.0, each with a tarball
+/// of [`TARBALL`] bytes.
+fn upstream(lab: &Lab, names: &[&str]) -> Result<FakeUpstream> {
+    let up = lab.enter("npm", || {
+        FakeUpstream::start_with(UpstreamOptions {
+            bind: Some(lab.addr("npm").into()),
+            ..UpstreamOptions::default()
+        })
+    })??;
+    for name in names {
+        up.publish(&PackageSpec {
+            big_file: Some(TARBALL),
+            ..PackageSpec::new(name, "1.0.0")
+        })?;
+    }
+    Ok(up)
+}
+
+/// `npm install NAME` in a fresh project through `node`, run inside its namespace: the
+/// version installed.
+fn npm_install(
+    node: &LabNode<'_>,
+    work: &std::path::Path,
+    label: &str,
+    name: &str,
+) -> Result<String> {
+    let npm = Npm::new(node.gateway())?;
+    let (version, _) =
+        node.enter(|| installed::fresh_version(&npm, Client::Npm, work, label, name))??;
+    Ok(version)
+}
+
 /// The bytes `node` served to peers so far.
 fn served(node: &LabNode<'_>) -> Result<u64> {
     node.counter("peer_served_bytes")
@@ -43,18 +75,7 @@ fn a_natted_laptop_installs_from_the_nearest_community_node_and_falls_back_to_th
         .laptop("eu-laptop", Region::Europe, "eu-home")
         .delay_scale(0.5)
         .build()?;
-    let up = lab.enter("npm", || {
-        FakeUpstream::start_with(UpstreamOptions {
-            bind: Some(lab.addr("npm").into()),
-            ..UpstreamOptions::default()
-        })
-    })??;
-    for name in ["or-lab-a", "or-lab-b"] {
-        up.publish(&PackageSpec {
-            big_file: Some(TARBALL),
-            ..PackageSpec::new(name, "1.0.0")
-        })?;
-    }
+    let up = upstream(&lab, &["or-lab-a", "or-lab-b"])?;
     let (eu_op, na_op) = (Operator::new(131)?, Operator::new(132)?);
     let community = |host: &str, op: &Operator, bootstrap: Option<&str>| {
         let mut args = vec!["--upstream", up.url(), "--kad-server"];
@@ -110,13 +131,8 @@ fn a_natted_laptop_installs_from_the_nearest_community_node_and_falls_back_to_th
     ensure!(to_eu < to_na, "eu-1 measured farther than na-1");
 
     // npm through the laptop's node, inside the laptop's namespace.
-    let npm = Npm::new(laptop.gateway())?;
     let work = tempfile::tempdir()?;
-    let install = |label: &str, name: &str| -> Result<String> {
-        let (version, _) = laptop
-            .enter(|| installed::fresh_version(&npm, Client::Npm, work.path(), label, name))??;
-        Ok(version)
-    };
+    let install = |label: &str, name: &str| npm_install(&laptop, work.path(), label, name);
     let (eu0, na0) = (served(&eu)?, served(&na)?);
     ensure!(install("first", "or-lab-a")? == "1.0.0");
     let (eu1, na1) = (served(&eu)?, served(&na)?);
@@ -160,16 +176,7 @@ fn laptops_on_one_lan_find_each_other_with_mdns_and_share_over_it() -> Result<()
         .laptop("laptop-2", Region::Europe, "home")
         .delay_scale(0.5)
         .build()?;
-    let up = lab.enter("npm", || {
-        FakeUpstream::start_with(UpstreamOptions {
-            bind: Some(lab.addr("npm").into()),
-            ..UpstreamOptions::default()
-        })
-    })??;
-    up.publish(&PackageSpec {
-        big_file: Some(TARBALL),
-        ..PackageSpec::new("or-lab-lan", "1.0.0")
-    })?;
+    let up = upstream(&lab, &["or-lab-lan"])?;
     let op = Operator::new(133)?;
     let eu = LabNode::start(
         &lab,
@@ -202,13 +209,8 @@ fn laptops_on_one_lan_find_each_other_with_mdns_and_share_over_it() -> Result<()
     say(&format!("laptop-2 sees {:?}", two.rtts()?));
 
     let work = tempfile::tempdir()?;
-    let install = |node: &LabNode<'_>, label: &str| -> Result<String> {
-        let npm = Npm::new(node.gateway())?;
-        let (version, _) = node.enter(|| {
-            installed::fresh_version(&npm, Client::Npm, work.path(), label, "or-lab-lan")
-        })??;
-        Ok(version)
-    };
+    let install =
+        |node: &LabNode<'_>, label: &str| npm_install(node, work.path(), label, "or-lab-lan");
     ensure!(install(&one, "first")? == "1.0.0");
     let (eu1, one1) = (served(&eu)?, served(&one)?);
     ensure!(install(&two, "second")? == "1.0.0");

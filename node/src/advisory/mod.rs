@@ -522,13 +522,9 @@ impl AdvisoryBook {
         self.enforced_locked(&held, name, version, now)
     }
 
-    /// Everything held, as `GET /-/open-registry/advisories` lists it; `all` adds the
-    /// untrusted operators' advisories and the withdrawals.
-    pub(crate) fn list(&self, all: bool) -> AdvisoryList {
-        let now = self.clock.now_ms();
-        let mut held = self.held.lock().expect("advisories poisoned");
-        self.prune_locked(&mut held, now);
-        let view = |p: &PeerId, h: &Held| AdvisoryView {
+    /// The JSON view of `p`'s advisory `h`.
+    pub(crate) fn view(&self, p: &PeerId, h: &Held) -> AdvisoryView {
+        AdvisoryView {
             id: advisory::short_id(&h.wire),
             operator: p.to_string(),
             trusted: self.trusts(p),
@@ -543,7 +539,16 @@ impl AdvisoryBook {
             expires_at_ms: h.advisory.expires_at_ms,
             withdrawn: h.advisory.withdrawn,
             signed: base64::engine::general_purpose::STANDARD.encode(&h.wire),
-        };
+        }
+    }
+
+    /// Everything held, as `GET /-/open-registry/advisories` lists it; `all` adds the
+    /// untrusted operators' advisories and the withdrawals.
+    pub(crate) fn list(&self, all: bool) -> AdvisoryList {
+        let now = self.clock.now_ms();
+        let mut held = self.held.lock().expect("advisories poisoned");
+        self.prune_locked(&mut held, now);
+        let view = |p: &PeerId, h: &Held| self.view(p, h);
         let mut out = AdvisoryList {
             threshold: self.threshold,
             refused: self.refused(),

@@ -14,7 +14,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
 use open_registry_gateway::{ApiError, Error};
 use open_registry_protocol::PackageName;
 use open_registry_protocol::advisory::{self, AdvisoryList, AdvisoryView, Kind};
@@ -107,22 +106,7 @@ fn own_error(e: OwnError) -> ApiError {
 
 /// The JSON view of one of this operator's advisories.
 pub(crate) fn own_view(book: &AdvisoryBook, h: &Held) -> AdvisoryView {
-    AdvisoryView {
-        id: advisory::short_id(&h.wire),
-        operator: book.me().to_string(),
-        trusted: true,
-        this_node: true,
-        name: h.advisory.name.to_string(),
-        range: h.advisory.range.clone(),
-        kind: h.advisory.kind,
-        reason: h.advisory.reason.clone(),
-        url: h.advisory.url.clone(),
-        seq: h.advisory.seq,
-        at_ms: h.advisory.at_ms,
-        expires_at_ms: h.advisory.expires_at_ms,
-        withdrawn: h.advisory.withdrawn,
-        signed: base64::engine::general_purpose::STANDARD.encode(&h.wire),
-    }
+    book.view(&book.me(), h)
 }
 
 async fn add(
