@@ -65,6 +65,13 @@ fn served(node: &LabNode<'_>) -> Result<u64> {
     node.counter("peer_served_bytes")
 }
 
+/// The dependencies of `or-lab-many`, each with a tarball of [`TARBALL`] bytes.
+const MANY: usize = 24;
+
+fn many_names() -> Vec<String> {
+    (0..MANY).map(|i| format!("or-lab-m{i:02}")).collect()
+}
+
 #[test]
 fn a_natted_laptop_installs_from_the_nearest_community_node_and_falls_back_to_the_other()
 -> Result<()> {
@@ -75,7 +82,16 @@ fn a_natted_laptop_installs_from_the_nearest_community_node_and_falls_back_to_th
         .laptop("eu-laptop", Region::Europe, "eu-home")
         .delay_scale(0.5)
         .build()?;
-    let up = upstream(&lab, &["or-lab-a", "or-lab-b"])?;
+    let deps = many_names();
+    let mut names: Vec<&str> = deps.iter().map(String::as_str).collect();
+    names.push("or-lab-a");
+    let up = upstream(&lab, &names)?;
+    let mut many = PackageSpec::new("or-lab-many", "1.0.0");
+    for d in &deps {
+        many = many.dep(d, "^1.0.0");
+    }
+    up.publish(&many)?;
+    names.push("or-lab-many");
     let (eu_op, na_op) = (Operator::new(131)?, Operator::new(132)?);
     let community = |host: &str, op: &Operator, bootstrap: Option<&str>| {
         let mut args = vec!["--upstream", up.url(), "--kad-server"];
@@ -86,9 +102,9 @@ fn a_natted_laptop_installs_from_the_nearest_community_node_and_falls_back_to_th
     };
     let mut eu = community("eu-1", &eu_op, None)?;
     let na = community("na-1", &na_op, Some(eu.addr.as_str()))?;
-    // Both community nodes hold both packages (and sign records for them).
+    // Both community nodes hold every package (and sign records for them).
     for node in [&eu, &na] {
-        for name in ["or-lab-a", "or-lab-b"] {
+        for name in &names {
             let r = node.get(&format!("/{name}"), &[])?;
             ensure!(r.status == 200, "{name} on {}: {}", node.host, r.status);
             let tarball = format!("/{name}/-/{name}-1.0.0.tgz");
@@ -148,25 +164,54 @@ fn a_natted_laptop_installs_from_the_nearest_community_node_and_falls_back_to_th
         na1 - na0
     );
 
-    // The nearer node dies between two installs: the next comes from the other.
-    eu.kill();
-    ensure!(install("second", "or-lab-b")? == "1.0.0");
+    // The nearer node dies in the middle of an install of 25 packages, as soon as it has
+    // served one of their tarballs: the install still succeeds, the rest from the other node.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (installed, killed_at) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| -> Result<Option<u64>> {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = served(&eu)?;
+                if now - eu1 >= TARBALL as u64 {
+                    eu.kill();
+                    return Ok(Some(now - eu1));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(None)
+        });
+        let installed = install("many", "or-lab-many");
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let killed = watcher.join().expect("the watcher panicked");
+        (installed, killed)
+    });
+    let killed_at = killed_at?.context("the install ended before eu-1 served a tarball")?;
+    ensure!(installed? == "1.0.0");
     let na2 = served(&na)?;
     say(&format!(
-        "eu-1 killed; npm install or-lab-b: na-1 served {} bytes",
+        "eu-1 killed after serving {killed_at} bytes of npm install or-lab-many ({} packages); na-1 served the other {} bytes",
+        MANY + 1,
         na2 - na1
     ));
     ensure!(
-        na2 - na1 >= TARBALL as u64,
-        "na-1 served {} bytes",
+        killed_at < (MANY * TARBALL) as u64 && na2 - na1 >= TARBALL as u64,
+        "na-1 served {} bytes after eu-1 served {killed_at}",
         na2 - na1
     );
+    let tree = work.path().join("many-npm/node_modules");
+    for d in &deps {
+        ensure!(
+            tree.join(d).join("package.json").is_file(),
+            "{d} is missing from the installed tree"
+        );
+    }
     Ok(())
 }
 
 /// Two laptops behind one home router find each other with mDNS (neither names the other),
 /// and the second one's install comes from the first, over the LAN, not from the community
-/// node across the NAT.
+/// node across the NAT. Then the community node stops: the second laptop still installs a
+/// package only the first one has, learning its records from the first (the record-ids
+/// protocol), since no Kademlia server is left to ask.
 #[test]
 fn laptops_on_one_lan_find_each_other_with_mdns_and_share_over_it() -> Result<()> {
     let lab = Lab::builder()
@@ -176,16 +221,18 @@ fn laptops_on_one_lan_find_each_other_with_mdns_and_share_over_it() -> Result<()
         .laptop("laptop-2", Region::Europe, "home")
         .delay_scale(0.5)
         .build()?;
-    let up = upstream(&lab, &["or-lab-lan"])?;
+    let up = upstream(&lab, &["or-lab-lan", "or-lab-lan-b"])?;
     let op = Operator::new(133)?;
-    let eu = LabNode::start(
+    let mut eu = LabNode::start(
         &lab,
         "eu-1",
         Some(op.dir()),
         &["--upstream", up.url(), "--kad-server"],
     )?;
-    ensure!(eu.get("/or-lab-lan", &[])?.status == 200);
-    ensure!(eu.get("/or-lab-lan/-/or-lab-lan-1.0.0.tgz", &[])?.status == 200);
+    for name in ["or-lab-lan", "or-lab-lan-b"] {
+        ensure!(eu.get(&format!("/{name}"), &[])?.status == 200);
+        ensure!(eu.get(&format!("/{name}/-/{name}-1.0.0.tgz"), &[])?.status == 200);
+    }
     let laptop = |host: &str| {
         LabNode::start(
             &lab,
@@ -210,10 +257,11 @@ fn laptops_on_one_lan_find_each_other_with_mdns_and_share_over_it() -> Result<()
 
     let work = tempfile::tempdir()?;
     let install =
-        |node: &LabNode<'_>, label: &str| npm_install(node, work.path(), label, "or-lab-lan");
-    ensure!(install(&one, "first")? == "1.0.0");
+        |node: &LabNode<'_>, label: &str, name: &str| npm_install(node, work.path(), label, name);
+    ensure!(install(&one, "first", "or-lab-lan")? == "1.0.0");
+    ensure!(install(&one, "first-b", "or-lab-lan-b")? == "1.0.0");
     let (eu1, one1) = (served(&eu)?, served(&one)?);
-    ensure!(install(&two, "second")? == "1.0.0");
+    ensure!(install(&two, "second", "or-lab-lan")? == "1.0.0");
     let (eu2, one2) = (served(&eu)?, served(&one)?);
     say(&format!(
         "laptop-2's npm install: laptop-1 served {} bytes over the LAN, eu-1 {} bytes",
@@ -225,6 +273,21 @@ fn laptops_on_one_lan_find_each_other_with_mdns_and_share_over_it() -> Result<()
         "the tarball did not come over the LAN: laptop-1 {}, eu-1 {}",
         one2 - one1,
         eu2 - eu1
+    );
+
+    // The community node stops. laptop-2 has never seen or-lab-lan-b: its records, its
+    // packument and its tarball all come from laptop-1.
+    eu.kill();
+    ensure!(install(&two, "alone", "or-lab-lan-b")? == "1.0.0");
+    let one3 = served(&one)?;
+    say(&format!(
+        "eu-1 stopped; laptop-2's npm install or-lab-lan-b: laptop-1 served {} bytes over the LAN",
+        one3 - one2
+    ));
+    ensure!(
+        one3 - one2 >= TARBALL as u64,
+        "laptop-1 served {} bytes",
+        one3 - one2
     );
     Ok(())
 }

@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 
 use super::blob::{self, BLOB_PROTOCOL, Status};
+use super::record_ids::{self, RECORD_IDS_PROTOCOL};
 use super::{Limits, NetError, Transfer};
 
 /// The deadline for calls that only touch the swarm task's local state.
@@ -308,6 +309,43 @@ impl Client {
             reply,
         })
         .await
+    }
+
+    /// The blob ids of the signed records `peer` holds for package `name` (the
+    /// [record-ids protocol](super::record_ids)). Unverified: the caller fetches and checks each.
+    pub async fn record_ids(
+        &self,
+        peer: PeerId,
+        name: &str,
+        deadline: Duration,
+    ) -> Result<Vec<BlobId>, NetError> {
+        let at = Instant::now() + deadline;
+        let timeout = |what| NetError::Timeout {
+            what,
+            after: deadline,
+        };
+        self.call("connect", at, |reply| Command::Connect { peer, reply })
+            .await?;
+        let mut control = self.control.clone();
+        let mut stream = timeout_at(at, control.open_stream(peer, RECORD_IDS_PROTOCOL))
+            .await
+            .map_err(|_| timeout("opening a record-ids stream"))?
+            .map_err(|e| NetError::Open {
+                peer,
+                reason: e.to_string(),
+            })?;
+        let io = |e: std::io::Error| NetError::Io {
+            peer,
+            reason: e.to_string(),
+        };
+        timeout_at(at, record_ids::write_request(&mut stream, name))
+            .await
+            .map_err(|_| timeout("sending a record-ids request"))?
+            .map_err(io)?;
+        timeout_at(at, record_ids::read_answer(&mut stream))
+            .await
+            .map_err(|_| timeout("waiting for record ids"))?
+            .map_err(io)
     }
 
     /// Fetches blob `id` from `peer`: see [`Client::fetch_at`] with offset 0.

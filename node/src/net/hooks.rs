@@ -1,5 +1,5 @@
-//! What the swarm asks of the rest of the node: blobs to serve, and whether a DHT record may be
-//! stored.
+//! What the swarm asks of the rest of the node: blobs (and which records it holds) to serve, and
+//! whether a DHT record may be stored.
 //!
 //! Both are trait objects set once at [`spawn`](super::spawn), so `net` depends on neither the
 //! store nor the record format. [`BlobSource`] must only expose blobs that are complete and
@@ -46,6 +46,14 @@ pub trait BlobSource: Send + Sync + 'static {
     /// have it. If `offset` is past the end, return the blob anyway (any reader): the swarm
     /// compares `offset` with `len` and refuses the request.
     fn open<'a>(&'a self, id: &'a BlobId, offset: u64) -> BoxFuture<'a, io::Result<Option<Blob>>>;
+
+    /// The blob ids of the signed records held for package `name` (the
+    /// [record-ids protocol](super::record_ids)); an unknown or malformed name has none. The
+    /// default holds none.
+    fn record_ids<'a>(&'a self, name: &'a str) -> BoxFuture<'a, io::Result<Vec<BlobId>>> {
+        let _ = name;
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// Decides which Kademlia value records we store and hand to callers.

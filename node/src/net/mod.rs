@@ -18,6 +18,7 @@
 //! - [`behaviour`]: the protocols and their configuration (ids and intervals as consts).
 //! - [`dht_store`]: the bounded Kademlia store and our announcement schedule.
 //! - [`blob`]: the blob protocol's wire format; [`serve`] answers it; [`transfer`] reads it.
+//! - [`record_ids`]: which signed records a peer holds for a package (asked of LAN peers).
 //! - [`gossip`]: gossipsub topics for signed announcements.
 //! - [`hooks`]: [`BlobSource`] and [`RecordValidator`], what the swarm asks of the node.
 //! - [`reach`]: who can reach the listen addresses, in words (for `start`).
@@ -34,6 +35,7 @@ pub mod event_loop;
 pub mod gossip;
 pub mod hooks;
 pub mod reach;
+pub mod record_ids;
 pub mod rtt;
 pub mod serve;
 pub mod swarm;
@@ -59,6 +61,7 @@ pub use gossip::{
 pub use hooks::{Blob, BlobSource, NoBlobs, RecordValidator, RejectAll};
 pub use libp2p::{Multiaddr, PeerId};
 pub use reach::{Reach, kad_mode, reachability};
+pub use record_ids::RECORD_IDS_PROTOCOL;
 pub use rtt::Rtts;
 pub use swarm::spawn;
 pub use transfer::Transfer;

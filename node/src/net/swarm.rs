@@ -114,6 +114,13 @@ pub async fn spawn(
     }
 
     let mut control = swarm.behaviour().stream.new_control();
+    super::record_ids::start(
+        &mut control,
+        blobs.clone(),
+        config.limits.stall_timeout,
+        &tracker,
+        cancel.clone(),
+    )?;
     serve::start(
         &mut control,
         blobs,

@@ -216,7 +216,7 @@ impl Peers {
         self.fetch_small_from(&providers, id, cap).await
     }
 
-    async fn fetch_small_from(
+    pub(super) async fn fetch_small_from(
         &self,
         providers: &[net::PeerId],
         id: &BlobId,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use open_registry_protocol::BlobId;
+use open_registry_protocol::{BlobId, PackageName};
 use open_registry_protocol::{advisory, pointer};
 use tokio::io::AsyncSeekExt as _;
 
@@ -13,7 +13,8 @@ use crate::net::{self, BlobSource, RecordValidator};
 use crate::records::Records;
 use crate::store::Store;
 
-/// Serves the store's verified blobs and stored record blobs to peers.
+/// Serves the store's verified blobs and stored record blobs to peers, and says which records
+/// it holds for a package.
 #[derive(Debug)]
 pub(crate) struct StoreSource {
     store: Arc<Store>,
@@ -48,6 +49,19 @@ impl BlobSource for StoreSource {
                 Ok(None) => Ok(None),
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             }
+        })
+    }
+
+    fn record_ids<'a>(&'a self, name: &'a str) -> BoxFuture<'a, std::io::Result<Vec<BlobId>>> {
+        Box::pin(async move {
+            let Ok(name) = PackageName::parse(name) else {
+                return Ok(Vec::new());
+            };
+            let list = self
+                .records
+                .list(&name)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(list.iter().map(|s| BlobId::of(&s.to_bytes())).collect())
         })
     }
 }

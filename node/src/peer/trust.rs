@@ -18,13 +18,34 @@ use super::{Agreed, Found, PeerError, Peers};
 use crate::metrics::Metrics;
 use crate::net;
 
+/// How many LAN peers are asked which records they hold.
+const MAX_LAN_ASKED: usize = 4;
+
+/// How long a LAN peer has to say which records it holds (its round trip is a millisecond).
+const LAN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Peers {
     /// The newest records of the trusted operators for `name` that pass the trust policy, with
     /// their signed form. `hint` is a pointer heard on gossip: its signer's pointer is not
     /// looked up at all. The others' lookups run side by side, and each ends at the first valid
     /// pointer a peer returns (not when every closest peer has answered or timed out), so the
     /// whole costs about one lookup's round trips.
+    ///
+    /// Peers on the LAN are asked beside the DHT which records they hold for `name` (the
+    /// record-ids protocol): a neighbour that installed the package answers even when no
+    /// Kademlia server is reachable. Of each operator's records from either side, the newest
+    /// that passes the policy counts.
     pub(crate) async fn trusted_records(
+        &self,
+        name: &PackageName,
+        hint: Option<&Verified<Pointer>>,
+    ) -> Vec<Found> {
+        let (dht, lan) = futures::join!(self.dht_records(name, hint), self.lan_records(name));
+        newest_per_signer(dht.into_iter().chain(lan))
+    }
+
+    /// The trusted operators' newest records found through their DHT pointers.
+    async fn dht_records(
         &self,
         name: &PackageName,
         hint: Option<&Verified<Pointer>>,
@@ -54,22 +75,70 @@ impl Peers {
                     net::PeerId::from_bytes(&signer.to_bytes()).ok(),
                 )
                 .await?;
-            let signed = Signed::from_bytes(&wire).ok()?;
-            let seen = self.records.seen(name, signer).ok().flatten();
-            match self.policy.check(&signed, name, self.clock.now_ms(), seen) {
-                Ok(v) => Some((signed, v)),
-                Err(e) => {
-                    Metrics::inc(&self.metrics.records_rejected);
-                    tracing::warn!(%name, signer = %signer.short(), error = %e, "refused a record from the network");
-                    None
-                }
-            }
+            self.admit(name, &wire)
         });
         futures::future::join_all(lookups)
             .await
             .into_iter()
             .flatten()
             .collect()
+    }
+
+    /// The trusted operators' records for `name` that peers on the LAN hold, each fetched
+    /// from the peer that named it (or read from our own records) and checked.
+    async fn lan_records(&self, name: &PackageName) -> Vec<Found> {
+        let lan = self.net.rtts().lan_peers();
+        let asks = lan.into_iter().take(MAX_LAN_ASKED).map(|peer| async move {
+            let ids = match self.net.record_ids(peer, name.as_str(), LAN_DEADLINE).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::debug!(%peer, %name, error = %e, "a LAN peer did not say which records it holds");
+                    return Vec::new();
+                }
+            };
+            let mut out = Vec::new();
+            for id in ids {
+                let wire = match self.records.blob(&id) {
+                    Ok(Some(b)) => Some(b),
+                    _ => self.fetch_small_from(&[peer], &id, record_cap()).await,
+                };
+                if let Some(found) = wire.and_then(|w| self.admit_trusted(name, &w)) {
+                    out.push(found);
+                }
+            }
+            out
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// A record's wire bytes, if they are a record of `name` by a trusted operator that
+    /// passes the policy; records by anyone else are skipped without a word (a LAN peer holds
+    /// whatever its own operators trust).
+    fn admit_trusted(&self, name: &PackageName, wire: &[u8]) -> Option<Found> {
+        let signed = Signed::from_bytes(wire).ok()?;
+        if !self.policy.trusts(&signed.signer) {
+            return None;
+        }
+        self.admit(name, wire)
+    }
+
+    /// A record's wire bytes checked under the trust policy (signature, signer, name, expiry,
+    /// and no rollback below what we have seen from its signer); a refusal is counted.
+    fn admit(&self, name: &PackageName, wire: &[u8]) -> Option<Found> {
+        let signed = Signed::from_bytes(wire).ok()?;
+        let seen = self.records.seen(name, &signed.signer).ok().flatten();
+        match self.policy.check(&signed, name, self.clock.now_ms(), seen) {
+            Ok(v) => Some((signed, v)),
+            Err(e) => {
+                Metrics::inc(&self.metrics.records_rejected);
+                tracing::warn!(%name, signer = %signed.signer.short(), error = %e, "refused a record from the network");
+                None
+            }
+        }
     }
 
     /// The revision of `name` at least `threshold` trusted operators agree on.
@@ -152,6 +221,21 @@ pub(crate) fn quorum(policy: &Policy, found: Vec<Found>) -> Option<Agreed> {
         .max_by_key(|a| a.fetched_at)
 }
 
+/// Of several records per signer, the one with the highest sequence.
+fn newest_per_signer(found: impl IntoIterator<Item = Found>) -> Vec<Found> {
+    let mut best: HashMap<_, Found> = HashMap::new();
+    for f in found {
+        let signer = f.0.signer;
+        match best.get(&signer) {
+            Some(b) if b.1.get().seq >= f.1.get().seq => {}
+            _ => {
+                best.insert(signer, f);
+            }
+        }
+    }
+    best.into_values().collect()
+}
+
 /// The largest record blob accepted (records list every version: a few MiB at most).
 fn record_cap() -> u64 {
     open_registry_protocol::record::MAX_RECORD_LEN as u64 + 97
@@ -203,5 +287,23 @@ mod tests {
         // Nobody agrees.
         let found = vec![signed(&ops[0], b"a", 1), signed(&ops[1], b"b", 2)];
         assert!(quorum(&policy, found).is_none());
+    }
+
+    #[test]
+    fn of_an_operators_records_from_the_dht_and_the_lan_the_newest_counts() {
+        let ops: Vec<Identity> = (1..=2).map(|i| Identity::from_seed([i; 32])).collect();
+        // Operator 0: the DHT's is older than the LAN's; operator 1: the LAN's is a replay.
+        let dht = vec![signed(&ops[0], b"a", 5), signed(&ops[1], b"b", 9)];
+        let lan = vec![
+            signed(&ops[0], b"a2", 7),
+            signed(&ops[1], b"b-old", 3),
+            signed(&ops[1], b"b", 9),
+        ];
+        let mut got: Vec<(u64, BlobId)> = newest_per_signer(dht.into_iter().chain(lan))
+            .iter()
+            .map(|(_, v)| (v.get().seq, v.get().packument))
+            .collect();
+        got.sort_by_key(|(seq, _)| *seq);
+        assert_eq!(got, vec![(7, BlobId::of(b"a2")), (9, BlobId::of(b"b"))]);
     }
 }
