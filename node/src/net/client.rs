@@ -326,14 +326,9 @@ impl Client {
         };
         self.call("connect", at, |reply| Command::Connect { peer, reply })
             .await?;
-        let mut control = self.control.clone();
-        let mut stream = timeout_at(at, control.open_stream(peer, RECORD_IDS_PROTOCOL))
-            .await
-            .map_err(|_| timeout("opening a record-ids stream"))?
-            .map_err(|e| NetError::Open {
-                peer,
-                reason: e.to_string(),
-            })?;
+        let mut stream = self
+            .open_stream(peer, RECORD_IDS_PROTOCOL, at, deadline)
+            .await?;
         let io = |e: std::io::Error| NetError::Io {
             peer,
             reason: e.to_string(),
@@ -452,14 +447,7 @@ impl Client {
             what,
             after: deadline,
         };
-        let mut control = self.control.clone();
-        let mut stream = timeout_at(at, control.open_stream(peer, BLOB_PROTOCOL))
-            .await
-            .map_err(|_| timeout("opening a blob stream"))?
-            .map_err(|e| NetError::Open {
-                peer,
-                reason: e.to_string(),
-            })?;
+        let mut stream = self.open_stream(peer, BLOB_PROTOCOL, at, deadline).await?;
         let io = |e: std::io::Error| NetError::Io {
             peer,
             reason: e.to_string(),
@@ -484,6 +472,27 @@ impl Client {
             })?
             .map_err(io)?;
         Ok((stream, status, remaining))
+    }
+
+    /// Opens a stream of `protocol` to `peer` (already connected) by `at`.
+    async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: libp2p::StreamProtocol,
+        at: Instant,
+        deadline: Duration,
+    ) -> Result<libp2p::Stream, NetError> {
+        let mut control = self.control.clone();
+        timeout_at(at, control.open_stream(peer, protocol))
+            .await
+            .map_err(|_| NetError::Timeout {
+                what: "opening a stream",
+                after: deadline,
+            })?
+            .map_err(|e| NetError::Open {
+                peer,
+                reason: e.to_string(),
+            })
     }
 
     /// Sends a command that only touches local state, with [`COMMAND_TIMEOUT`].
