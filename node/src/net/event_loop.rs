@@ -43,7 +43,7 @@ mod dht;
 mod reach;
 
 pub(crate) use reach::ReachPolicy;
-pub use reach::{REACH_CHECK_INTERVAL, RESERVE_RETRY};
+pub use reach::{MAX_RELAYED_DIALS, REACH_CHECK_INTERVAL, RESERVE_RETRY};
 
 /// Provider announcements (Kademlia ADD_PROVIDER queries) running at once.
 pub const MAX_CONCURRENT_ANNOUNCES: usize = 8;
@@ -428,6 +428,14 @@ impl EventLoop {
                         addr: peer_id.map(|p| p.to_string()).unwrap_or_default(),
                         reason: error.to_string(),
                     }));
+                }
+                // A peer we know no address of may hold a reservation on a relay we know:
+                // try it through them before giving up.
+                if let (Some(peer), libp2p::swarm::DialError::NoAddresses) = (peer_id, &error)
+                    && self.connects.contains_key(&peer)
+                    && self.dial_through_relays(peer)
+                {
+                    return;
                 }
                 if let Some(peer) = peer_id
                     && !self.swarm.is_connected(&peer)

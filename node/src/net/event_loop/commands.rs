@@ -196,7 +196,12 @@ impl EventLoop {
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .build();
-        match self.swarm.dial(opts) {
+        let dialed = match self.swarm.dial(opts) {
+            // No address known: the peer may be reachable through a relay we know.
+            Err(DialError::NoAddresses) if self.dial_through_relays(peer) => Ok(()),
+            other => other,
+        };
+        match dialed {
             // A dial already under way answers this caller too.
             Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
                 let waiting = self.connects.entry(peer).or_default();

@@ -12,6 +12,9 @@
 //!   addr>/p2p/<relay>/p2p-circuit)`. The relay client confirms the relayed address as external
 //!   once accepted, so identify and our provider records carry it. A refused or lost
 //!   reservation is retried after [`RESERVE_RETRY`].
+//! - A peer we must connect to but know no address of (a record's signer, say) is dialed
+//!   through the relays we know, at most [`MAX_RELAYED_DIALS`]: a private peer reserves on
+//!   public ones, so it is often reachable through one we see too.
 //! - DCUtR outcomes are counted (`peer_dcutr_upgraded`, `peer_dcutr_failed`) and kept per peer.
 
 use std::collections::{HashMap, HashSet};
@@ -30,6 +33,9 @@ use crate::net::{Config, is_loopback};
 
 /// How often the verdict is reconsidered and relay reservations are sought.
 pub const REACH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Relays tried at once when dialing a peer we know no address of.
+pub const MAX_RELAYED_DIALS: usize = 4;
 
 /// How long after a refused or lost reservation the same relay is asked again.
 pub const RESERVE_RETRY: Duration = Duration::from_secs(60);
@@ -224,6 +230,27 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// Dials `peer` through each relay we know (a private peer reserves on public ones, so a
+    /// relay we see is likely one of its). Whether a dial started.
+    pub(super) fn dial_through_relays(&mut self, peer: PeerId) -> bool {
+        let addrs: Vec<Multiaddr> = self
+            .reach
+            .relays
+            .iter()
+            .filter(|(r, _)| **r != peer)
+            .take(MAX_RELAYED_DIALS)
+            .map(|(r, a)| a.clone().with(Protocol::P2p(*r)).with(Protocol::P2pCircuit))
+            .collect();
+        if addrs.is_empty() {
+            return false;
+        }
+        tracing::debug!(%peer, relays = addrs.len(), "no address known; dialing through relays");
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .build();
+        self.swarm.dial(opts).is_ok()
     }
 
     /// Notes whether an identified peer offers the relay hop protocol, and where.
