@@ -67,6 +67,14 @@ pub struct Peers {
     pub external: Vec<String>,
     /// Whether Kademlia runs in server mode (answering queries).
     pub kad_server: bool,
+    /// What AutoNAT found: `public` (an external address is confirmed), `private` (not
+    /// reachable from outside: relays are used), `unknown` (still probing) or `not probed`
+    /// (loopback, or `--kad-server`).
+    pub reachability: String,
+    /// The relays holding a reservation of this node's (peer ids), while it is private.
+    pub relays: Vec<String>,
+    /// Whether this node offers a circuit relay to private peers now.
+    pub relay_offered: bool,
     /// Peers in the routing table.
     pub routing_table_size: u64,
     /// Peers connected now.
@@ -89,6 +97,12 @@ pub struct Peers {
 pub struct Connected {
     pub peer_id: String,
     pub addrs: Vec<String>,
+    /// Whether every connection to the peer goes through a relay (`/p2p-circuit`).
+    pub relayed: bool,
+    /// Whether DCUtR upgraded a relayed connection with the peer to a direct one (`true`) or
+    /// could not (`false`); absent when it was not tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dcutr_upgraded: Option<bool>,
     /// The smoothed round-trip time, in microseconds, once a ping was answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtt_us: Option<u64>,

@@ -122,6 +122,9 @@ impl Admin {
             listen: strs(&i.listen),
             external: strs(&i.external),
             kad_server: i.kad_server,
+            reachability: i.reachability.as_str().to_owned(),
+            relays: i.relays.iter().map(ToString::to_string).collect(),
+            relay_offered: i.relay_offered,
             routing_table_size: i.routing_table_size as u64,
             connected: i
                 .connected
@@ -129,6 +132,8 @@ impl Admin {
                 .map(|(p, a)| Connected {
                     peer_id: p.to_string(),
                     addrs: strs(a),
+                    relayed: !a.is_empty() && a.iter().all(crate::net::reach::is_relayed),
+                    dcutr_upgraded: i.dcutr.iter().find(|(d, _)| d == p).map(|(_, u)| *u),
                     rtt_us: rtts.get(p).map(|d| d.as_micros() as u64),
                 })
                 .collect(),

@@ -269,6 +269,7 @@ impl Config {
             n.external = addrs(&s.external_addr, "--external-addr")?.unwrap_or_default();
             n.kad_server = s.kad_server;
             n.mdns = s.mdns;
+            n.relay = s.relay;
             if let Some(st) = &s.peer_stall_timeout {
                 n.limits.stall_timeout = parse_duration(st)?;
             }

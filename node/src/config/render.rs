@@ -97,6 +97,7 @@ bootstrap = [{bootstrap}]
 # external_addr = ["/dns4/registry.example.org/tcp/7374"]
 # kad_server = true
 # mdns = false   # finding peers on the LAN (on by default unless every address is loopback or public)
+# relay = false  # relaying for peers behind NATs while reachable (on by default unless loopback)
 peer_timeout = "{peer_timeout}"
 
 # Staying in sync: follow the upstream's changes feed (refreshing every pinned or cached

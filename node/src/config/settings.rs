@@ -189,6 +189,16 @@ pub struct Settings {
     )]
     pub mdns: Option<bool>,
 
+    /// Offer a circuit relay to peers behind NATs, while this node is reachable from outside [default: unless every listen address is loopback]
+    #[arg(
+        long,
+        env = "OPEN_REGISTRY_RELAY",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub relay: Option<bool>,
+
     /// Do not join the peer-to-peer network
     #[arg(
         long,
@@ -296,6 +306,7 @@ impl Settings {
             external_addr: self.external_addr.or(other.external_addr),
             kad_server: self.kad_server.or(other.kad_server),
             mdns: self.mdns.or(other.mdns),
+            relay: self.relay.or(other.relay),
             no_p2p: self.no_p2p.or(other.no_p2p),
             peer_timeout: self.peer_timeout.or(other.peer_timeout),
             peer_stall_timeout: self.peer_stall_timeout.or(other.peer_stall_timeout),

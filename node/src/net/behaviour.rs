@@ -12,6 +12,13 @@
 //!   nearest provider is asked first.
 //! - mDNS (when [`Config::mdns_enabled`]): peers on the same LAN find each other without a
 //!   bootstrap address; they are dialed and asked for blobs before anyone else.
+//! - AutoNAT v2, client and server (when [`Config::autonat_enabled`]): peers we dialed try to
+//!   dial our candidate addresses back; a success confirms the address (see
+//!   [`reach`](super::reach)), and we do the same for peers that dialed us.
+//! - circuit relay v2: the client (always: it is also the transport that dials
+//!   `/p2p-circuit` addresses) and the relay server (when [`Config::relay_enabled`], with the
+//!   limits below, advertised only while we are public).
+//! - DCUtR: a relayed connection is upgraded to a direct one where the NATs allow.
 //! - connection limits (R16).
 //!
 //! The record and provider intervals are documented consts, so docs/protocol.md can cite them.
@@ -22,7 +29,9 @@ use libp2p::identity::Keypair;
 use libp2p::kad::{self, Mode, StoreInserts};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, mdns, ping};
+use libp2p::{
+    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify, mdns, ping, relay,
+};
 
 use super::Config;
 use super::dht_store::{DhtStore, PROVIDER_RECORD_TTL};
@@ -54,6 +63,31 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// Listen addresses taken from one identify message.
 pub(crate) const MAX_IDENTIFY_ADDRS: usize = 8;
 
+/// Relay reservations this node holds for private peers at once.
+pub const RELAY_MAX_RESERVATIONS: usize = 128;
+
+/// Relay reservations one peer holds here at once.
+pub const RELAY_MAX_RESERVATIONS_PER_PEER: usize = 2;
+
+/// How long a reservation lasts before the private peer must renew it (it does, on its own).
+pub const RELAY_RESERVATION_DURATION: Duration = Duration::from_secs(3600);
+
+/// Circuits relayed at once.
+pub const RELAY_MAX_CIRCUITS: usize = 32;
+
+/// Circuits relayed at once to or from one peer.
+pub const RELAY_MAX_CIRCUITS_PER_PEER: usize = 4;
+
+/// How long one relayed circuit may last: as long as serving one blob may
+/// ([`Limits::request_timeout`](super::Limits::request_timeout)'s default). libp2p's default,
+/// two minutes, is too short for a large tarball over a slow link.
+pub const RELAY_MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(600);
+
+/// Bytes one relayed circuit may carry, both directions: the largest blob
+/// ([`Limits::max_blob_size`](super::Limits::max_blob_size)'s default, 1 GiB). libp2p's
+/// default, 128 KiB, would cut most tarballs off.
+pub const RELAY_MAX_CIRCUIT_BYTES: u64 = 1 << 30;
+
 /// All the swarm's protocols.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -64,10 +98,19 @@ pub(crate) struct Behaviour {
     pub(crate) gossip: gossipsub::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) autonat_client: Toggle<autonat::v2::client::Behaviour>,
+    pub(crate) autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    pub(crate) relay_client: relay::client::Behaviour,
+    pub(crate) relay: Toggle<relay::Behaviour>,
+    pub(crate) dcutr: dcutr::Behaviour,
 }
 
 impl Behaviour {
-    pub(crate) fn new(key: &Keypair, config: &Config) -> Behaviour {
+    pub(crate) fn new(
+        key: &Keypair,
+        relay_client: relay::client::Behaviour,
+        config: &Config,
+    ) -> Behaviour {
         let local = key.public().to_peer_id();
         let l = &config.limits;
 
@@ -82,16 +125,38 @@ impl Behaviour {
             .set_provider_publication_interval(None)
             .set_max_packet_size(l.max_record_bytes + KAD_PACKET_OVERHEAD);
         let mut kad = kad::Behaviour::with_config(local, DhtStore::new(local, l.clone()), kc);
+        // In automatic mode the swarm task sets the mode from AutoNAT's verdict (see
+        // event_loop/reach.rs): libp2p's own automatic mode would also count a relayed address
+        // as reachable and serve the DHT from behind a NAT.
         kad.set_mode(match config.kad_server_mode() {
             Some(true) => Some(Mode::Server),
             Some(false) => Some(Mode::Client),
+            None if config.reach_managed() => Some(Mode::Client),
             None => None,
         });
 
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_VERSION.to_owned(), key.public())
-                .with_agent_version(format!("open-registry/{}", env!("CARGO_PKG_VERSION"))),
+                .with_agent_version(format!("open-registry/{}", env!("CARGO_PKG_VERSION")))
+                // A new relayed address (or a relay we now offer) reaches the peers at once.
+                .with_push_listen_addr_updates(true),
         );
+
+        let relay = config.relay_enabled().then(|| {
+            let rc = relay::Config {
+                max_reservations: RELAY_MAX_RESERVATIONS,
+                max_reservations_per_peer: RELAY_MAX_RESERVATIONS_PER_PEER,
+                reservation_duration: RELAY_RESERVATION_DURATION,
+                max_circuits: RELAY_MAX_CIRCUITS,
+                max_circuits_per_peer: RELAY_MAX_CIRCUITS_PER_PEER,
+                max_circuit_duration: RELAY_MAX_CIRCUIT_DURATION,
+                max_circuit_bytes: RELAY_MAX_CIRCUIT_BYTES,
+                ..relay::Config::default()
+            };
+            // libp2p's default rate limits (reservations and circuits per peer and per IP) stay.
+            relay::Behaviour::new(local, rc)
+        });
+        let autonat = config.autonat_enabled();
 
         // A failure to start mDNS (no multicast here) leaves the node without it, said once.
         let mdns = config
@@ -119,6 +184,11 @@ impl Behaviour {
             gossip: super::gossip::behaviour(key),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
             mdns: Toggle::from(mdns),
+            autonat_client: Toggle::from(autonat.then(autonat::v2::client::Behaviour::default)),
+            autonat_server: Toggle::from(autonat.then(autonat::v2::server::Behaviour::default)),
+            relay_client,
+            relay: Toggle::from(relay),
+            dcutr: dcutr::Behaviour::new(local),
         }
     }
 

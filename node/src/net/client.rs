@@ -113,6 +113,15 @@ pub struct PeersInfo {
     pub external: Vec<Multiaddr>,
     /// Whether Kademlia currently answers queries (server mode).
     pub kad_server: bool,
+    /// What AutoNAT found out about reaching us from outside.
+    pub reachability: crate::net::reach::Verdict,
+    /// Relays that hold a reservation of ours (while private).
+    pub relays: Vec<PeerId>,
+    /// Whether we offer a circuit relay now (the hop protocol is advertised).
+    pub relay_offered: bool,
+    /// The last DCUtR outcome with each connected peer it was tried with (`true`: upgraded
+    /// to a direct connection).
+    pub dcutr: Vec<(PeerId, bool)>,
     /// Blob ids we provide.
     pub provided: usize,
     /// Values we store for the network.

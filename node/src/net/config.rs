@@ -41,6 +41,10 @@ pub struct Config {
     /// on when a listen address is private, link-local or every interface (a node on a LAN),
     /// and off when they are all loopback or public ([`Config::mdns_enabled`]).
     pub mdns: Option<bool>,
+    /// Offer a circuit relay v2 to private peers: `Some` forces it on or off; `None` turns it
+    /// on unless every listen address is loopback ([`Config::relay_enabled`]). Either way the
+    /// relay is advertised only while the node is public (see [`reach`](super::reach)).
+    pub relay: Option<bool>,
     /// Resource limits and deadlines.
     pub limits: Limits,
     /// Where the swarm counts its DHT lookups (`dht_queries`, `dht_requests`, ...): the node's
@@ -116,6 +120,7 @@ impl Default for Config {
             external: Vec::new(),
             kad_server: None,
             mdns: None,
+            relay: None,
             limits: Limits::default(),
             metrics: None,
         }
@@ -174,6 +179,28 @@ impl Config {
     pub fn mdns_enabled(&self) -> bool {
         self.mdns
             .unwrap_or_else(|| self.listen.iter().any(on_a_lan))
+    }
+
+    /// Whether the relay server runs: see [`Config::relay`].
+    pub fn relay_enabled(&self) -> bool {
+        self.relay.unwrap_or_else(|| !self.loopback_only())
+    }
+
+    /// Whether AutoNAT v2 runs (client and server): unless every listen address is loopback,
+    /// where nobody outside could confirm anything.
+    pub fn autonat_enabled(&self) -> bool {
+        !self.loopback_only()
+    }
+
+    /// Whether the node acts on what AutoNAT finds (Kademlia mode when automatic, relay
+    /// reservations when private): AutoNAT runs and Kademlia is not forced into server mode
+    /// (`--kad-server` declares the node reachable; loopback forces it too).
+    pub fn reach_managed(&self) -> bool {
+        self.autonat_enabled() && self.kad_server_mode() != Some(true)
+    }
+
+    fn loopback_only(&self) -> bool {
+        self.listen.iter().all(is_loopback)
     }
 
     /// Whether Kademlia must be forced into server mode (`Some(true)`), client mode
@@ -280,6 +307,18 @@ mod tests {
             }
             .mdns_enabled()
         );
+        // Relay, AutoNAT and the decisions on their findings: off on loopback, on elsewhere,
+        // not acted on under a forced server mode.
+        let lo = Config::loopback();
+        assert!(!lo.relay_enabled() && !lo.autonat_enabled() && !lo.reach_managed());
+        let d = Config::default();
+        assert!(d.relay_enabled() && d.autonat_enabled() && d.reach_managed());
+        let forced = Config {
+            kad_server: Some(true),
+            relay: Some(false),
+            ..Config::default()
+        };
+        assert!(!forced.relay_enabled() && forced.autonat_enabled() && !forced.reach_managed());
         let c = Config {
             bootstrap: vec![ma("/ip6/::1/tcp/4001")],
             ..Config::default()

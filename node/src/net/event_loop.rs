@@ -40,6 +40,10 @@ use crate::metrics::Metrics;
 
 mod commands;
 mod dht;
+mod reach;
+
+pub(crate) use reach::ReachPolicy;
+pub use reach::{MAX_RELAYED_DIALS, REACH_CHECK_INTERVAL, RESERVE_RETRY};
 
 /// Provider announcements (Kademlia ADD_PROVIDER queries) running at once.
 pub const MAX_CONCURRENT_ANNOUNCES: usize = 8;
@@ -94,6 +98,8 @@ pub(crate) struct EventLoop {
     subscribers: HashMap<libp2p::gossipsub::TopicHash, mpsc::Sender<super::gossip::Message>>,
     /// Each connected peer's round-trip time, from ping.
     rtts: super::Rtts,
+    /// Reachability: the verdict, relays and reservations, DCUtR outcomes.
+    reach: reach::ReachState,
 }
 
 impl EventLoop {
@@ -125,7 +131,13 @@ impl EventLoop {
             bootstrap: Vec::new(),
             subscribers: HashMap::new(),
             rtts,
+            reach: reach::ReachState::new(ReachPolicy::inert()),
         }
+    }
+
+    /// What the node does about its reachability (nothing until set).
+    pub(crate) fn manage_reach(&mut self, policy: ReachPolicy) {
+        self.reach = reach::ReachState::new(policy);
     }
 
     /// Dials the configured bootstrap peers now, and again whenever we are left with no peer.
@@ -157,6 +169,8 @@ impl EventLoop {
         let mut rebootstrap = tokio::time::interval(REBOOTSTRAP_INTERVAL);
         rebootstrap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rebootstrap.reset();
+        let mut reach_check = tokio::time::interval(REACH_CHECK_INTERVAL);
+        reach_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut commands_open = true;
         loop {
             let announce_at = self.next_announcement();
@@ -175,6 +189,7 @@ impl EventLoop {
                 }
                 _ = tokio::time::sleep_until(announce_at.unwrap_or_else(far_future)),
                     if announce_at.is_some() => self.announce_due(),
+                _ = reach_check.tick() => self.reassess_reach(),
                 _ = sweep.tick() => {
                     self.swarm.behaviour_mut().kad.store_mut().sweep(std::time::Instant::now());
                 }
@@ -274,7 +289,32 @@ impl EventLoop {
     // ---- swarm events --------------------------------------------------------------------
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+            peer_id,
+            info,
+            ..
+        })) = &event
+        {
+            self.note_relay(*peer_id, info);
+        }
         match event {
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatClient(e)) => self.on_autonat(e),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => self.on_relay_client(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay_server(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => self.on_dcutr(e),
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                self.reassess_reach();
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+                self.reassess_reach();
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => self.on_listener_closed(listener_id, reason.map_err(|e| e.to_string())),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event {
                 peer,
@@ -372,6 +412,7 @@ impl EventLoop {
                     if cs.is_empty() {
                         self.connections.remove(&peer_id);
                         self.rtts.forget(&peer_id);
+                        self.forget_peer_reach(&peer_id);
                     }
                 }
             }
@@ -387,6 +428,14 @@ impl EventLoop {
                         addr: peer_id.map(|p| p.to_string()).unwrap_or_default(),
                         reason: error.to_string(),
                     }));
+                }
+                // A peer we know no address of may hold a reservation on a relay we know:
+                // try it through them before giving up.
+                if let (Some(peer), libp2p::swarm::DialError::NoAddresses) = (peer_id, &error)
+                    && self.connects.contains_key(&peer)
+                    && self.dial_through_relays(peer)
+                {
+                    return;
                 }
                 if let Some(peer) = peer_id
                     && !self.swarm.is_connected(&peer)

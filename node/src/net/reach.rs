@@ -4,9 +4,17 @@
 //!
 //! Only the addresses are looked at: a firewall or a NAT in front of a public-looking address
 //! is not seen, which is why a declared external address is the one sure answer.
+//!
+//! Once running, the swarm learns the answer itself ([`Verdict`]): identify's observed
+//! addresses become candidates, AutoNAT v2 servers among the peers we dialed try to dial each
+//! back, and a dial that succeeds confirms the address. A node with a confirmed direct address
+//! is public (Kademlia server, relay offered); one whose candidates all failed, or that has
+//! none confirmed after [`PROBE_GRACE`], is private and reserves a slot on up to
+//! [`MAX_RELAY_RESERVATIONS`] relays ([`should_reserve`]).
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
@@ -50,6 +58,80 @@ impl fmt::Display for Reach {
             }
         }
     }
+}
+
+/// How long a node that runs AutoNAT waits for a confirmed external address before it counts
+/// itself private even though no probe failed (no AutoNAT server among its peers, say).
+pub const PROBE_GRACE: Duration = Duration::from_secs(60);
+
+/// Relays a private node holds a reservation with at once (one spare).
+pub const MAX_RELAY_RESERVATIONS: usize = 2;
+
+/// What the running node found out about its own reachability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not probing: every listen address is loopback, or `--kad-server` declared the node
+    /// reachable.
+    NotProbed,
+    /// Probing, nothing decided yet.
+    Unknown,
+    /// An external address (not a relayed one) is confirmed: AutoNAT v2 or `--external-addr`.
+    Public,
+    /// No direct address confirmed, and a probe failed or [`PROBE_GRACE`] is over.
+    Private,
+}
+
+impl Verdict {
+    /// The word `/-/open-registry/peers` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::NotProbed => "not probed",
+            Verdict::Unknown => "unknown",
+            Verdict::Public => "public",
+            Verdict::Private => "private",
+        }
+    }
+}
+
+/// The verdict of a node that probes (`probing`) with `direct_external` confirmed addresses
+/// that are not relayed, `failed_probes` AutoNAT probes that failed, probing for `elapsed`.
+pub fn verdict(
+    probing: bool,
+    direct_external: usize,
+    failed_probes: u64,
+    elapsed: Duration,
+) -> Verdict {
+    if !probing {
+        Verdict::NotProbed
+    } else if direct_external > 0 {
+        Verdict::Public
+    } else if failed_probes > 0 || elapsed >= PROBE_GRACE {
+        Verdict::Private
+    } else {
+        Verdict::Unknown
+    }
+}
+
+/// Whether to ask a relay for a reservation: the node is private, holds (or is waiting for)
+/// fewer than [`MAX_RELAY_RESERVATIONS`], and the peer offers the relay hop protocol, is
+/// reached directly (a relay is never reached through another) and holds none of ours yet.
+pub fn should_reserve(
+    verdict: Verdict,
+    reservations: usize,
+    offers_hop: bool,
+    reached_directly: bool,
+    already_reserved: bool,
+) -> bool {
+    verdict == Verdict::Private
+        && reservations < MAX_RELAY_RESERVATIONS
+        && offers_hop
+        && reached_directly
+        && !already_reserved
+}
+
+/// Whether `addr` goes through a relay (`/p2p-circuit`).
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
 /// How far an address reaches.
@@ -160,7 +242,7 @@ pub fn kad_mode(config: &Config) -> &'static str {
             "automatic: server once the declared external address is confirmed"
         }
         None => {
-            "automatic: client until an external address is confirmed (--external-addr or --kad-server to serve the DHT)"
+            "automatic: client until AutoNAT confirms an external address (--external-addr or --kad-server to serve the DHT at once)"
         }
     }
 }
@@ -258,6 +340,54 @@ mod tests {
         );
         assert!(is_every_interface(&ma("/ip6/::/tcp/1")));
         assert!(!is_every_interface(&ma("/ip4/10.0.0.1/tcp/1")));
+    }
+
+    #[test]
+    fn the_verdict_needs_a_direct_address_or_a_failed_probe() {
+        let s = Duration::from_secs;
+        assert_eq!(verdict(false, 3, 0, s(0)), Verdict::NotProbed);
+        assert_eq!(verdict(true, 0, 0, s(1)), Verdict::Unknown);
+        assert_eq!(verdict(true, 1, 5, s(1)), Verdict::Public);
+        assert_eq!(verdict(true, 0, 1, s(1)), Verdict::Private);
+        assert_eq!(verdict(true, 0, 0, PROBE_GRACE), Verdict::Private);
+        assert_eq!(Verdict::Private.as_str(), "private");
+    }
+
+    #[test]
+    fn only_a_private_node_reserves_and_only_on_direct_relays() {
+        let p = Verdict::Private;
+        assert!(should_reserve(p, 0, true, true, false));
+        assert!(should_reserve(
+            p,
+            MAX_RELAY_RESERVATIONS - 1,
+            true,
+            true,
+            false
+        ));
+        assert!(!should_reserve(
+            p,
+            MAX_RELAY_RESERVATIONS,
+            true,
+            true,
+            false
+        ));
+        assert!(!should_reserve(p, 0, false, true, false), "no hop protocol");
+        assert!(
+            !should_reserve(p, 0, true, false, false),
+            "relayed connection"
+        );
+        assert!(
+            !should_reserve(p, 0, true, true, true),
+            "reserved there already"
+        );
+        for v in [Verdict::Public, Verdict::Unknown, Verdict::NotProbed] {
+            assert!(!should_reserve(v, 0, true, true, false), "{v:?}");
+        }
+        let id = libp2p::PeerId::random();
+        assert!(is_relayed(&ma(&format!(
+            "/ip4/10.1.1.2/tcp/1/p2p/{id}/p2p-circuit"
+        ))));
+        assert!(!is_relayed(&ma("/ip4/10.1.1.2/tcp/1")));
     }
 
     #[test]

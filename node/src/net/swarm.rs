@@ -57,7 +57,10 @@ pub async fn spawn(
         // Bootstrap addresses may name hosts (/dns4/...): resolve them with the system resolver.
         .with_dns()
         .map_err(|e| setup(&e))?
-        .with_behaviour(|key| Behaviour::new(key, &config))
+        // The relay client is a transport too: it dials and listens on `/p2p-circuit` addresses.
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key, relay_client| Behaviour::new(key, relay_client, &config))
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
@@ -142,6 +145,7 @@ pub async fn spawn(
         cancel,
         rtts.clone(),
     );
+    event_loop.manage_reach(super::event_loop::ReachPolicy::of(&config));
     event_loop.bootstrap_from(config.bootstrap.clone());
     tracker.spawn(event_loop.run());
     Ok((Client::new(tx, control, local, &config.limits, rtts), bound))

@@ -35,6 +35,20 @@ fn render_peers(v: &Peers) -> String {
         if v.kad_server { "server" } else { "client" },
         v.routing_table_size
     ));
+    if !v.reachability.is_empty() {
+        out.push_str(&format!(
+            "reachability   {}{}\n",
+            v.reachability,
+            if v.relay_offered {
+                ", offering a relay"
+            } else {
+                ""
+            }
+        ));
+    }
+    if !v.relays.is_empty() {
+        out.push_str(&format!("relayed via    {}\n", v.relays.join(", ")));
+    }
     out.push_str(&format!("providing      {} blobs\n", v.provided));
     out.push_str(&format!("connected      {} peers\n", v.connected.len()));
     for c in &v.connected {
@@ -42,7 +56,16 @@ fn render_peers(v: &Peers) -> String {
             .rtt_us
             .map(|us| format!("  rtt {:.1} ms", us as f64 / 1000.0))
             .unwrap_or_default();
-        out.push_str(&format!("  {}  {}{rtt}\n", c.peer_id, c.addrs.join(" ")));
+        let how = match (c.relayed, c.dcutr_upgraded) {
+            (true, _) => "  relayed",
+            (false, Some(true)) => "  direct (hole punched)",
+            _ => "",
+        };
+        out.push_str(&format!(
+            "  {}  {}{rtt}{how}\n",
+            c.peer_id,
+            c.addrs.join(" ")
+        ));
     }
     out
 }
@@ -286,11 +309,18 @@ mod tests {
                 peer_id: "12D3Other".into(),
                 addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
                 rtt_us: Some(91_250),
+                ..Default::default()
             }],
+            reachability: "public".into(),
+            relay_offered: true,
             ..Default::default()
         };
         let out = render_peers(&v);
         assert!(out.contains("server mode"), "{out}");
+        assert!(
+            out.contains("reachability   public, offering a relay\n"),
+            "{out}"
+        );
         assert!(
             out.contains("  12D3Other  /ip4/127.0.0.1/tcp/1  rtt 91.2 ms\n"),
             "{out}"

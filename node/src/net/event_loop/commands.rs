@@ -196,7 +196,12 @@ impl EventLoop {
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .build();
-        match self.swarm.dial(opts) {
+        let dialed = match self.swarm.dial(opts) {
+            // No address known: the peer may be reachable through a relay we know.
+            Err(DialError::NoAddresses) if self.dial_through_relays(peer) => Ok(()),
+            other => other,
+        };
+        match dialed {
             // A dial already under way answers this caller too.
             Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
                 let waiting = self.connects.entry(peer).or_default();
@@ -221,6 +226,10 @@ impl EventLoop {
         let behaviour = self.swarm.behaviour_mut();
         let routing_table_size = behaviour.routing_table_size();
         let kad_server = behaviour.kad.mode() == Mode::Server;
+        let relay_enabled = behaviour.relay.is_enabled();
+        let any_external = self.swarm.external_addresses().next().is_some();
+        let relay_offered = self.reach.relay_offered(relay_enabled, any_external);
+        let behaviour = self.swarm.behaviour_mut();
         let store = behaviour.kad.store_mut();
         let (records_stored, provider_keys_stored) = store.sizes();
         let provided = store.provided_count();
@@ -230,6 +239,10 @@ impl EventLoop {
             .map(|(p, cs)| (*p, cs.iter().map(|(_, a)| a.clone()).collect()))
             .collect();
         connected.sort_by_key(|(p, _)| *p);
+        let dcutr = connected
+            .iter()
+            .filter_map(|(p, _)| self.reach.dcutr(p).map(|u| (*p, u)))
+            .collect();
         PeersInfo {
             local: *self.swarm.local_peer_id(),
             connected,
@@ -237,6 +250,10 @@ impl EventLoop {
             listen: self.swarm.listeners().cloned().collect(),
             external: self.swarm.external_addresses().cloned().collect(),
             kad_server,
+            reachability: self.reach.verdict(),
+            relays: self.reach.relays_reserved(),
+            relay_offered,
+            dcutr,
             provided,
             records_stored,
             provider_keys_stored,
