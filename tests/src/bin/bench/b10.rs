@@ -438,10 +438,11 @@ fn make_project(lab: &Lab, up: &FakeUpstream, graph: &synth::Graph, dir: &Path) 
         .map_or(0, |p| p.keys().filter(|k| !k.is_empty()).count()))
 }
 
-/// The size of each tarball the lockfile installs.
+/// The size of each distinct tarball the lockfile installs (a version nested in several
+/// places is one tarball).
 fn lockfile_tarball_bytes(up: &FakeUpstream, dir: &Path) -> Result<Vec<u64>> {
     let lock: Value = serde_json::from_slice(&fs::read(dir.join("package-lock.json"))?)?;
-    let mut out = Vec::new();
+    let mut out = BTreeMap::new();
     for (key, p) in lock["packages"].as_object().into_iter().flatten() {
         let (Some(name), Some(version)) = (
             key.rsplit("node_modules/").next().filter(|n| !n.is_empty()),
@@ -453,9 +454,9 @@ fn lockfile_tarball_bytes(up: &FakeUpstream, dir: &Path) -> Result<Vec<u64>> {
         let bytes = up
             .tarball(name, &file)
             .with_context(|| format!("no tarball {name}/{file}"))?;
-        out.push(bytes.len() as u64);
+        out.insert((name.to_owned(), file), bytes.len() as u64);
     }
-    Ok(out)
+    Ok(out.into_values().collect())
 }
 
 /// A fresh data dir holding the operator key `key` (a laptop's identity, the same each run).
