@@ -132,13 +132,27 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
             .host(&community(r), r)
             .laptop(&laptop(r), r, &format!("{}-home", r.short()));
     }
-    let lab = b.build().context("building the laboratory (it needs root)")?;
+    let lab = b
+        .build()
+        .context("building the laboratory (it needs root)")?;
     report.note(format!(
         "laboratory: delays at {scale}× the published round trips (upstream ↔ eu {}, sa {}, \
          asia {}), no bandwidth limit; regions {}",
-        fmt_ms(lab.one_way(Region::NorthAmerica, Region::Europe).as_secs_f64() * 2000.0),
-        fmt_ms(lab.one_way(Region::NorthAmerica, Region::SouthAmerica).as_secs_f64() * 2000.0),
-        fmt_ms(lab.one_way(Region::NorthAmerica, Region::Asia).as_secs_f64() * 2000.0),
+        fmt_ms(
+            lab.one_way(Region::NorthAmerica, Region::Europe)
+                .as_secs_f64()
+                * 2000.0
+        ),
+        fmt_ms(
+            lab.one_way(Region::NorthAmerica, Region::SouthAmerica)
+                .as_secs_f64()
+                * 2000.0
+        ),
+        fmt_ms(
+            lab.one_way(Region::NorthAmerica, Region::Asia)
+                .as_secs_f64()
+                * 2000.0
+        ),
         regions
             .iter()
             .map(|r| r.short())
@@ -177,8 +191,13 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
         if let Some(b) = &first {
             args.extend(["--bootstrap", b.as_str()]);
         }
-        let node =
-            LabNode::start_binary(&lab, &community(r), Some(&ctx.node_bin), Some(op.dir()), &args)?;
+        let node = LabNode::start_binary(
+            &lab,
+            &community(r),
+            Some(&ctx.node_bin),
+            Some(op.dir()),
+            &args,
+        )?;
         sys::register_pid(node.pid());
         nodes.push(Community {
             region: r,
@@ -198,7 +217,10 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
             })
             .collect();
         hs.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| bail!("a warm-up thread panicked")))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a warm-up thread panicked"))
+            })
             .collect()
     });
     let mut warm_notes = Vec::new();
@@ -252,7 +274,9 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
 
             let home = &nodes[i].node;
             let key = fs::read(laptop_ops[i].dir().join(open_registry_node::KEY_FILE))?;
-            let fresh = tempfile::Builder::new().prefix("bench-b10-laptop-").tempdir()?;
+            let fresh = tempfile::Builder::new()
+                .prefix("bench-b10-laptop-")
+                .tempdir()?;
             write_key(fresh.path(), &key)?;
             let node = LabNode::start_binary(
                 &lab,
@@ -310,7 +334,11 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
                 run + 1,
                 ctx.runs,
                 r.short(),
-                if all_measured { ", all community nodes" } else { "" },
+                if all_measured {
+                    ", all community nodes"
+                } else {
+                    ""
+                },
                 fmt_served(&bytes),
                 counters
                     .iter()
@@ -397,7 +425,16 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
     report.data("runs", json!(raw));
 
     // B5 in the laboratory.
-    cold_misses(ctx, &lab, &up, &nodes, &laptop_ops, &regions, &trust, &mut report)?;
+    cold_misses(
+        ctx,
+        &lab,
+        &up,
+        &nodes,
+        &laptop_ops,
+        &regions,
+        &trust,
+        &mut report,
+    )?;
     report.data("lockfile_packages", json!(entries));
     report.data("delay_scale", json!(scale));
     drop(nodes);
@@ -574,7 +611,9 @@ fn cold_misses(
         let key = fs::read(laptop_ops[*i].dir().join(open_registry_node::KEY_FILE))?;
         let mut misses = Vec::new();
         for p in ps {
-            let fresh = tempfile::Builder::new().prefix("bench-b10-laptop-").tempdir()?;
+            let fresh = tempfile::Builder::new()
+                .prefix("bench-b10-laptop-")
+                .tempdir()?;
             write_key(fresh.path(), &key)?;
             let node = LabNode::start_binary(
                 lab,
@@ -665,7 +704,8 @@ fn cold_misses(
     for (i, holder, label, misses) in &results {
         let r = regions[*i];
         let rtt = lab.rtt(&laptop(r), &nodes[*holder].node.host).as_secs_f64() * 1000.0;
-        let med = |f: &dyn Fn(&(Miss, Miss)) -> f64| median(&misses.iter().map(f).collect::<Vec<_>>());
+        let med =
+            |f: &dyn Fn(&(Miss, Miss)) -> f64| median(&misses.iter().map(f).collect::<Vec<_>>());
         let (pt, tt) = (med(&|m| m.0.total_ms), med(&|m| m.1.total_ms));
         let (pq, tq) = (
             med(&|m| m.0.dht_queries as f64),
@@ -700,12 +740,14 @@ fn cold_misses(
                 (!total.is_nan()).then_some(total <= min),
             );
         }
-        data.push(json!({"laptop": r.short(), "holder": nodes[*holder].region.short(),
+        data.push(
+            json!({"laptop": r.short(), "holder": nodes[*holder].region.short(),
             "case": label, "rtt_ms": rtt, "packument_ms": pt, "tarball_ms": tt,
             "packument_dht_queries": pq, "tarball_dht_queries": tq,
             "packument_dht_ms": med(&|m| m.0.dht_query_ms),
             "tarball_dht_ms": med(&|m| m.1.dht_query_ms),
-            "minimum_packument_ms": pmin, "minimum_tarball_ms": tmin}));
+            "minimum_packument_ms": pmin, "minimum_tarball_ms": tmin}),
+        );
     }
     report.table(t);
     report.data("cold_misses", json!(data));
