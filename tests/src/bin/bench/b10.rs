@@ -549,6 +549,9 @@ struct Miss {
     peer_requests: u64,
 }
 
+/// One cold miss as npm makes it: the packument, then the tarball.
+type MissPair = (Miss, Miss);
+
 /// B5 in the laboratory: per region and run, a fresh laptop node misses a package only the
 /// region's community node holds, and one only the farthest community node holds.
 #[allow(clippy::too_many_arguments)]
@@ -604,7 +607,7 @@ fn cold_misses(
     }
     std::thread::sleep(Duration::from_secs(if ctx.smoke { 1 } else { 3 }));
 
-    let mut results: Vec<(usize, usize, &str, Vec<(Miss, Miss)>)> = Vec::new();
+    let mut results: Vec<(usize, usize, &str, Vec<MissPair>)> = Vec::new();
     for (i, holder, label, ps) in &cases {
         let r = regions[*i];
         let host = laptop(r);
