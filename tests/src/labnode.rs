@@ -40,10 +40,25 @@ impl<'l> LabNode<'l> {
         data_dir: Option<&std::path::Path>,
         args: &[&str],
     ) -> Result<LabNode<'l>> {
+        Self::start_binary(lab, host, None, data_dir, args)
+    }
+
+    /// [`LabNode::start`] with the `open-registry` executable `binary` (a release build, say)
+    /// instead of the workspace's default one, when given.
+    pub fn start_binary(
+        lab: &'l Lab,
+        host: &str,
+        binary: Option<&std::path::Path>,
+        data_dir: Option<&std::path::Path>,
+        args: &[&str],
+    ) -> Result<LabNode<'l>> {
         let listen = format!("/ip4/{}/tcp/0", lab.addr(host));
         let mut b = NodeProcess::builder()
             .args(["--p2p-listen", listen.as_str()])
             .args(args.iter().copied());
+        if let Some(bin) = binary {
+            b = b.binary(bin);
+        }
         if let Some(d) = data_dir {
             b = b.data_dir(d);
         }
@@ -111,6 +126,11 @@ impl<'l> LabNode<'l> {
                     .then_some(())
             },
         )
+    }
+
+    /// The node's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.node.pid()
     }
 
     /// SIGKILL (a crash, or a host gone, as far as its peers can tell).

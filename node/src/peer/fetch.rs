@@ -43,7 +43,7 @@ impl Peers {
     }
 
     /// How long a request to `peer` may go without starting to answer before it is hedged.
-    fn hedge_delay(&self, peer: &net::PeerId) -> Duration {
+    pub(super) fn hedge_delay(&self, peer: &net::PeerId) -> Duration {
         hedge::hedge_delay(self.net.rtts().get(peer))
     }
 

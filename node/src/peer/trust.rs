@@ -8,6 +8,11 @@
 //! integrity anyway.
 
 use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use tokio::time::Instant;
 
 use open_registry_protocol::pointer::{self, Pointer};
 use open_registry_protocol::record::{Signed, Verified};
@@ -29,12 +34,17 @@ impl Peers {
     /// their signed form. `hint` is a pointer heard on gossip: its signer's pointer is not
     /// looked up at all. The others' lookups run side by side, and each ends at the first valid
     /// pointer a peer returns (not when every closest peer has answered or timed out), so the
-    /// whole costs about one lookup's round trips.
+    /// whole costs about one lookup's round trips. Once the records in hand make a quorum, the
+    /// operators still pending get as long again as that took ([`gather`]): a far operator's
+    /// lookup and record fetch do not hold up every package a near quorum already answers.
     ///
-    /// Peers on the LAN are asked beside the DHT which records they hold for `name` (the
-    /// record-ids protocol): a neighbour that installed the package answers even when no
-    /// Kademlia server is reachable. Of each operator's records from either side, the newest
-    /// that passes the policy counts.
+    /// A trusted operator this node is connected to is first asked itself which records it
+    /// holds for `name` (the record-ids protocol): one round trip to it, not a DHT walk whose
+    /// closest peers may be across the world; the DHT is asked when that fails.
+    ///
+    /// Peers on the LAN are asked beside the DHT which records they hold for `name`: a
+    /// neighbour that installed the package answers even when no Kademlia server is reachable.
+    /// Of each operator's records from either side, the newest that passes the policy counts.
     pub(crate) async fn trusted_records(
         &self,
         name: &PackageName,
@@ -53,6 +63,13 @@ impl Peers {
         let lookups = self.policy.trusted().iter().map(|signer| async move {
             let key = pointer::dht_key(name, signer);
             let hinted = hint.filter(|h| h.signer() == signer).cloned();
+            let peer = net::PeerId::from_bytes(&signer.to_bytes()).ok();
+            if hinted.is_none()
+                && let Some(peer) = peer.filter(|p| self.net.rtts().get(p).is_some())
+                && let Some(found) = self.asked_directly(name, signer, peer).await
+            {
+                return Some(found);
+            }
             let found = match hinted {
                 Some(_) => Vec::new(),
                 None => self
@@ -69,19 +86,48 @@ impl Peers {
                 .chain(hinted)
                 .max_by_key(|p| p.get().seq)?;
             let wire = self
-                .fetch_small(
-                    &best.get().record,
-                    record_cap(),
-                    net::PeerId::from_bytes(&signer.to_bytes()).ok(),
-                )
+                .fetch_small(&best.get().record, record_cap(), peer)
                 .await?;
             self.admit(name, &wire)
         });
-        futures::future::join_all(lookups)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
+        gather(&self.policy, lookups, MIN_GRACE).await
+    }
+
+    /// Operator `signer`'s newest record for `name`, asked of the operator's own node `peer`
+    /// (connected): which records it holds, then the ones by `signer` we lack, fetched from it.
+    /// `None` when it does not answer in time or holds none that passes the policy.
+    async fn asked_directly(
+        &self,
+        name: &PackageName,
+        signer: &open_registry_protocol::PeerId,
+        peer: net::PeerId,
+    ) -> Option<Found> {
+        let deadline = 2 * self.hedge_delay(&peer);
+        let ids = match self.net.record_ids(peer, name.as_str(), deadline).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::debug!(%peer, %name, error = %e, "a trusted operator did not say which records it holds; asking the DHT");
+                return None;
+            }
+        };
+        let mut best: Option<Found> = None;
+        for id in ids {
+            let wire = match self.records.blob(&id) {
+                Ok(Some(b)) => Some(b),
+                _ => self.fetch_small_from(&[peer], &id, record_cap()).await,
+            };
+            let Some(found) = wire.and_then(|w| self.admit_trusted(name, &w)) else {
+                continue;
+            };
+            if found.0.signer == *signer
+                && best
+                    .as_ref()
+                    .is_none_or(|b| b.1.get().seq < found.1.get().seq)
+            {
+                best = Some(found);
+            }
+        }
+        best
     }
 
     /// The trusted operators' records for `name` that peers on the LAN hold, each fetched
@@ -199,6 +245,53 @@ impl Peers {
     }
 }
 
+/// The least time the operators still pending get once a quorum is in (see [`gather`]).
+const MIN_GRACE: Duration = Duration::from_millis(20);
+
+/// Awaits `lookups` (one per trusted operator, each `None` when it found no usable record): all
+/// of them until the records in hand make a quorum ([`has_quorum`]; when they never do, until
+/// every lookup has finished), then the rest for as long again as that took, and at least
+/// `min_grace`. Lookups still pending then are dropped.
+///
+/// A newer revision known only to operators slower than that is not waited for: the quorum in
+/// hand is served, and the next lookup of the package sees the newer one if it arrives in time.
+pub(crate) async fn gather<F>(
+    policy: &Policy,
+    lookups: impl IntoIterator<Item = F>,
+    min_grace: Duration,
+) -> Vec<Found>
+where
+    F: Future<Output = Option<Found>>,
+{
+    let started = Instant::now();
+    let mut pending: FuturesUnordered<F> = lookups.into_iter().collect();
+    let mut found = Vec::new();
+    while !has_quorum(policy, &found) {
+        match pending.next().await {
+            Some(f) => found.extend(f),
+            None => return found,
+        }
+    }
+    let grace = started.elapsed().max(min_grace);
+    let _ = tokio::time::timeout(grace, async {
+        while let Some(f) = pending.next().await {
+            found.extend(f);
+        }
+    })
+    .await;
+    found
+}
+
+/// Whether at least `policy.threshold()` of `found` name the same packument revision.
+fn has_quorum(policy: &Policy, found: &[Found]) -> bool {
+    let mut counts: HashMap<BlobId, usize> = HashMap::new();
+    found.iter().any(|f| {
+        let n = counts.entry(f.1.get().packument).or_default();
+        *n += 1;
+        *n >= policy.threshold()
+    })
+}
+
 /// The packument revision at least `policy.threshold()` of `found` agree on; of several, the
 /// one with the newest `fetched_at`.
 pub(crate) fn quorum(policy: &Policy, found: Vec<Found>) -> Option<Agreed> {
@@ -260,6 +353,74 @@ mod tests {
         let v = s.verify().unwrap();
         (s, v)
     }
+
+    /// A lookup that answers `found` after `ms` milliseconds.
+    async fn after(ms: u64, found: Option<Found>) -> Option<Found> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        found
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gather_stops_waiting_for_far_operators_once_a_quorum_is_in() {
+        let ops: Vec<Identity> = (1..=4).map(|i| Identity::from_seed([i; 32])).collect();
+        let one = Policy::new(ops.iter().map(Identity::peer_id), 1);
+        let lookups = || {
+            vec![
+                Box::pin(after(30, Some(signed(&ops[0], b"r", 1)))) as BoxFut,
+                Box::pin(after(50, Some(signed(&ops[1], b"r", 2)))),
+                Box::pin(after(400, Some(signed(&ops[2], b"r", 3)))),
+                Box::pin(after(500, None)),
+            ]
+        };
+        // Threshold 1: the first record is in at 30 ms; the others get 30 ms more.
+        let t = Instant::now();
+        let found = gather(&one, lookups(), Duration::from_millis(20)).await;
+        assert_eq!(t.elapsed(), Duration::from_millis(60));
+        assert_eq!(
+            found
+                .iter()
+                .map(|f| f.1.get().fetched_at)
+                .collect::<Vec<_>>(),
+            [1, 2]
+        );
+        // At least the minimum grace, when the quorum came quickly.
+        let quick = vec![
+            Box::pin(after(1, Some(signed(&ops[0], b"r", 1)))) as BoxFut,
+            Box::pin(after(15, Some(signed(&ops[1], b"r", 2)))),
+            Box::pin(after(400, None)),
+        ];
+        let t = Instant::now();
+        let found = gather(&one, quick, Duration::from_millis(20)).await;
+        assert_eq!(t.elapsed(), Duration::from_millis(21));
+        assert_eq!(found.len(), 2);
+        // Threshold 2 with disagreeing revisions: the wait goes on until two agree.
+        let two = Policy::new(ops.iter().map(Identity::peer_id), 2);
+        let split = vec![
+            Box::pin(after(10, Some(signed(&ops[0], b"a", 1)))) as BoxFut,
+            Box::pin(after(20, Some(signed(&ops[1], b"b", 2)))),
+            Box::pin(after(300, Some(signed(&ops[2], b"b", 3)))),
+            Box::pin(after(5000, Some(signed(&ops[3], b"a", 4)))),
+        ];
+        let t = Instant::now();
+        let found = gather(&two, split, Duration::from_millis(20)).await;
+        assert_eq!(t.elapsed(), Duration::from_millis(600));
+        assert_eq!(found.len(), 3);
+        assert_eq!(quorum(&two, found).unwrap().id, BlobId::of(b"b"));
+        // No quorum ever: every lookup is awaited.
+        let none = vec![
+            Box::pin(after(10, None)) as BoxFut,
+            Box::pin(after(700, None)),
+        ];
+        let t = Instant::now();
+        assert!(
+            gather(&one, none, Duration::from_millis(20))
+                .await
+                .is_empty()
+        );
+        assert_eq!(t.elapsed(), Duration::from_millis(700));
+    }
+
+    type BoxFut = std::pin::Pin<Box<dyn Future<Output = Option<Found>>>>;
 
     #[test]
     fn quorum_needs_threshold_agreeing_records_and_prefers_the_newest() {

@@ -13,11 +13,14 @@
 //! generated packages), starts what it compares (the node, nginx, Verdaccio), measures them
 //! back to back, and returns a [`report::Report`] that is printed and written as JSON.
 //! B8 measures memory in real use (`npm install` of multi-megabyte packuments). B9 measures how
-//! fast a signed takedown reaches every node of a network.
+//! fast a signed takedown reaches every node of a network. B10 runs in the network laboratory
+//! (`open_registry_tests::lab`): `npm ci` through a NATed laptop's node in every region vs npm
+//! straight from the upstream, and B5's cold miss across real distances.
 //! The peer benchmarks (B3p, B4, B5) start several nodes on loopback (`targets::start_peer`)
 //! and compare with B3 and with in-process transport references (`perf`).
 
 mod b1;
+mod b10;
 mod b2;
 mod b3;
 mod b3p;
@@ -95,6 +98,11 @@ const BENCHMARKS: &[Bench] = &[
         "B9",
         "a takedown: from advisory add on one node to a 451 on every node of 20",
         b9::run,
+    ),
+    (
+        "B10",
+        "the regional benchmark: npm ci through a laptop node in every region vs npm direct",
+        b10::run,
     ),
 ];
 

@@ -257,6 +257,18 @@ pub(crate) fn publish_graph(
     roots: usize,
     rng: &mut Rng,
 ) -> Result<Graph> {
+    publish_graph_sized(up, packages, roots, rng, tarball_size)
+}
+
+/// [`publish_graph`] with the installed versions' tarball sizes drawn by `size` instead of
+/// 2–200 KB log-uniform.
+pub(crate) fn publish_graph_sized(
+    up: &FakeUpstream,
+    packages: usize,
+    roots: usize,
+    rng: &mut Rng,
+    size: fn(&mut Rng) -> usize,
+) -> Result<Graph> {
     let names: Vec<String> = (0..packages)
         .map(|i| format!("b3-{}-{i}", rng.pick(WORDS)))
         .collect();
@@ -315,7 +327,7 @@ pub(crate) fn publish_graph(
                     spec = spec.dep(&names[j], &format!("^{m}.0.0"));
                 }
                 if newest && used_majors[i].contains(&major) {
-                    spec = spec.big_file(tarball_size(rng));
+                    spec = spec.big_file(size(rng));
                 }
                 let tarball = spec.tarball()?;
                 tarball_bytes += tarball.bytes.len() as u64;
