@@ -66,9 +66,9 @@ impl Peers {
             let peer = net::PeerId::from_bytes(&signer.to_bytes()).ok();
             if hinted.is_none()
                 && let Some(peer) = peer.filter(|p| self.net.rtts().get(p).is_some())
-                && let Some(found) = self.asked_directly(name, signer, peer).await
+                && let Ok(found) = self.asked_directly(name, signer, peer).await
             {
-                return Some(found);
+                return found;
             }
             let found = match hinted {
                 Some(_) => Vec::new(),
@@ -95,28 +95,33 @@ impl Peers {
 
     /// Operator `signer`'s newest record for `name`, asked of the operator's own node `peer`
     /// (connected): which records it holds, then the ones by `signer` we lack, fetched from it.
-    /// `None` when it does not answer in time or holds none that passes the policy.
+    /// `Ok(None)` when it says it holds none that passes the policy (its own word on its own
+    /// records: the DHT is not asked); `Err` when it does not answer in time, for the DHT.
     async fn asked_directly(
         &self,
         name: &PackageName,
         signer: &open_registry_protocol::PeerId,
         peer: net::PeerId,
-    ) -> Option<Found> {
+    ) -> Result<Option<Found>, ()> {
         let deadline = 2 * self.hedge_delay(&peer);
         let ids = match self.net.record_ids(peer, name.as_str(), deadline).await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::debug!(%peer, %name, error = %e, "a trusted operator did not say which records it holds; asking the DHT");
-                return None;
+                return Err(());
             }
         };
         let mut best: Option<Found> = None;
         for id in ids {
             let wire = match self.records.blob(&id) {
-                Ok(Some(b)) => Some(b),
-                _ => self.fetch_small_from(&[peer], &id, record_cap()).await,
+                Ok(Some(b)) => b,
+                // A record it named but did not deliver: the DHT may still find it.
+                _ => self
+                    .fetch_small_from(&[peer], &id, record_cap())
+                    .await
+                    .ok_or(())?,
             };
-            let Some(found) = wire.and_then(|w| self.admit_trusted(name, &w)) else {
+            let Some(found) = self.admit_trusted(name, &wire) else {
                 continue;
             };
             if found.0.signer == *signer
@@ -127,7 +132,7 @@ impl Peers {
                 best = Some(found);
             }
         }
-        best
+        Ok(best)
     }
 
     /// The trusted operators' records for `name` that peers on the LAN hold, each fetched
