@@ -327,12 +327,8 @@ fn miss(
             want.len()
         ));
     }
-    if pack.dht_queries == 0 && tar.dht_queries == 0 {
-        report.fail(format!(
-            "B5 {who}: the miss of {} counted no DHT lookup (dht_queries did not move)",
-            p.name
-        ));
-    }
+    // No DHT lookup is needed when a trusted operator is connected: it is asked itself for
+    // its records (record-ids), so only the peer requests must have moved.
     if pack.peer_requests + tar.peer_requests == 0 {
         report.fail(format!(
             "B5 {who}: {} was not fetched from a peer (peer_requests did not move)",
