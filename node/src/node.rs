@@ -92,7 +92,7 @@ impl NodeHandle {
         if let Err(e) = self.popularity.save(&self.store.index).await {
             tracing::warn!(error = %e, "could not save the popularity counts");
         }
-        self.store.flush().await.context("flushing the store")?;
+        self.store.close().await.context("flushing the store")?;
         let _ = std::fs::remove_file(self.data_dir.join(RUN_FILE));
         tracing::info!("stopped; store flushed");
         Ok(())

@@ -5,12 +5,16 @@
 //! orphan file (counted, and evicted on a later pass) but never an entry that points at nothing;
 //! every evicted blob is reported so the caller can withdraw it from the DHT. Blobs no index
 //! entry names (old packument revisions) go first, then the rest by last access.
+//!
+//! A pass reads the ledger's access order from its oldest end and stops as soon as enough is
+//! chosen, and finds the entries naming each victim through the index's `refs` keys: its cost
+//! grows with what it evicts (and the pins it steps over), not with what is stored.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use open_registry_protocol::{BlobId, PackageName};
+use open_registry_protocol::BlobId;
 
+use crate::store::index::Ref;
 use crate::store::pins::Pins;
 use crate::store::{IndexError, Store};
 
@@ -34,11 +38,6 @@ pub(crate) enum EvictError {
     Task(String),
 }
 
-enum Ref {
-    Tarball(Vec<u8>),
-    Packument(PackageName),
-}
-
 /// The size a pass evicts down to once the cap is exceeded: 90% of it, so that passes are rare.
 pub(crate) fn low_water(cap: u64) -> u64 {
     cap - cap / 10
@@ -54,6 +53,12 @@ pub(crate) async fn evict(
 ) -> Result<Report, EvictError> {
     let (used, _) = store.blobs.usage();
     if cap == 0 || used <= cap {
+        return Ok(Report::default());
+    }
+    if store.needs_audit() {
+        // The totals and the access order are being rebuilt after a crash; the next pass
+        // after the audit evicts.
+        tracing::debug!("eviction waits for the store audit");
         return Ok(Report::default());
     }
     let (s, p) = (store.clone(), pins.clone());
@@ -93,30 +98,23 @@ fn choose(
 ) -> Result<Vec<(BlobId, u64)>, EvictError> {
     store.index.persist_access()?;
     let protected = pins.protected(&store.index)?;
-    let mut refs: HashMap<BlobId, Vec<Ref>> = HashMap::new();
-    for (key, id) in store.index.tarball_entries()? {
-        refs.entry(id).or_default().push(Ref::Tarball(key));
-    }
-    for (name, e) in store.index.packument_entries()? {
-        refs.entry(e.id).or_default().push(Ref::Packument(name));
-    }
-    let mut candidates = Vec::new();
-    for (id, len) in store.blobs.list()? {
-        if protected.contains(&id) {
-            continue;
-        }
-        let referenced = refs.contains_key(&id);
-        let last = store.index.last_access(&id)?.unwrap_or(0);
-        candidates.push((referenced, last, id, len));
-    }
-    candidates.sort_by_key(|&(referenced, last, _, _)| (referenced, last));
+    let ledger = store.index.ledger();
     let mut used = used;
     let mut victims = Vec::new();
-    for (_, _, id, len) in candidates {
+    for entry in ledger.oldest() {
         if used <= target {
             break;
         }
-        for r in refs.remove(&id).unwrap_or_default() {
+        let (at, id) = entry?;
+        if protected.contains(&id) {
+            continue;
+        }
+        let Some(len) = ledger.size(&id)? else {
+            // An access time for a blob no longer stored.
+            ledger.drop_access(at, &id)?;
+            continue;
+        };
+        for r in store.index.refs_of(&id)? {
             match r {
                 Ref::Tarball(key) => store.index.remove_tarball_key(&key)?,
                 Ref::Packument(name) => store.index.remove_packument(&name)?,
@@ -140,7 +138,8 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use open_registry_protocol::Verifier;
+    use crate::store::PackumentEntry;
+    use open_registry_protocol::{PackageName, Verifier};
 
     #[tokio::test]
     async fn evicts_unpinned_lru_first_and_keeps_pins() {
@@ -185,12 +184,15 @@ mod tests {
             store.index.tarball(&name, &ids[0].1).unwrap(),
             Some(ids[0].0)
         );
-        // After a restart the size is still right.
+        // After a clean restart the size is still right, without an audit.
+        store.close().await.unwrap();
         drop((pins, store));
         let store = Store::open(dir.path(), crate::clock::Clock::system())
             .await
             .unwrap();
+        assert!(!store.needs_audit());
         assert_eq!(store.blobs.usage(), (2000, 2));
+        assert_eq!(store.index.counts(), (0, 2));
     }
 
     #[tokio::test]
@@ -203,24 +205,48 @@ mod tests {
         );
         let pins = Arc::new(Pins::open(&store.index, crate::clock::Clock::system()).unwrap());
         let name = PackageName::parse("p").unwrap();
-        let used = store
-            .blobs
-            .put(&[1; 600], Verifier::id_only(), u64::MAX)
-            .await
-            .unwrap();
+        let put = |b: u8| {
+            let store = store.clone();
+            async move {
+                store
+                    .blobs
+                    .put(&[b; 600], Verifier::id_only(), u64::MAX)
+                    .await
+                    .unwrap()
+            }
+        };
+        let used = put(1).await;
         store
             .index
             .set_tarball(&name, "p-1.0.0.tgz", &used)
             .await
             .unwrap();
         store.index.touch(&used, 1);
-        let orphan = store
-            .blobs
-            .put(&[2; 600], Verifier::id_only(), u64::MAX)
-            .await
-            .unwrap();
-        store.index.touch(&orphan, 999_999);
-        let r = evict(&store, &pins, 1000).await.unwrap();
-        assert_eq!(r.evicted, vec![orphan]);
+        // Never named by any entry.
+        let orphan = put(2).await;
+        // A packument revision, replaced by a newer one: nothing names it any more.
+        let (old, new) = (put(3).await, put(4).await);
+        for id in [old, new] {
+            let e = PackumentEntry {
+                id,
+                etag: None,
+                last_modified: None,
+                checked_at: 1,
+            };
+            store.index.set_packument(&name, &e).await.unwrap();
+        }
+        store.index.touch(&new, 2);
+        assert_eq!(store.index.counts(), (1, 1));
+        let r = evict(&store, &pins, 1800).await.unwrap();
+        let mut evicted = r.evicted.clone();
+        evicted.sort_by_key(|id| id.to_string());
+        let mut expected = vec![orphan, old];
+        expected.sort_by_key(|id| id.to_string());
+        assert_eq!(
+            evicted, expected,
+            "the unreferenced go before the least recently used"
+        );
+        assert!(store.blobs.contains(&used) && store.blobs.contains(&new));
+        assert_eq!(store.blobs.usage(), (1200, 2));
     }
 }

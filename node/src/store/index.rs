@@ -1,5 +1,6 @@
-//! The sled indexes: package name → current packument revision, tarball file → blob id, and
-//! blob id → last access.
+//! The sled indexes: package name → current packument revision, tarball file → blob id, blob
+//! id → the entries naming it (`refs`), and through the [`Ledger`] every blob's size and last
+//! access.
 //!
 //! Invariant: an index entry is written only after the blob it names is durable, and a write is
 //! acknowledged only after sled has flushed it (sled 0.34 is durable only after `flush`). So
@@ -8,12 +9,13 @@
 //! eviction cut short).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use open_registry_protocol::{BlobId, PackageName};
 use serde::{Deserialize, Serialize};
 
+use super::ledger::{Ledger, Opened, Usage};
 use crate::clock::Clock;
 
 /// A packument revision as the index remembers it.
@@ -51,7 +53,17 @@ pub struct Index {
     clock: Clock,
     packuments: sled::Tree,
     tarballs: sled::Tree,
-    access: sled::Tree,
+    /// Blob id, a tag (`p` packument, `t` tarball) and the entry's key → nothing: which entries
+    /// name a blob, so eviction removes them without a scan. Written before the entry, so an
+    /// entry always has its `refs` key; a stale key (the entry names another blob now) is
+    /// checked against the entry and skipped.
+    refs: sled::Tree,
+    /// Sizes, totals and access order.
+    ledger: Arc<Ledger>,
+    /// How the ledger found the last run's end.
+    opened: Opened,
+    packument_count: AtomicU64,
+    tarball_count: AtomicU64,
     /// Accesses not yet written: recording every hit in sled would put a write on the hot path.
     /// std Mutex: never held across an await.
     pending_access: Mutex<HashMap<BlobId, u64>>,
@@ -70,11 +82,28 @@ fn tarball_key(name: &PackageName, file: &str) -> Vec<u8> {
     format!("{name}/{file}").into_bytes()
 }
 
+/// An entry that names a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ref {
+    /// A tarball entry, by its raw key.
+    Tarball(Vec<u8>),
+    /// A packument entry.
+    Packument(PackageName),
+}
+
+fn ref_key(id: &BlobId, tag: u8, key: &[u8]) -> Vec<u8> {
+    let mut k = id.to_bytes();
+    k.push(tag);
+    k.extend_from_slice(key);
+    k
+}
+
 impl Index {
     /// Opens the database at `path`; access times are read off `clock`.
     pub fn open(path: &std::path::Path, clock: Clock) -> Result<Index, IndexError> {
         // sled caches up to 1 GiB by default; the index is small and hot entries stay cached.
         let config = sled::Config::new().path(path).cache_capacity(4 << 20);
+        let fresh = !path.exists();
         // The database's file lock is released by sled's background thread after the last
         // handle is dropped, so a database closed a moment ago in this process (a node
         // restarted in process) may still be locked: wait for it, boundedly. Another process
@@ -91,10 +120,18 @@ impl Index {
                 r => break r?,
             }
         };
+        let (ledger, opened) = Ledger::open(&db, fresh)?;
+        let saved = match opened {
+            Opened::Clean(u) | Opened::NeedsAudit(u) => u,
+        };
         Ok(Index {
             packuments: db.open_tree("packuments")?,
             tarballs: db.open_tree("tarballs")?,
-            access: db.open_tree("access")?,
+            refs: db.open_tree("refs")?,
+            ledger: Arc::new(ledger),
+            opened,
+            packument_count: AtomicU64::new(saved.packuments),
+            tarball_count: AtomicU64::new(saved.tarballs),
             db,
             clock,
             pending_access: Mutex::new(HashMap::new()),
@@ -139,16 +176,128 @@ impl Index {
             .map_err(|e| IndexError::Corrupt(format!("packument entry of {name}: {e}")))
     }
 
-    /// Records a packument revision (durable when this returns).
+    /// Records a packument revision (durable when this returns). The revision it replaces, if
+    /// nothing else names it, goes to the front of the eviction order.
     pub async fn set_packument(
         &self,
         name: &PackageName,
         entry: &PackumentEntry,
     ) -> Result<(), IndexError> {
         let v = serde_json::to_vec(entry).expect("entries serialize");
-        self.packuments.insert(name.as_str(), v)?;
+        let key = name.as_str().as_bytes();
+        self.refs.insert(ref_key(&entry.id, b'p', key), &[])?;
+        let old = self.packuments.insert(key, v)?;
+        self.replaced(
+            old.map(|o| packument_id(&o)),
+            &entry.id,
+            b'p',
+            key,
+            &self.packument_count,
+        )?;
         self.touch(&entry.id, self.clock.now_ms());
         self.flush().await
+    }
+
+    /// After an entry `key` changed from naming `old` to `new`: counts a new entry, drops the
+    /// old blob's `refs` key, and puts the old blob first in line for eviction when nothing
+    /// names it any more.
+    fn replaced(
+        &self,
+        old: Option<Option<BlobId>>,
+        new: &BlobId,
+        tag: u8,
+        key: &[u8],
+        count: &AtomicU64,
+    ) -> Result<(), IndexError> {
+        match old {
+            None => {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Some(old)) if old != *new => {
+                self.refs.remove(ref_key(&old, tag, key))?;
+                if self.refs_of(&old)?.is_empty() {
+                    self.touch(&old, 0);
+                }
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The entries that name `id` now.
+    pub(crate) fn refs_of(&self, id: &BlobId) -> Result<Vec<Ref>, IndexError> {
+        let prefix = id.to_bytes();
+        let mut out = Vec::new();
+        for k in self.refs.scan_prefix(&prefix).keys() {
+            let k = k?;
+            let (tag, key) = (k[prefix.len()], &k[prefix.len() + 1..]);
+            let r = match tag {
+                b't' if self
+                    .tarballs
+                    .get(key)?
+                    .is_some_and(|v| v.as_ref() == prefix.as_slice()) =>
+                {
+                    Ref::Tarball(key.to_vec())
+                }
+                b'p' => {
+                    let name = std::str::from_utf8(key)
+                        .ok()
+                        .and_then(|s| PackageName::parse(s).ok());
+                    let Some(name) = name else { continue };
+                    if self.packument(&name)?.map(|e| e.id) != Some(*id) {
+                        continue;
+                    }
+                    Ref::Packument(name)
+                }
+                _ => continue,
+            };
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Writes the `refs` key of every entry (stores from before `refs`; the audit). Blocking.
+    pub(crate) fn rebuild_refs(&self) -> Result<(), IndexError> {
+        for kv in self.tarballs.iter() {
+            let (k, v) = kv?;
+            if let Ok(id) = BlobId::from_bytes(&v) {
+                self.refs.insert(ref_key(&id, b't', &k), &[])?;
+            }
+        }
+        for kv in self.packuments.iter() {
+            let (k, v) = kv?;
+            if let Some(id) = packument_id(&v) {
+                self.refs.insert(ref_key(&id, b'p', &k), &[])?;
+            }
+        }
+        self.packument_count
+            .store(self.packuments.len() as u64, Ordering::Relaxed);
+        self.tarball_count
+            .store(self.tarballs.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The ledger of blob sizes, totals and access order.
+    pub(crate) fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// Whether the last run did not shut down cleanly (or the store predates the ledger), so
+    /// the totals need an audit.
+    pub(crate) fn opened_unclean(&self) -> bool {
+        matches!(self.opened, Opened::NeedsAudit(_))
+    }
+
+    /// The store's totals now.
+    pub(crate) fn usage(&self) -> Usage {
+        let (bytes, blobs) = self.ledger.usage();
+        let (packuments, tarballs) = self.counts();
+        Usage {
+            bytes,
+            blobs,
+            packuments,
+            tarballs,
+        }
     }
 
     /// The blob holding tarball `file` of `name`.
@@ -168,16 +317,23 @@ impl Index {
         file: &str,
         id: &BlobId,
     ) -> Result<(), IndexError> {
-        self.tarballs
-            .insert(tarball_key(name, file), id.to_bytes())?;
+        let key = tarball_key(name, file);
+        self.refs.insert(ref_key(id, b't', &key), &[])?;
+        let old = self.tarballs.insert(&key, id.to_bytes())?;
+        self.replaced(
+            old.map(|o| BlobId::from_bytes(&o).ok()),
+            id,
+            b't',
+            &key,
+            &self.tarball_count,
+        )?;
         self.touch(id, self.clock.now_ms());
         self.flush().await
     }
 
     /// Forgets a tarball entry.
     pub fn remove_tarball(&self, name: &PackageName, file: &str) -> Result<(), IndexError> {
-        self.tarballs.remove(tarball_key(name, file))?;
-        Ok(())
+        self.remove_tarball_key(&tarball_key(name, file))
     }
 
     /// Every tarball entry: (index key, blob id). Unparseable entries are skipped.
@@ -216,13 +372,24 @@ impl Index {
 
     /// Forgets a tarball entry by its raw index key.
     pub fn remove_tarball_key(&self, key: &[u8]) -> Result<(), IndexError> {
-        self.tarballs.remove(key)?;
+        if let Some(old) = self.tarballs.remove(key)? {
+            self.tarball_count.fetch_sub(1, Ordering::Relaxed);
+            if let Ok(id) = BlobId::from_bytes(&old) {
+                self.refs.remove(ref_key(&id, b't', key))?;
+            }
+        }
         Ok(())
     }
 
     /// Forgets a packument entry.
     pub fn remove_packument(&self, name: &PackageName) -> Result<(), IndexError> {
-        self.packuments.remove(name.as_str())?;
+        let key = name.as_str().as_bytes();
+        if let Some(old) = self.packuments.remove(key)? {
+            self.packument_count.fetch_sub(1, Ordering::Relaxed);
+            if let Some(id) = packument_id(&old) {
+                self.refs.remove(ref_key(&id, b'p', key))?;
+            }
+        }
         Ok(())
     }
 
@@ -242,7 +409,7 @@ impl Index {
         // queued behind sled's own flusher that deadlocked a node under a cold `npm ci`. The
         // access times need no atomicity.
         for (id, at) in pending {
-            self.access.insert(id.to_bytes(), &at.to_be_bytes())?;
+            self.ledger.set_access(&id, at)?;
         }
         Ok(())
     }
@@ -257,38 +424,48 @@ impl Index {
         {
             return Ok(Some(*at));
         }
-        Ok(self.access.get(id.to_bytes())?.and_then(|v| {
-            let b: [u8; 8] = v.as_ref().try_into().ok()?;
-            Some(u64::from_be_bytes(b))
-        }))
+        self.ledger.access(id)
     }
 
-    /// Counts: (packuments, tarballs).
+    /// Counts: (packuments, tarballs), kept as entries come and go (no scan).
     pub fn counts(&self) -> (u64, u64) {
-        (self.packuments.len() as u64, self.tarballs.len() as u64)
+        (
+            self.packument_count.load(Ordering::Relaxed),
+            self.tarball_count.load(Ordering::Relaxed),
+        )
     }
 
     /// Removes entries that point at blobs `exists` says are gone, and entries that do not
-    /// parse. Returns how many were removed; the caller flushes. Blocking (a scan of sled).
+    /// parse. Returns how many were removed; the caller flushes. Blocking (a scan of sled): the
+    /// store's audit runs it after a crash, not every start.
     pub fn repair(&self, exists: impl Fn(&BlobId) -> bool) -> Result<usize, IndexError> {
         let mut removed = 0;
         for kv in self.packuments.iter() {
             let (k, v) = kv?;
             let ok = serde_json::from_slice::<PackumentEntry>(&v).is_ok_and(|e| exists(&e.id));
             if !ok {
-                self.packuments.remove(k)?;
+                if self.packuments.remove(&k)?.is_some() {
+                    self.packument_count.fetch_sub(1, Ordering::Relaxed);
+                }
                 removed += 1;
             }
         }
         for kv in self.tarballs.iter() {
             let (k, v) = kv?;
             if !BlobId::from_bytes(&v).is_ok_and(|id| exists(&id)) {
-                self.tarballs.remove(k)?;
+                self.remove_tarball_key(&k)?;
                 removed += 1;
             }
         }
         Ok(removed)
     }
+}
+
+/// The blob a packument entry's bytes name.
+fn packument_id(v: &[u8]) -> Option<BlobId> {
+    serde_json::from_slice::<PackumentEntry>(v)
+        .ok()
+        .map(|e| e.id)
 }
 
 #[cfg(test)]
@@ -325,14 +502,23 @@ mod tests {
             };
             idx.set_packument(&name, &e).await.unwrap();
             idx.set_tarball(&name, "p-1.0.0.tgz", &b).await.unwrap();
+            // Writing an entry again does not count it twice.
+            idx.set_tarball(&name, "p-1.0.0.tgz", &b).await.unwrap();
+            assert_eq!(idx.counts(), (1, 1));
+            assert_eq!(idx.refs_of(&b).unwrap().len(), 1);
             idx.persist_access().unwrap();
             idx.flush().await.unwrap();
         }
         let idx = Index::open(&dir.path().join("db"), Clock::system()).unwrap();
+        assert!(idx.opened_unclean(), "no clean shutdown was recorded");
         assert_eq!(idx.packument(&name).unwrap().unwrap().id, a);
         assert_eq!(idx.tarball(&name, "p-1.0.0.tgz").unwrap(), Some(b));
         assert!(idx.last_access(&b).unwrap().is_some());
+        // The counts were never saved; an audit's recount finds them.
+        assert_eq!(idx.counts(), (0, 0));
+        idx.rebuild_refs().unwrap();
         assert_eq!(idx.counts(), (1, 1));
+        assert_eq!(idx.refs_of(&a).unwrap(), vec![Ref::Packument(name.clone())]);
         assert_eq!(idx.repair(|id| *id == a).unwrap(), 1);
         assert_eq!(idx.tarball(&name, "p-1.0.0.tgz").unwrap(), None);
         assert_eq!(idx.counts(), (1, 0));

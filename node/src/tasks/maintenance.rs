@@ -1,6 +1,6 @@
-//! Keeping the store in shape while the node runs: access times written in batches, and the
-//! cache budget enforced after every ingest and on an interval, evicted blobs withdrawn from
-//! the DHT.
+//! Keeping the store in shape while the node runs: the audit after a crash, access times written
+//! in batches, and the cache budget enforced after every ingest and on an interval, evicted
+//! blobs withdrawn from the DHT.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +33,13 @@ impl Maintenance {
     /// Runs until `cancel` fires: one eviction pass at once, then one on every ingest and
     /// every [`ACCESS_INTERVAL`], after writing the access times.
     pub(crate) async fn run(self, cancel: CancellationToken) {
+        if self.store.needs_audit() {
+            // After a crash: correct the totals and the access order first (a walk of the blob
+            // directory, in the background; the node serves meanwhile).
+            if let Err(e) = self.store.audit().await {
+                tracing::warn!(error = %e, "the store audit failed; eviction stays off until a clean restart");
+            }
+        }
         self.evict().await;
         let this = &self;
         every(

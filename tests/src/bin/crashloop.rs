@@ -6,7 +6,7 @@
 //! at a random moment, and checks the store after every crash. Protocol on stdout, one line
 //! each, flushed at once:
 //!
-//! - `ready` once [`Store::open`] (with its repair) has returned;
+//! - `ready` once [`Store::open`] has returned;
 //! - `ack tarball <name> <file> <cid>` after `index.set_tarball` returned (blob and entry
 //!   durable);
 //! - `ack packument <name> <cid>` after `index.set_packument` returned.
