@@ -423,6 +423,8 @@ struct Figures {
     gen_fresh: bool,
     /// Every start, ms.
     starts_ms: Vec<f64>,
+    /// Every stop (SIGTERM → exit), ms.
+    stops_ms: Vec<f64>,
     start_ms: f64,
     rss_kib: Option<u64>,
     status_p50_ms: f64,
@@ -461,7 +463,7 @@ impl Figures {
             "blobs": self.blobs, "bytes": self.bytes, "packuments": self.packuments,
             "tarballs": self.tarballs, "generated_secs": self.gen_secs,
             "generated_this_run": self.gen_fresh,
-            "starts_ms": self.starts_ms, "start_ms": self.start_ms, "rss_idle_kib": self.rss_kib,
+            "starts_ms": self.starts_ms, "start_ms": self.start_ms, "stops_ms": self.stops_ms, "rss_idle_kib": self.rss_kib,
             "status_p50_ms": self.status_p50_ms, "status_p99_ms": self.status_p99_ms,
             "status_requests": self.status_n,
             "dht_counter": self.dht_counter, "dht_messages": self.dht_messages,
@@ -504,9 +506,21 @@ fn start_big(
     Ok((node, ms))
 }
 
-/// SIGTERM and wait: the store is closed cleanly, so the next start trusts its totals.
-fn stop(node: &mut NodeProcess, report: &mut Report) -> Result<()> {
-    if let Some(s) = node.stop()?
+/// How long a stop may take: the node lets in-flight work (an announcement of the whole
+/// store, say) run for up to 10 s before it closes the store, longer than the test harness's
+/// own grace.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+
+/// SIGTERM and wait for the exit (milliseconds): the store is closed cleanly, so the next start
+/// trusts its totals. A node that had to be killed is a failure.
+fn stop(node: &mut NodeProcess, report: &mut Report) -> Result<f64> {
+    let Some(mut child) = node.child.take() else {
+        return Ok(0.0);
+    };
+    let t0 = Instant::now();
+    let status = open_registry_tests::process::stop_group(&mut child, STOP_GRACE)?;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    if let Some(s) = status
         && !s.success()
     {
         report.fail(format!(
@@ -514,7 +528,7 @@ fn stop(node: &mut NodeProcess, report: &mut Report) -> Result<()> {
             node.log_tail(20)
         ));
     }
-    Ok(())
+    Ok(ms)
 }
 
 /// Everything at one size.
@@ -551,7 +565,7 @@ fn measure(
         println!("   [{label}] start {}/{}: {}", run + 1, ctx.runs, fmt_ms(ms));
         f.starts_ms.push(ms);
         if run + 1 < ctx.runs {
-            stop(&mut n, report)?;
+            f.stops_ms.push(stop(&mut n, report)?);
         } else {
             node = Some(n);
         }
@@ -701,7 +715,7 @@ fn measure(
     {
         report.fail(format!("[{label}] the node has no peer connected"));
     }
-    stop(&mut node, report)?;
+    f.stops_ms.push(stop(&mut node, report)?);
     drop(node);
 
     // Eviction: a budget just under what is stored; one pass takes it to 90 % of the budget.
@@ -848,6 +862,7 @@ fn table(report: &mut Report, sizes: &[u64], all: &[Figures]) {
     t.row(row("start: spawn → gateway answers (median)", &|f| {
         fmt_ms(f.start_ms)
     }));
+    t.row(row("stop: SIGTERM → exit (median)", &|f| fmt_ms(median(&f.stops_ms))));
     t.row(row("RSS idle", &|f| {
         if f.rss_mb().is_nan() {
             "n/a".into()
