@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use open_registry_node::clock::Clock;
 use open_registry_node::store::{PackumentEntry, Store};
+use open_registry_protocol::status::StoreStats;
 use open_registry_protocol::{Integrity, PackageName, Verifier};
 use open_registry_tests::fixtures::pseudo_random_bytes;
 use open_registry_tests::{NodeProcess, Tarball, http};
@@ -68,7 +69,7 @@ fn pkg(i: usize) -> String {
 /// Tarball `k` of package `i`: file name and bytes (200 B – 2 KiB, incompressible like a
 /// `.tgz`; the same for a given `(i, k)` at every size).
 fn tarball(i: usize, k: usize) -> (String, Vec<u8>) {
-    let seed = (i as u64) << 8 | k as u64;
+    let seed = ((i as u64) << 8) | k as u64;
     let mut rng = Rng::new(seed ^ 0xb11);
     let len = rng.range(200, 2048) as usize;
     (
@@ -119,7 +120,11 @@ fn store_format() -> String {
         .collect();
     files.sort();
     for f in files {
-        h.update(f.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        h.update(
+            f.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
         h.update(fs::read(&f).unwrap_or_default());
     }
     hex::encode(&h.finalize()[..6])
@@ -128,6 +133,8 @@ fn store_format() -> String {
 /// A generated store, as its marker file describes it.
 #[derive(Debug, Clone)]
 struct Generated {
+    /// The size asked for (blobs).
+    nominal: u64,
     /// The data dir (blobs/, db/).
     data: PathBuf,
     packages: usize,
@@ -148,7 +155,7 @@ impl Generated {
 }
 
 /// The cached store of `blobs` blobs (format `format`), generated first when missing.
-fn cached_store(root: &Path, blobs: u64, format: &str) -> Result<Generated> {
+fn cached_store(ctx: &Ctx, root: &Path, blobs: u64, format: &str) -> Result<Generated> {
     let packages = (blobs as usize).div_ceil(TARBALLS + 1);
     let dir = root.join(format!("b11-store-{}-{format}", size_label(blobs)));
     let marker = dir.join("b11-store.json");
@@ -164,6 +171,7 @@ fn cached_store(root: &Path, blobs: u64, format: &str) -> Result<Generated> {
             dir.display()
         );
         return Ok(Generated {
+            nominal: blobs,
             data: dir.join("data"),
             packages,
             blobs: n("blobs"),
@@ -191,8 +199,10 @@ fn cached_store(root: &Path, blobs: u64, format: &str) -> Result<Generated> {
     );
     let t0 = Instant::now();
     let usage = generate(&data, packages)?;
+    seal(ctx, &data, &usage)?;
     let secs = t0.elapsed().as_secs_f64();
     let g = Generated {
+        nominal: blobs,
         data,
         packages,
         blobs: usage.blobs,
@@ -215,7 +225,7 @@ fn cached_store(root: &Path, blobs: u64, format: &str) -> Result<Generated> {
 
 /// Writes `packages` packages into a new store in `data` with the node's store code, many at
 /// once, and closes it cleanly (so the node trusts its totals and audits nothing).
-fn generate(data: &Path, packages: usize) -> Result<open_registry_node::store::Usage> {
+fn generate(data: &Path, packages: usize) -> Result<StoreStats> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -259,15 +269,40 @@ fn generate(data: &Path, packages: usize) -> Result<open_registry_node::store::U
                 );
             }
         }
-        store.close().await.map_err(|e| anyhow!("{e}"))?;
-        let s = store.stats();
-        Ok(open_registry_node::store::Usage {
-            bytes: s.bytes,
-            blobs: s.blobs,
-            packuments: s.packuments,
-            tarballs: s.tarballs,
-        })
+        store.flush().await.map_err(|e| anyhow!("{e}"))?;
+        Ok(store.stats())
     })
+}
+
+/// Runs the node once on a freshly generated store, without the network, until it reports
+/// the totals the generator wrote, and stops it (SIGTERM): whatever the node does on its first
+/// start and at a clean shutdown (keys made, totals recounted and saved) is done before
+/// anything is measured.
+fn seal(ctx: &Ctx, data: &Path, want: &StoreStats) -> Result<()> {
+    let mut node = NodeProcess::builder()
+        .binary(&ctx.node_bin)
+        .data_dir(data)
+        .args(["--no-upstream", "--no-p2p"])
+        .env("RUST_LOG", "warn")
+        .start()?;
+    sys::register_pid(node.pid());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let s = node.status()?.store;
+        if s == *want {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("the node on the generated store reports {s:?}, not {want:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut scratch = Report::new();
+    stop(&mut node, &mut scratch)?;
+    if scratch.failed() {
+        bail!("the node on the generated store did not stop cleanly");
+    }
+    Ok(())
 }
 
 /// Package `i`: its tarballs (stored with their npm integrity checked, as an ingest does) and
@@ -487,16 +522,17 @@ fn metrics(node: &NodeProcess) -> Result<BTreeMap<String, u64>> {
 }
 
 /// A big node on `data`: no upstream (all it serves is the store), bootstrapped to `peer`.
-fn start_big(
-    ctx: &Ctx,
-    data: &Path,
-    peer: &Peer,
-    extra: &[String],
-) -> Result<(NodeProcess, f64)> {
+fn start_big(ctx: &Ctx, data: &Path, peer: &Peer, extra: &[String]) -> Result<(NodeProcess, f64)> {
     let b = NodeProcess::builder()
         .binary(&ctx.node_bin)
         .data_dir(data)
-        .args(["--no-upstream", "--max-age", "1h", "--bootstrap", &peer.addr])
+        .args([
+            "--no-upstream",
+            "--max-age",
+            "1h",
+            "--bootstrap",
+            &peer.addr,
+        ])
         .args(extra.iter().map(String::as_str))
         .env("RUST_LOG", "warn");
     let t0 = Instant::now();
@@ -540,7 +576,7 @@ fn measure(
     window: Duration,
     report: &mut Report,
 ) -> Result<Figures> {
-    let label = size_label(g.blobs);
+    let label = size_label(g.nominal);
     let mut f = Figures {
         blobs: g.blobs,
         bytes: g.bytes,
@@ -562,7 +598,12 @@ fn measure(
     let mut node = None;
     for run in 0..ctx.runs {
         let (mut n, ms) = start_big(ctx, work, &peer, &[])?;
-        println!("   [{label}] start {}/{}: {}", run + 1, ctx.runs, fmt_ms(ms));
+        println!(
+            "   [{label}] start {}/{}: {}",
+            run + 1,
+            ctx.runs,
+            fmt_ms(ms)
+        );
         f.starts_ms.push(ms);
         if run + 1 < ctx.runs {
             f.stops_ms.push(stop(&mut n, report)?);
@@ -617,7 +658,11 @@ fn measure(
     let name = pkg(i);
     let (file, bytes) = tarball(i, 0);
     let pack_url = format!("{}/{name}", node.gateway());
-    let plain = targets::get(&pack_url, &[("Accept", NPM_ACCEPT)], Duration::from_secs(30))?;
+    let plain = targets::get(
+        &pack_url,
+        &[("Accept", NPM_ACCEPT)],
+        Duration::from_secs(30),
+    )?;
     let abbreviated = plain
         .header("content-type")
         .is_some_and(|c| c.contains("vnd.npm.install-v1"));
@@ -706,9 +751,7 @@ fn measure(
             f.dht_counter = c.clone();
             f.dht_messages = targets::delta(&before, &after, c);
         }
-        None => report.fail(format!(
-            "[{label}] /-/metrics has none of {DHT_COUNTERS:?}"
-        )),
+        None => report.fail(format!("[{label}] /-/metrics has none of {DHT_COUNTERS:?}")),
     }
     if let Ok(peers) = open_registry_tests::p2p::peers(&node)
         && peers["connected"].as_array().is_none_or(Vec::is_empty)
@@ -724,7 +767,12 @@ fn measure(
     let low = cap - cap / 10;
     f.evict_cap = cap;
     let t0 = Instant::now();
-    let (mut node, _) = start_big(ctx, work, &peer, &["--max-cache-size".into(), cap.to_string()])?;
+    let (mut node, _) = start_big(
+        ctx,
+        work,
+        &peer,
+        &["--max-cache-size".into(), cap.to_string()],
+    )?;
     let ready = t0.elapsed();
     let deadline = Instant::now()
         + if ctx.smoke {
@@ -809,7 +857,7 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
     ));
     let mut all: Vec<Figures> = Vec::new();
     for &n in &sizes {
-        let g = cached_store(&cache, n, &format)?;
+        let g = cached_store(ctx, &cache, n, &format)?;
         let work = cache.join(format!("b11-run-{}", size_label(n)));
         let f = measure(ctx, lg, &g, &work, window, &mut report)?;
         all.push(f);
@@ -862,7 +910,9 @@ fn table(report: &mut Report, sizes: &[u64], all: &[Figures]) {
     t.row(row("start: spawn → gateway answers (median)", &|f| {
         fmt_ms(f.start_ms)
     }));
-    t.row(row("stop: SIGTERM → exit (median)", &|f| fmt_ms(median(&f.stops_ms))));
+    t.row(row("stop: SIGTERM → exit (median)", &|f| {
+        fmt_ms(median(&f.stops_ms))
+    }));
     t.row(row("RSS idle", &|f| {
         if f.rss_mb().is_nan() {
             "n/a".into()
@@ -902,9 +952,10 @@ fn table(report: &mut Report, sizes: &[u64], all: &[Figures]) {
             fmt_ratio(base.map_or(f64::NAN, |b| ratio(f.b2_rps, b.b2_rps)))
         )
     }));
-    t.row(row("eviction of 10 % of the budget: spawn → done", &|f| {
-        fmt_ms(f.evict_ms)
-    }));
+    t.row(row(
+        "eviction of 10 % of the budget: spawn → done",
+        &|f| fmt_ms(f.evict_ms),
+    ));
     t.row(row("eviction: after the gateway answered", &|f| {
         fmt_ms(f.evict_ready_ms)
     }));
@@ -969,8 +1020,11 @@ fn checks(ctx: &Ctx, report: &mut Report, sizes: &[u64], all: &[Figures]) {
 /// Four panels (start, idle RSS, status latency, eviction) against the store size, log-x,
 /// as a self-contained SVG.
 fn plot(sizes: &[u64], all: &[Figures], smoke: bool) -> String {
+    /// A line: name, colour, one value per size.
     type Series<'a> = (&'a str, &'a str, Vec<f64>);
-    let panels: Vec<(&str, Option<(f64, &str)>, Vec<Series>)> = vec![
+    /// A panel: title, target line, lines.
+    type Panel<'a> = (&'a str, Option<(f64, &'a str)>, Vec<Series<'a>>);
+    let panels: Vec<Panel<'_>> = vec![
         (
             "start: spawn → gateway answers (ms)",
             Some((2000.0, "target 2 s")),
@@ -985,15 +1039,27 @@ fn plot(sizes: &[u64], all: &[Figures], smoke: bool) -> String {
             "status latency (ms)",
             None,
             vec![
-                ("p50", "#ff7f0e", all.iter().map(|f| f.status_p50_ms).collect()),
-                ("p99", "#d62728", all.iter().map(|f| f.status_p99_ms).collect()),
+                (
+                    "p50",
+                    "#ff7f0e",
+                    all.iter().map(|f| f.status_p50_ms).collect(),
+                ),
+                (
+                    "p99",
+                    "#d62728",
+                    all.iter().map(|f| f.status_p99_ms).collect(),
+                ),
             ],
         ),
         (
             "eviction of 10 % of the budget (ms)",
             None,
             vec![
-                ("spawn → done", "#9467bd", all.iter().map(|f| f.evict_ms).collect()),
+                (
+                    "spawn → done",
+                    "#9467bd",
+                    all.iter().map(|f| f.evict_ms).collect(),
+                ),
                 (
                     "after ready",
                     "#8c564b",
