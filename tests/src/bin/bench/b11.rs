@@ -637,11 +637,16 @@ fn measure(
     });
     f.rss_kib = node.pid().and_then(sys::rss_kib).map(|(rss, _)| rss);
 
-    // Status latency.
-    let n = if ctx.smoke { 50 } else { 500 };
+    // Status latency: `n` requests, or as many as fit in `budget` (a busy node answers slowly).
+    let (n, budget) = if ctx.smoke {
+        (50, Duration::from_secs(3))
+    } else {
+        (500, Duration::from_secs(30))
+    };
     let url = format!("{}/-/open-registry/status", node.gateway());
     let mut ms = Vec::with_capacity(n);
-    for _ in 0..n {
+    let began = Instant::now();
+    while ms.len() < n && (ms.is_empty() || began.elapsed() < budget) {
         let t = Instant::now();
         let r = http::get(&url, Duration::from_secs(10))?;
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -850,6 +855,7 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Report> {
         commit(),
         cache.display()
     ));
+    report.note(format!("node binary {}", ctx.node_bin.display()));
     report.note(format!(
         "DHT window {:.0}s, {} start(s) per size",
         window.as_secs_f64(),
@@ -989,12 +995,21 @@ fn checks(ctx: &Ctx, report: &mut Report, sizes: &[u64], all: &[Figures]) {
         format!("{:.1} MB", big.rss_mb()),
         (!big.rss_mb().is_nan()).then_some(big.rss_mb() <= 64.0),
     );
+    // `dht_requests` counts only the requests of lookups, not announcements: no verdict on it.
     let per_s = big.dht_per_min() / 60.0;
+    let counted = big.dht_counter == DHT_COUNTERS[0];
     report.check(
         &format!("B11: DHT messages at {at} blobs ({})", big.dht_counter),
         "≤ 10 /s",
-        format!("{per_s:.1} /s"),
-        (!per_s.is_nan()).then_some(per_s <= 10.0),
+        if counted {
+            format!("{per_s:.1} /s")
+        } else {
+            format!(
+                "{per_s:.1} /s (lookups only: no {} counter)",
+                DHT_COUNTERS[0]
+            )
+        },
+        (counted && !per_s.is_nan()).then_some(per_s <= 10.0),
     );
     let Some(base) = all.first() else { return };
     for (n, f) in sizes.iter().zip(all).skip(1) {
