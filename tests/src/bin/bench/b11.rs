@@ -1099,14 +1099,12 @@ fn plot(sizes: &[u64], all: &[Figures], smoke: bool) -> String {
         if smoke { " (smoke)" } else { "" }
     );
     let xs: Vec<f64> = sizes.iter().map(|n| (*n as f64).log10()).collect();
+    // A quarter of a decade of room on either side of the sizes measured.
     let (mut x0, mut x1) = (
-        xs.iter().copied().fold(f64::INFINITY, f64::min).floor(),
-        xs.iter().copied().fold(f64::NEG_INFINITY, f64::max).ceil(),
+        xs.iter().copied().fold(f64::INFINITY, f64::min) - 0.25,
+        xs.iter().copied().fold(f64::NEG_INFINITY, f64::max) + 0.25,
     );
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    if !x0.is_finite() {
+    if !x0.is_finite() || !x1.is_finite() {
         (x0, x1) = (3.0, 6.0);
     }
     for (pi, (title, target, series)) in panels.iter().enumerate() {
@@ -1151,17 +1149,15 @@ fn plot(sizes: &[u64], all: &[Figures], smoke: bool) -> String {
                 fmt_axis(y)
             );
         }
-        // x: decades, and the sizes measured.
-        let mut d = x0;
-        while d <= x1 + 1e-9 {
+        // x: the sizes measured (log scale).
+        for (x, n) in xs.iter().zip(sizes) {
             let _ = writeln!(
                 s,
                 r##"<line x1="{0}" y1="{top}" x2="{0}" y2="{bottom}" stroke="#eee"/><text x="{0}" y="{1}" text-anchor="middle">{2}</text>"##,
-                px(d),
+                px(*x),
                 bottom + 14.0,
-                size_label(10f64.powf(d).round() as u64)
+                size_label(*n)
             );
-            d += 1.0;
         }
         let _ = writeln!(
             s,
