@@ -5,7 +5,7 @@
 //! ```text
 //! open-registry-bench <ID> [--smoke] [--runs N] [--duration SECS] [--loadgen auto|wrk|builtin]
 //!                          [--node-bin PATH] [--results DIR] [--no-nginx] [--no-verdaccio]
-//!                          [--profile]
+//!                          [--profile] [--sizes 10k,100k,1M] [--window SECS]
 //! ```
 //!
 //! Each benchmark is one function `fn(&Ctx) -> Result<Report>` in [`BENCHMARKS`]: it sets up
@@ -16,11 +16,14 @@
 //! fast a signed takedown reaches every node of a network. B10 runs in the network laboratory
 //! (`open_registry_tests::lab`): `npm ci` through a NATed laptop's node in every region vs npm
 //! straight from the upstream, and B5's cold miss across real distances.
+//! B11 measures how the node's costs grow with its store: stores of up to a million blobs are
+//! generated with the node's own store code and cached between runs.
 //! The peer benchmarks (B3p, B4, B5) start several nodes on loopback (`targets::start_peer`)
 //! and compare with B3 and with in-process transport references (`perf`).
 
 mod b1;
 mod b10;
+mod b11;
 mod b2;
 mod b3;
 mod b3p;
@@ -104,6 +107,11 @@ const BENCHMARKS: &[Bench] = &[
         "the regional benchmark: npm ci through a laptop node in every region vs npm direct",
         b10::run,
     ),
+    (
+        "B11",
+        "scale: start, idle RSS, status, eviction, DHT and hot paths at 10k, 100k and 1M blobs",
+        b11::run,
+    ),
 ];
 
 /// What every benchmark gets: the options and where things are.
@@ -127,13 +135,18 @@ pub(crate) struct Ctx {
     pub(crate) results: PathBuf,
     /// Record a CPU profile of the node (`perf record`) during its load runs.
     pub(crate) profile: bool,
+    /// B11's store sizes in blobs (`--sizes 10k,100k`), instead of its defaults.
+    pub(crate) sizes: Option<Vec<u64>>,
+    /// B11's DHT counting window (`--window SECS`), instead of its default.
+    pub(crate) window: Option<Duration>,
 }
 
 fn usage() -> String {
     let mut s = String::from(
         "usage: open-registry-bench <ID> [--smoke] [--runs N] [--duration SECS]\n\
          \x20                          [--loadgen auto|wrk|builtin] [--node-bin PATH]\n\
-         \x20                          [--results DIR] [--no-nginx] [--no-verdaccio] [--profile]\n\nbenchmarks:\n",
+         \x20                          [--results DIR] [--no-nginx] [--no-verdaccio] [--profile]\n\
+         \x20                          [--sizes 10k,100k,1M] [--window SECS]   (B11)\n\nbenchmarks:\n",
     );
     for (id, what, _) in BENCHMARKS {
         s.push_str(&format!("  {id:<4} {what}\n"));
@@ -151,6 +164,7 @@ fn parse_args() -> Result<(String, Ctx)> {
     let mut node_bin = std::env::var_os("OPEN_REGISTRY_BIN").map(PathBuf::from);
     let mut results = None;
     let (mut nginx, mut verdaccio, mut profile) = (true, true, false);
+    let (mut sizes, mut window) = (None, None);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| anyhow!("{name} needs a value"));
         match a.as_str() {
@@ -167,6 +181,19 @@ fn parse_args() -> Result<(String, Ctx)> {
             "--no-nginx" => nginx = false,
             "--no-verdaccio" => verdaccio = false,
             "--profile" => profile = true,
+            "--sizes" => {
+                sizes = Some(
+                    value("--sizes")?
+                        .split(',')
+                        .map(b11::parse_size)
+                        .collect::<Result<Vec<u64>>>()?,
+                );
+            }
+            "--window" => {
+                window = Some(Duration::from_secs_f64(
+                    value("--window")?.parse().context("--window")?,
+                ));
+            }
             "-h" | "--help" => {
                 print!("{}", usage());
                 std::process::exit(0);
@@ -211,6 +238,8 @@ fn parse_args() -> Result<(String, Ctx)> {
             verdaccio,
             results,
             profile,
+            sizes,
+            window,
         },
     ))
 }
