@@ -80,9 +80,11 @@ impl Fetcher {
             }
             _ => (None, None),
         };
-        let flight = self.tarballs.run(key, move || async move {
-            this.fetch_tarball(&n, &f, tap).await
-        });
+        let flight =
+            self.tarballs.run(
+                key,
+                move || async move { this.fetch_tarball(&n, &f, tap).await },
+            );
         let (result, role) = match streamed {
             None => flight.await,
             Some(mut streamed) => {

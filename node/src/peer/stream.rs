@@ -372,7 +372,17 @@ where
     S: Stream<Item = Result<Bytes, PeerError>> + Unpin,
 {
     let mut feed = tap.and_then(|t| t.begin(id, len));
-    let got = receive(store, metrics, &mut chunks, len, id, verifier, max_len, &mut feed).await;
+    let got = receive(
+        store,
+        metrics,
+        &mut chunks,
+        len,
+        id,
+        verifier,
+        max_len,
+        &mut feed,
+    )
+    .await;
     match got {
         Ok(id) => {
             if let Some(f) = feed {
@@ -417,7 +427,9 @@ where
         let chunk = chunk?;
         got += chunk.len() as u64;
         if got > len {
-            return Err(PeerError::Size(format!("more than the {len} bytes announced")));
+            return Err(PeerError::Size(format!(
+                "more than the {len} bytes announced"
+            )));
         }
         if let Some(f) = feed.as_mut() {
             f.send(&chunk);
@@ -425,9 +437,13 @@ where
         w.write(&chunk).await.map_err(|e| metrics.refused(e))?;
     }
     if got < len {
-        return Err(PeerError::Size(format!("{got} of the {len} bytes announced")));
+        return Err(PeerError::Size(format!(
+            "{got} of the {len} bytes announced"
+        )));
     }
-    Ok(w.commit_as(Some(id)).await.map_err(|e| metrics.refused(e))?)
+    Ok(w.commit_as(Some(id))
+        .await
+        .map_err(|e| metrics.refused(e))?)
 }
 
 /// Peers that served bad bytes for a blob, and when (clock ms): skipped for that blob for
@@ -453,7 +469,10 @@ impl<P: Eq + Hash + Clone> BadPeers<P> {
             let ttl = BAD_PEER_TTL.as_millis() as u64;
             seen.retain(|_, at| now_ms.saturating_sub(*at) < ttl);
             if seen.len() >= BAD_PEERS_KEPT
-                && let Some(oldest) = seen.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone())
+                && let Some(oldest) = seen
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
             {
                 seen.remove(&oldest);
             }
@@ -489,7 +508,11 @@ mod tests {
         let t0 = 1_000_000;
         bad.note(&a, &1, t0);
         assert_eq!(bad.usable(&a, &[1, 2, 3], t0 + 1), [2, 3]);
-        assert_eq!(bad.usable(&b, &[1, 2], t0 + 1), [1, 2], "only for that blob");
+        assert_eq!(
+            bad.usable(&b, &[1, 2], t0 + 1),
+            [1, 2],
+            "only for that blob"
+        );
         let ttl = BAD_PEER_TTL.as_millis() as u64;
         assert!(bad.is_bad(&a, &1, t0 + ttl - 1));
         assert!(!bad.is_bad(&a, &1, t0 + ttl), "forgiven after the TTL");

@@ -19,8 +19,8 @@ use url::Url;
 
 use crate::clock::Clock;
 use crate::fetch::upstream::{Budget, Download, PackumentAnswer, Source, UpstreamError};
-use crate::peer::{self, Agreed, Found, PeerError};
 use crate::metrics::Metrics;
+use crate::peer::{self, Agreed, Found, PeerError};
 use crate::store::Store;
 
 /// How the fake upstream answers a packument request.
@@ -390,7 +390,13 @@ impl peer::Source for FakePeers {
         self.fetch_calls.fetch_add(1, Ordering::SeqCst);
         // As `Peers::fetch_from` does: providers in order, those that spoiled this blob lately
         // skipped, each received by the real receive into the store and the tap.
-        let mut providers = self.providers.lock().unwrap().get(id).cloned().unwrap_or_default();
+        let mut providers = self
+            .providers
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .unwrap_or_default();
         if let Some(bytes) = self.blobs.lock().unwrap().get(id).cloned() {
             providers.push(FakeProvider {
                 name: "correct",

@@ -95,7 +95,10 @@ async fn the_first_bytes_of_a_large_tarball_come_before_the_peer_sent_the_rest()
     let rest: Vec<Bytes> = timeout(WAIT, s.map(Result::unwrap).collect())
         .await
         .expect("the body hung");
-    assert_eq!([first].into_iter().chain(rest).collect::<Vec<_>>().concat(), t);
+    assert_eq!(
+        [first].into_iter().chain(rest).collect::<Vec<_>>().concat(),
+        t
+    );
     assert!(rig.store.blobs.contains(&id), "stored once verified");
     // Served again (from the store, or from the flight storing it): no second fetch.
     assert_eq!(body(get(&rig).await.body).await, t);
@@ -123,13 +126,23 @@ async fn bytes_that_do_not_verify_cut_the_answer_short_and_the_retry_goes_to_ano
     );
 
     let b = get(&rig).await;
-    assert_eq!(b.len, t.len() as u64, "Content-Length is the promised length");
+    assert_eq!(
+        b.len,
+        t.len() as u64,
+        "Content-Length is the promised length"
+    );
     let got = drain(b.body).await;
     let (last, sent) = got.split_last().unwrap();
-    assert!(last.is_err(), "the body ends in an error, not a complete body");
+    assert!(
+        last.is_err(),
+        "the body ends in an error, not a complete body"
+    );
     let sent: usize = sent.iter().map(|c| c.as_ref().unwrap().len()).sum();
     assert!(sent > 0 && sent < t.len(), "{sent} bytes went out");
-    assert!(!rig.store.blobs.contains(&id), "the bad bytes were not kept");
+    assert!(
+        !rig.store.blobs.contains(&id),
+        "the bad bytes were not kept"
+    );
     assert_eq!(peers.metrics().integrity_failures.load(Ordering::SeqCst), 1);
 
     // A correct provider appears; the client's retry is served by it, the liar not asked again.
@@ -165,7 +178,11 @@ async fn a_transfer_that_breaks_before_sending_is_replaced_unseen_and_after_send
     peers.provider_first(&id, broken("midway", 2));
     let got = drain(get(&rig).await.body).await;
     assert!(got.last().unwrap().is_err(), "the body ends in an error");
-    let sent: usize = got.iter().filter_map(|c| c.as_ref().ok()).map(Bytes::len).sum();
+    let sent: usize = got
+        .iter()
+        .filter_map(|c| c.as_ref().ok())
+        .map(Bytes::len)
+        .sum();
     assert_eq!(sent, 2 * CHUNK);
     assert_eq!(body(get(&rig).await.body).await, t);
     assert_eq!(*peers.asked.lock().unwrap(), ["midway", "correct"]);
