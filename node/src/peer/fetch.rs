@@ -186,7 +186,8 @@ impl Peers {
             Ok(chunk)
         });
         let tap = stream::current_tap();
-        let got = stream::receive_into(
+        // Boxed: the verifier and the writer make a large future.
+        let got = Box::pin(stream::receive_into(
             &self.store,
             &self.metrics,
             chunks,
@@ -195,7 +196,7 @@ impl Peers {
             verifier,
             max_len,
             tap.as_ref(),
-        )
+        ))
         .await;
         got.map_err(|f| {
             if f.spoiled {
