@@ -138,6 +138,9 @@ impl Admin {
                 })
                 .collect(),
             provided: i.provided as u64,
+            announce_rate: i.announcer.rate.round() as u64,
+            announce_cost: i.announcer.cost.round() as u64,
+            announce_cycle_secs: i.announcer.cycle_secs,
             records_stored: i.records_stored as u64,
             provider_keys_stored: i.provider_keys_stored as u64,
             trusted: peers

@@ -34,6 +34,7 @@ pub mod error;
 pub mod event_loop;
 pub mod gossip;
 pub mod hooks;
+pub mod pacer;
 pub mod reach;
 pub mod record_ids;
 pub mod rtt;
@@ -58,6 +59,7 @@ pub use gossip::{
     ADVISORIES_TOPIC, Message as GossipMessage, POPULARITY_TOPIC, RECORDS_TOPIC, REPORTS_TOPIC,
     STATEMENTS_TOPIC,
 };
+pub use pacer::PacerStatus;
 pub use hooks::{Blob, BlobSource, NoBlobs, RecordValidator, RejectAll};
 pub use libp2p::{Multiaddr, PeerId};
 pub use reach::{Reach, kad_mode, reachability};

@@ -57,10 +57,10 @@ impl Maintenance {
     async fn evict(&self) {
         match evict::evict(&self.store, &self.pins, self.cap).await {
             Ok(report) => {
-                if let Some(peers) = &self.peers {
-                    for id in &report.evicted {
-                        peers.withdraw(id).await;
-                    }
+                if let Some(peers) = &self.peers
+                    && !report.evicted.is_empty()
+                {
+                    peers.withdraw_emptied().await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "eviction failed"),

@@ -37,6 +37,7 @@ impl EventLoop {
                 {
                     self.count_lookup(&stats);
                 }
+                self.count_messages(&result, step.last, &stats);
                 match result {
                     QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
                         providers,
@@ -55,15 +56,18 @@ impl EventLoop {
                         }
                     }
                     QueryResult::StartProviding(r) => {
-                        if let Some(key) = self.announcing.remove(&id) {
+                        if let Some((key, charged)) = self.announcing.remove(&id) {
                             tracing::debug!(
                                 ok = r.is_ok(),
                                 peers = stats.num_successes(),
-                                "announced a blob"
+                                messages = stats.num_requests(),
+                                "announced a key"
                             );
+                            let now = std::time::Instant::now();
                             let store = self.swarm.behaviour_mut().kad.store_mut();
+                            store.announced(charged, stats.num_requests(), now);
                             if stats.num_successes() == 0 && store.is_provided(&key) {
-                                store.schedule(key, std::time::Instant::now() + ANNOUNCE_RETRY);
+                                store.schedule(key, now + ANNOUNCE_RETRY);
                             }
                         }
                     }
@@ -110,6 +114,22 @@ impl EventLoop {
             &m.dht_query_micros,
             u64::try_from(micros).unwrap_or(u64::MAX),
         );
+    }
+
+    /// Counts the requests a query sent (`dht_messages_sent`), once per query: at its last
+    /// step for the queries whose statistics accumulate over steps (lookups, announcements,
+    /// puts: an announcement's include its ADD_PROVIDER messages), at every step for a
+    /// bootstrap, each of whose steps is a query of its own with its own statistics.
+    fn count_messages(&self, result: &QueryResult, last: bool, stats: &kad::QueryStats) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        if last || matches!(result, QueryResult::Bootstrap(_)) {
+            Metrics::add(&m.dht_messages_sent, u64::from(stats.num_requests()));
+        }
+        if last && matches!(result, QueryResult::StartProviding(_)) {
+            Metrics::add(&m.dht_announce_messages, u64::from(stats.num_requests()));
+        }
     }
 
     fn found_providers(&mut self, qid: QueryId, providers: HashSet<PeerId>) {
