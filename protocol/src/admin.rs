@@ -27,8 +27,8 @@ pub struct Pinned {
     pub size: u64,
     /// When the package was first pinned (unix ms).
     pub since: u64,
-    /// The fewest providers any of its pinned tarballs has on the network, this node included
-    /// (its weakest link); `None` without the network.
+    /// How many nodes announce the package on the network (one provider record per package),
+    /// this node included; `None` without the network or with no pinned tarball stored.
     pub providers: Option<u64>,
 }
 

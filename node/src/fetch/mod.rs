@@ -42,7 +42,7 @@ use bytes::Bytes;
 use open_registry_gateway::access::Source;
 use open_registry_gateway::{MemoryBudget, Packument};
 use open_registry_protocol::packument::DistRef;
-use open_registry_protocol::{BlobId, PackageName, Signed};
+use open_registry_protocol::{PackageName, Signed};
 use tokio_util::task::TaskTracker;
 
 pub(crate) use error::FetchError;

@@ -391,13 +391,12 @@ mod tests {
     /// Messages sent in every window of `w`, at most.
     fn worst_window(sends: &[(Duration, u32)], w: Duration) -> u64 {
         let (mut worst, mut sum, mut lo) = (0u64, 0u64, 0);
-        for (hi, &(t, m)) in sends.iter().enumerate() {
+        for &(t, m) in sends {
             sum += u64::from(m);
             while sends[lo].0 + w <= t {
                 sum -= u64::from(sends[lo].1);
                 lo += 1;
             }
-            let _ = hi;
             worst = worst.max(sum);
         }
         worst

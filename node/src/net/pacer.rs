@@ -140,7 +140,7 @@ impl Pacer {
         let cycle = self.cycle(keys);
         PacerStatus {
             rate: self.rate,
-            cost: (self.cost * 10.0).round() / 10.0,
+            cost: (self.cost() * 10.0).round() / 10.0,
             cycle_secs: cycle.as_secs(),
             cycle_too_long: cycle > PROVIDER_RECORD_TTL / 2,
         }

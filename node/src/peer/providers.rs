@@ -102,11 +102,12 @@ impl Peers {
         id: &BlobId,
         limit: usize,
     ) -> Result<Vec<net::PeerId>, net::NetError> {
+        let key = provider_key(name);
         let (found, looked_up) = self
             .providers
             .get_or_lookup(name, || {
                 self.net
-                    .find_providers(&provider_key(name), MAX_PROVIDER_RECORDS, FIND_DEADLINE)
+                    .find_providers(&key, MAX_PROVIDER_RECORDS, FIND_DEADLINE)
             })
             .await?;
         if looked_up {
@@ -168,7 +169,8 @@ mod tests {
         let (a, b) = futures::join!(c.get_or_lookup(&n, lookup), c.get_or_lookup(&n, lookup));
         assert_eq!(runs.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert_eq!(a.unwrap().0, b.unwrap().0);
-        let failed = c.get_or_lookup(&name("d"), || async { Err::<Vec<_>, _>("busy") });
+        let d = name("d");
+        let failed = c.get_or_lookup(&d, || async { Err::<Vec<_>, _>("busy") });
         assert!(failed.await.is_err());
         assert!(ask(&c, "d", vec![]).await, "a failed lookup was cached");
     }

@@ -1,8 +1,9 @@
 //! The swarm task's handling of Kademlia events: query progress, and what peers push to us.
 //!
 //! Inbound values pass the [`RecordValidator`](crate::net::RecordValidator) (and, replacing a
-//! value we hold, its `replaces`); inbound provider records must be for a blob CID. Nothing
-//! else enters the store (`StoreInserts::FilterBoth`).
+//! value we hold, its `replaces`); inbound provider records must be for a blob CID (package
+//! provider keys are CID-shaped). Nothing else enters the store (`StoreInserts::FilterBoth`).
+//! Every query's outbound requests are counted (`dht_messages_sent`).
 
 use std::collections::HashSet;
 
@@ -209,7 +210,8 @@ impl EventLoop {
         }
     }
 
-    /// A provider record a peer pushed to us: stored only for keys that are blob CIDs.
+    /// A provider record a peer pushed to us: stored only for keys that are blob CIDs (package
+    /// provider keys are shaped as one).
     fn accept_provider(&mut self, record: kad::ProviderRecord) {
         if BlobId::from_bytes(record.key.as_ref()).is_err() {
             tracing::debug!(provider = %record.provider, "provider record for a non-blob key");
