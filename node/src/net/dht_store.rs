@@ -371,7 +371,8 @@ mod tests {
         let t0 = Instant::now();
         s.pacer = Pacer::new(rate, t0);
         for i in 0..keys {
-            s.provide(RecordKey::new(&(i as u64).to_be_bytes()), t0).unwrap();
+            s.provide(RecordKey::new(&(i as u64).to_be_bytes()), t0)
+                .unwrap();
         }
         let (mut sends, mut per_key) = (Vec::new(), HashMap::<RecordKey, Vec<Duration>>::new());
         let mut now = t0;
@@ -414,14 +415,21 @@ mod tests {
                 let w = Duration::from_secs(w);
                 let bound = f64::from(rate) * (super::super::pacer::BURST + w).as_secs_f64();
                 let worst = worst_window(&sends, w) as f64;
-                assert!(worst <= bound, "{keys} keys: {worst} messages in {w:?} > {bound}");
+                assert!(
+                    worst <= bound,
+                    "{keys} keys: {worst} messages in {w:?} > {bound}"
+                );
             }
             // Every key went out, and no key more often than once a cycle.
             assert_eq!(per_key.len(), keys);
             let cycle = Pacer::new(rate, Instant::now()).cycle(keys);
             for times in per_key.values() {
                 for pair in times.windows(2) {
-                    assert!(pair[1] - pair[0] >= cycle, "{:?} < {cycle:?}", pair[1] - pair[0]);
+                    assert!(
+                        pair[1] - pair[0] >= cycle,
+                        "{:?} < {cycle:?}",
+                        pair[1] - pair[0]
+                    );
                 }
             }
         }

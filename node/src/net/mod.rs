@@ -59,9 +59,9 @@ pub use gossip::{
     ADVISORIES_TOPIC, Message as GossipMessage, POPULARITY_TOPIC, RECORDS_TOPIC, REPORTS_TOPIC,
     STATEMENTS_TOPIC,
 };
-pub use pacer::PacerStatus;
 pub use hooks::{Blob, BlobSource, NoBlobs, RecordValidator, RejectAll};
 pub use libp2p::{Multiaddr, PeerId};
+pub use pacer::PacerStatus;
 pub use reach::{Reach, kad_mode, reachability};
 pub use record_ids::RECORD_IDS_PROTOCOL;
 pub use rtt::Rtts;

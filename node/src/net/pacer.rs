@@ -124,8 +124,8 @@ impl Pacer {
         self.refill(now);
         let sent = f64::from(sent);
         self.tokens = (self.tokens + charged - sent).min(self.capacity);
-        self.cost = (self.cost + COST_WEIGHT * (sent.max(MIN_COST) - self.cost))
-            .clamp(MIN_COST, MAX_COST);
+        self.cost =
+            (self.cost + COST_WEIGHT * (sent.max(MIN_COST) - self.cost)).clamp(MIN_COST, MAX_COST);
     }
 
     /// How long one round over `keys` provided keys takes: [`REANNOUNCE_INTERVAL`], or longer

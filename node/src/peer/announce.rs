@@ -41,7 +41,10 @@ impl Peers {
     }
 
     fn is_announced(&self, name: &PackageName) -> bool {
-        self.announced.lock().expect("announced lock").contains(name)
+        self.announced
+            .lock()
+            .expect("announced lock")
+            .contains(name)
     }
 
     /// After an eviction: withdraws the packages whose packument entry it removed (the

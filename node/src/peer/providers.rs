@@ -88,7 +88,6 @@ impl ProviderCache {
         entries.insert(name.clone(), (now, cell.clone()));
         cell
     }
-
 }
 
 impl Peers {
@@ -145,7 +144,10 @@ mod tests {
         let c = ProviderCache::default();
         let p = vec![net::PeerId::random()];
         assert!(ask(&c, "a", p.clone()).await);
-        assert!(!ask(&c, "a", vec![]).await, "the second miss looked up again");
+        assert!(
+            !ask(&c, "a", vec![]).await,
+            "the second miss looked up again"
+        );
         assert!(ask(&c, "b", vec![]).await);
         // Empty answers expire sooner.
         tokio::time::advance(EMPTY_TTL).await;

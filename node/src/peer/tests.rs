@@ -54,9 +54,9 @@ async fn node(
     let config = Config {
         bootstrap: bootstrap
             .map(|b| {
-                b.addr.clone().with(libp2p::multiaddr::Protocol::P2p(
-                    b.client.local_peer_id(),
-                ))
+                b.addr
+                    .clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(b.client.local_peer_id()))
             })
             .into_iter()
             .collect(),
@@ -87,7 +87,10 @@ where
 {
     let end = tokio::time::Instant::now() + Duration::from_secs(10);
     while !check().await {
-        assert!(tokio::time::Instant::now() < end, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -104,7 +107,10 @@ fn count(c: &AtomicU64) -> u64 {
 async fn tarballs_are_found_through_their_package_with_one_lookup() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let name = PackageName::parse("pkg").unwrap();
-        let (t1, t2) = (Bytes::from_static(b"tarball one"), Bytes::from_static(b"tarball two"));
+        let (t1, t2) = (
+            Bytes::from_static(b"tarball one"),
+            Bytes::from_static(b"tarball two"),
+        );
         let (id1, id2) = (BlobId::of(&t1), BlobId::of(&t2));
 
         let o = node(81, None, Arc::new(NoBlobs), None).await;
@@ -149,15 +155,25 @@ async fn tarballs_are_found_through_their_package_with_one_lookup() {
         );
 
         let before = count(&metrics.dht_queries);
-        let got = peers.fetch_verified(&name, &id1, None, 1 << 20).await.unwrap();
+        let got = peers
+            .fetch_verified(&name, &id1, None, 1 << 20)
+            .await
+            .unwrap();
         assert_eq!(got, id1);
         assert_eq!(store.blobs.read(&id1).await.unwrap().unwrap(), t1);
-        assert_eq!(count(&metrics.dht_queries), before + 1, "one package lookup");
+        assert_eq!(
+            count(&metrics.dht_queries),
+            before + 1,
+            "one package lookup"
+        );
         assert_eq!(count(&metrics.package_provider_lookups), 1);
         assert_eq!(count(&metrics.blob_provider_lookups), 0);
 
         // The next tarball of the package: the cached providers, no DHT lookup at all.
-        let got = peers.fetch_verified(&name, &id2, None, 1 << 20).await.unwrap();
+        let got = peers
+            .fetch_verified(&name, &id2, None, 1 << 20)
+            .await
+            .unwrap();
         assert_eq!(got, id2);
         assert_eq!(store.blobs.read(&id2).await.unwrap().unwrap(), t2);
         assert_eq!(count(&metrics.dht_queries), before + 1, "a second lookup");
@@ -229,7 +245,13 @@ async fn a_blob_announced_by_its_id_is_still_found() {
             clock,
             Duration::from_secs(10),
         );
-        assert_eq!(peers.fetch_verified(&name, &id, None, 1 << 20).await.unwrap(), id);
+        assert_eq!(
+            peers
+                .fetch_verified(&name, &id, None, 1 << 20)
+                .await
+                .unwrap(),
+            id
+        );
         assert_eq!(count(&metrics.package_provider_lookups), 1);
         assert_eq!(count(&metrics.blob_provider_lookups), 1);
         assert_eq!(count(&metrics.dht_queries), 2);

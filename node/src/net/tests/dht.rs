@@ -352,7 +352,10 @@ async fn announcements_are_counted_in_the_messages_sent() {
         assert!(count(&metrics.dht_messages_sent) >= count(&metrics.dht_announce_messages));
         let info = b.client.peers().await.unwrap();
         assert_eq!(info.provided, 1);
-        assert_eq!(info.announcer.rate, f64::from(Limits::default().announce_rate));
+        assert_eq!(
+            info.announcer.rate,
+            f64::from(Limits::default().announce_rate)
+        );
         assert_eq!(
             info.announcer.cycle_secs,
             crate::net::REANNOUNCE_INTERVAL.as_secs()
