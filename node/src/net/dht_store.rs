@@ -353,6 +353,9 @@ mod tests {
         assert_eq!(s.provided().count(), 2);
     }
 
+    /// When each simulated announcement went out (since the start), and its messages.
+    type Sends = Vec<(Duration, u32)>;
+
     /// Drives a store with `keys` provided keys over `span` of simulated time, announcing
     /// whatever is due whenever it says, each announcement sending `sent` messages (settled at
     /// once). Returns (time, messages) of every announcement and how often each key went out.
@@ -361,7 +364,7 @@ mod tests {
         rate: u32,
         sent: u32,
         span: Duration,
-    ) -> (Vec<(Duration, u32)>, HashMap<RecordKey, Vec<Duration>>) {
+    ) -> (Sends, HashMap<RecordKey, Vec<Duration>>) {
         let limits = Limits {
             max_provided_keys: keys,
             announce_rate: rate,
@@ -390,7 +393,7 @@ mod tests {
     }
 
     /// Messages sent in every window of `w`, at most.
-    fn worst_window(sends: &[(Duration, u32)], w: Duration) -> u64 {
+    fn worst_window(sends: &Sends, w: Duration) -> u64 {
         let (mut worst, mut sum, mut lo) = (0u64, 0u64, 0);
         for &(t, m) in sends {
             sum += u64::from(m);
