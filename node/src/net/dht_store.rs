@@ -10,7 +10,7 @@
 //!
 //! We announce on our own schedule, not with Kademlia's republish job (which copies every
 //! provided record at once): each provided key has a due time in a min-heap; the swarm task
-//! pops due keys, a few at a time and only as fast as the [`Pacer`]'s message budget allows,
+//! pops due keys, a few at a time and only as fast as the pacer's message budget allows,
 //! and pushes each back one cycle later ([`REANNOUNCE_INTERVAL`], stretched when the budget
 //! cannot carry every key in that time). A heap entry is live only while its due time equals
 //! the key's current one; `unprovide` just forgets the key and the stale entry is skipped when
@@ -33,12 +33,12 @@ use super::pacer::{Pacer, PacerStatus};
 
 /// How long a provider record we store for others lives without being re-announced: 14 days.
 /// Above twice the longest cycle we plan for (100,000 packages at the default rate: about
-/// 5.8 days, see [`Pacer`]), so a record survives one missed announcement at that size.
+/// 5.8 days, see `net::pacer`), so a record survives one missed announcement at that size.
 pub const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(14 * 86_400);
 
 /// The shortest re-announcement cycle: a node with few keys re-announces each every 12 h. A
 /// node whose keys the message budget cannot carry in 12 h stretches its cycle instead
-/// ([`Pacer::cycle`]).
+/// (`net::pacer`).
 pub const REANNOUNCE_INTERVAL: Duration = Duration::from_secs(12 * 3600);
 
 /// When an announcement reached no peer, how soon it is tried again.

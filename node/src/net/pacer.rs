@@ -6,7 +6,7 @@
 //! would send millions of messages a day whatever else it does (the reprovider problem). So
 //! announcements draw from a bucket filled at [`Limits::announce_rate`](super::Limits) messages
 //! per second and holding at most [`BURST`] seconds of it; each announcement takes the
-//! *estimated* cost of one ([`Pacer::cost`]) when it starts, and the estimate is corrected by
+//! *estimated* cost of one when it starts, and the estimate is corrected by
 //! what the finished query reports (its `num_requests`), so the bucket follows the messages
 //! actually sent and the estimate follows the network's size.
 //!
