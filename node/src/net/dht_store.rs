@@ -1,12 +1,12 @@
-//! The Kademlia record store: other peers' values and provider records, and the blob ids we
-//! announce ourselves with their announcement schedule.
+//! The Kademlia record store: other peers' values and provider records, and the keys we
+//! announce ourselves (one per package held) with their announcement schedule.
 //!
 //! Replaces libp2p's `MemoryStore`, whose defaults are far too small for a registry (1024
 //! records, 1024 provided keys) and which reserves room for 20 providers inline in every key
 //! (~3 KiB per announced blob). Everything here is bounded by [`Limits`]:
 //! values by count and size, others' providers by key count and per key (keeping the ones
 //! closest to the key, as Kademlia does, so a sybil must grind ids to crowd out honest
-//! providers: R15), and the ids we provide by count.
+//! providers: R15), and the keys we provide by count.
 //!
 //! We announce on our own schedule, not with Kademlia's republish job (which copies every
 //! provided record at once): each provided key has a due time in a min-heap; the swarm task
