@@ -3,7 +3,7 @@
 //! One provider record per **package**, not per blob: the key is the package's
 //! [`provider_key`] (a BLAKE3 of a fixed domain and the name), provided as soon as the node
 //! stores anything of the package (packument, tarball, a trusted operator's record) and
-//! withdrawn when eviction removes its packument entry. A node with a million blobs of 100,000 packages so keeps 100,000
+//! withdrawn when eviction leaves the index neither its packument nor any of its tarballs. A node with a million blobs of 100,000 packages so keeps 100,000
 //! keys, not a million, and the swarm task re-announces them at a bounded message rate
 //! (`net::pacer`). Blobs are found through their package: a miss asks the trusted operators,
 //! then the package's providers (`peer::providers`). Record blobs are not announced either:
@@ -22,6 +22,7 @@ use open_registry_protocol::{BlobId, PackageName};
 
 use super::{Found, Peers};
 use crate::net;
+use crate::store::{IndexError, Store};
 
 impl Peers {
     /// Announces that this node holds blobs of `name`: provides the package's key.
@@ -47,9 +48,8 @@ impl Peers {
             .contains(name)
     }
 
-    /// After an eviction: withdraws the packages whose packument entry it removed (the
-    /// package's blobs go with it or before it). Point lookups in the index, on the blocking
-    /// pool.
+    /// After an eviction: withdraws the packages of which the index holds neither a packument
+    /// nor a tarball any more. Index scans, on the blocking pool.
     pub(crate) async fn withdraw_emptied(&self) {
         let names: Vec<PackageName> = self
             .announced
@@ -60,9 +60,13 @@ impl Peers {
             .collect();
         let store = self.store.clone();
         let gone = tokio::task::spawn_blocking(move || {
+            // A package's tarballs may outlive its packument: held is both.
+            let Ok(held) = held_packages(&store) else {
+                return Vec::new();
+            };
             names
                 .into_iter()
-                .filter(|n| matches!(store.index.packument(n), Ok(None)))
+                .filter(|n| !held.contains(n))
                 .collect::<Vec<_>>()
         })
         .await
@@ -77,19 +81,14 @@ impl Peers {
     }
 
     /// Announces every package held and republishes our records' pointers (after a start).
-    /// The set is the packument entries of the index (a package's tarballs are indexed under
-    /// it), never a listing of the blob directory: sled scans, on the blocking pool.
+    /// The set is the packages with a packument or a tarball entry in the index, never a
+    /// listing of the blob directory: sled scans, on the blocking pool.
     pub(crate) async fn announce_all(&self) {
         let (store, records) = (self.store.clone(), self.records.clone());
         let listed = tokio::task::spawn_blocking(move || {
-            let names: BTreeSet<PackageName> = store
-                .index
-                .packument_entries()?
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
+            let names = held_packages(&store)?;
             let own = records.own_latest()?;
-            Ok::<_, crate::store::IndexError>((names, own))
+            Ok::<_, IndexError>((names, own))
         })
         .await;
         let (names, own) = match listed {
@@ -162,4 +161,25 @@ impl Peers {
             }
         }
     }
+}
+
+/// The packages of which the index holds a packument or a tarball (tarball keys are
+/// `name/file`, and file names hold no `/`).
+fn held_packages(store: &Store) -> Result<BTreeSet<PackageName>, IndexError> {
+    let mut names: BTreeSet<PackageName> = store
+        .index
+        .packument_entries()?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for (key, _) in store.index.tarball_entries()? {
+        if let Some((name, _)) = std::str::from_utf8(&key)
+            .ok()
+            .and_then(|k| k.rsplit_once('/'))
+            && let Ok(name) = PackageName::parse(name)
+        {
+            names.insert(name);
+        }
+    }
+    Ok(names)
 }
