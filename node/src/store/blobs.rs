@@ -5,9 +5,9 @@
 //! Invariant: a blob is visible under its id only once it is completely written, verified
 //! (its bytes hash to the id, and match the npm integrity it was promised) and durable: its
 //! bytes are durable before it is hard-linked under its id, and the link is durable before the
-//! commit returns ([`super::commit`] does both for every blob waiting, in one batch). A crash at
-//! any point leaves either no file under the id or the whole verified file; leftovers in `tmp/`
-//! are deleted on open. A writer dropped before commit (an error, a cancelled request) deletes
+//! commit returns (the store's group commit, `store/commit.rs`, does both for every blob
+//! waiting, in one batch). A crash at any point leaves either no file under the id or the whole
+//! verified file; leftovers in `tmp/` are deleted on open. A writer dropped before commit (an error, a cancelled request) deletes
 //! its temp file.
 //!
 //! A writer keeps a small blob in memory (up to [`SPILL`] bytes, hashed as it arrives); a larger

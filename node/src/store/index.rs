@@ -1,6 +1,6 @@
 //! The sled indexes: package name → current packument revision, tarball file → blob id, blob
-//! id → the entries naming it (`refs`), and through the [`Ledger`] every blob's size and last
-//! access.
+//! id → the entries naming it (`refs`), and through the ledger (`store/ledger.rs`) every blob's
+//! size and last access.
 //!
 //! Invariant: an index entry is written only after the blob it names is durable, and a write is
 //! acknowledged only after sled has flushed it (sled 0.34 is durable only after `flush`). So
