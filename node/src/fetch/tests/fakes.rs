@@ -382,7 +382,6 @@ impl peer::Source for FakePeers {
 
     fn fetch_blob<'a>(
         &'a self,
-        _name: &'a PackageName,
         id: &'a BlobId,
         integrity: Option<&'a Integrity>,
         max_len: u64,
@@ -441,7 +440,7 @@ impl peer::Source for FakePeers {
         })
     }
 
-    fn announce<'a>(&'a self, _name: &'a PackageName) -> BoxFuture<'a, ()> {
+    fn announce<'a>(&'a self, _id: &'a BlobId) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
 
