@@ -388,9 +388,7 @@ impl Fetcher {
         }
         let id = agreed.id;
         if !self.store.blobs.contains(&id) {
-            peers
-                .fetch_blob(&id, None, self.max_packument, None)
-                .await?;
+            peers.fetch_blob(&id, None, self.max_packument).await?;
         }
         let lease = self
             .memory
