@@ -138,13 +138,11 @@ fn check_store(
         rt.block_on(store.audit())
             .map_err(|e| anyhow!("the audit after a crash failed: {e}"))?;
     }
-    let (mut bytes, mut files) = (0u64, 0u64);
-    for shard in std::fs::read_dir(dir.join("blobs"))? {
-        for f in std::fs::read_dir(shard?.path())? {
-            bytes += f?.metadata()?.len();
-            files += 1;
-        }
-    }
+    let listed = store.blobs.list()?;
+    let (bytes, files) = (
+        listed.iter().map(|(_, len)| len).sum::<u64>(),
+        listed.len() as u64,
+    );
     ensure!(
         store.blobs.usage() == (bytes, files),
         "after the audit the ledger says {:?}, the blob directory holds ({bytes}, {files})",

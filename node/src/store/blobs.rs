@@ -299,44 +299,36 @@ impl Writer<'_> {
     /// Like [`Writer::commit`], and the blob must also be `expected`: bytes a peer sent for
     /// one id are never stored under another.
     pub async fn commit_as(mut self, expected: Option<&BlobId>) -> Result<BlobId, WriteError> {
-        let (verifier, data) = match self.sink.take() {
-            Some(sink) => {
-                let Sink { tx, thread, path } = sink;
+        // A spilled blob's temp file is deleted by the guard on every early return below,
+        // until the job takes it.
+        let (verifier, spilled) = match self.sink.take() {
+            Some(Sink { tx, thread, path }) => {
                 drop(tx);
-                // Until the job owns it, a failure below must still delete the file.
                 let guard = TempGuard(Some(path));
                 let v = thread
                     .await
                     .map_err(|e| io::Error::other(format!("the blob writer failed: {e}")))??;
-                (v, Data::File(guard.take()))
+                (v, Some(guard))
             }
             None => {
                 let v = self
                     .verifier
                     .take()
                     .ok_or_else(|| io::Error::other("committed twice"))?;
-                (v, Data::Bytes(std::mem::take(&mut self.buf)))
+                (v, None)
             }
         };
         if verifier.is_empty() {
-            if let Data::File(p) = &data {
-                let _ = std::fs::remove_file(p);
-            }
             return Err(WriteError::Empty);
         }
         let len = verifier.len();
-        let checked = match expected {
-            Some(e) => verifier.finish_as(e),
-            None => verifier.finish(),
+        let id = match expected {
+            Some(e) => verifier.finish_as(e)?,
+            None => verifier.finish()?,
         };
-        let id = match checked {
-            Ok(id) => id,
-            Err(e) => {
-                if let Data::File(p) = &data {
-                    let _ = std::fs::remove_file(p);
-                }
-                return Err(e.into());
-            }
+        let data = match spilled {
+            Some(guard) => Data::File(guard.take()),
+            None => Data::Bytes(std::mem::take(&mut self.buf)),
         };
         let job = Job {
             id,
