@@ -388,7 +388,9 @@ impl Fetcher {
         }
         let id = agreed.id;
         if !self.store.blobs.contains(&id) {
-            peers.fetch_blob(&id, None, self.max_packument).await?;
+            peers
+                .fetch_blob(&id, None, self.max_packument, None)
+                .await?;
         }
         let lease = self
             .memory

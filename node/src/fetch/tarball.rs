@@ -32,11 +32,24 @@ pub(crate) enum Fetched {
 }
 
 impl Fetcher {
-    /// A verified tarball, from memory or streamed from the store.
+    /// A verified tarball, from memory or streamed from the store; a large one that the
+    /// request's flight gets from a peer streams as it arrives ([`peer::stream`]).
     pub(crate) async fn tarball(
         self: &Arc<Self>,
         name: &PackageName,
         file: &TarballFile,
+    ) -> Result<Blob, FetchError> {
+        self.tarball_as(name, file, true).await
+    }
+
+    /// [`Fetcher::tarball`]; `stream`: whether the flight's leader may answer with the bytes
+    /// of a peer's transfer while they are verified and stored (otherwise it waits until the
+    /// tarball is stored, as every follower does).
+    async fn tarball_as(
+        self: &Arc<Self>,
+        name: &PackageName,
+        file: &TarballFile,
+        stream: bool,
     ) -> Result<Blob, FetchError> {
         Metrics::inc(&self.metrics.tarball_requests);
         if let Some(id) = self
@@ -58,10 +71,39 @@ impl Fetcher {
         let this = self.clone();
         let key = (name.clone(), file.as_str().to_owned());
         let (n, f) = key.clone();
-        let (result, role) = self
-            .tarballs
-            .run(key, move || async move { this.fetch_tarball(&n, &f).await })
-            .await;
+        // Only the leader's request streams: the tap goes into the flight only if this request
+        // starts it; followers wait for the stored tarball.
+        let (tap, streamed) = match (&self.peers, stream) {
+            (Some(_), true) => {
+                let (tap, rx) = peer::stream::Tap::new(SMALL_BLOB, self.store.clone());
+                (Some(tap), Some(rx))
+            }
+            _ => (None, None),
+        };
+        let flight =
+            self.tarballs.run(
+                key,
+                move || async move { this.fetch_tarball(&n, &f, tap).await },
+            );
+        let (result, role) = match streamed {
+            None => flight.await,
+            Some(mut streamed) => {
+                tokio::pin!(flight);
+                tokio::select! {
+                    biased;
+                    // Errs (disabling this branch) when the flight ends without streaming.
+                    Ok(s) = &mut streamed => {
+                        return Ok(Blob {
+                            id: s.id,
+                            len: s.len,
+                            body: Body::Stream(s.body),
+                            source: Source::Peer,
+                        });
+                    }
+                    r = &mut flight => r,
+                }
+            }
+        };
         if role == Role::Follower {
             Metrics::inc(&self.metrics.coalesced);
         }
@@ -127,10 +169,14 @@ impl Fetcher {
     /// **The tarball order**, the one flight for its key: the store (another flight may have
     /// stored it since), peers by the content id a trusted record names, the upstream. Bytes
     /// from any source are verified against the integrity the current packument promises.
+    /// A peer's transfer feeds `tap` (the leader's request) as it arrives; `tap` lives until
+    /// the flight ends, so that a body no peer completed can still read what the upstream
+    /// stored.
     async fn fetch_tarball(
         self: &Arc<Self>,
         name: &PackageName,
         file: &str,
+        tap: Option<peer::stream::Tap>,
     ) -> Result<(Fetched, Source), FetchError> {
         if let Some(id) = self.store.index.tarball(name, file).map_err(store_err)?
             && self.store.blobs.contains(&id)
@@ -143,7 +189,7 @@ impl Fetcher {
         let mut failure = None;
         if let Some(peers) = &self.peers {
             match self
-                .tarball_from_peers(peers.as_ref(), name, &dist, &integrity)
+                .tarball_from_peers(peers.as_ref(), name, &dist, &integrity, tap.clone())
                 .await
             {
                 Ok(Some(id)) => {
@@ -180,13 +226,14 @@ impl Fetcher {
 
     /// The tarball's id as trusted records name it (stored ones first, then the network's when
     /// the operator trusts someone, unless the package missed within [`MISS_TTL`]), fetched from
-    /// its providers into the store. `Ok(None)`: no record names it.
+    /// its providers into the store (and `tap`). `Ok(None)`: no record names it.
     async fn tarball_from_peers(
         &self,
         peers: &dyn peer::Source,
         name: &PackageName,
         dist: &DistRef,
         integrity: &Integrity,
+        tap: Option<peer::stream::Tap>,
     ) -> Result<Option<BlobId>, FetchError> {
         let mut id = self
             .records
@@ -212,7 +259,7 @@ impl Fetcher {
         };
         Ok(Some(
             peers
-                .fetch_blob(&id, Some(integrity), self.max_tarball)
+                .fetch_blob(&id, Some(integrity), self.max_tarball, tap)
                 .await?,
         ))
     }
@@ -361,7 +408,8 @@ impl Fetcher {
             .await?
             .ok_or_else(|| FetchError::NotFound(format!("{name} has no version {version}")))?;
         let parsed = TarballFile::parse(&file).map_err(|e| FetchError::invalid(file.clone(), e))?;
-        let blob = self.tarball(name, &parsed).await?;
+        // Not streamed: the caller needs it stored when this returns.
+        let blob = self.tarball_as(name, &parsed, false).await?;
         Ok((file, blob.id, blob.len))
     }
 }

@@ -16,6 +16,7 @@ use open_registry_protocol::{BlobId, Integrity, Verifier};
 use tokio::time::Instant;
 
 use super::hedge::{self, Failed};
+use super::stream;
 use super::{PeerError, Peers};
 use crate::metrics::Metrics;
 use crate::net;
@@ -119,8 +120,11 @@ impl Peers {
         deadline: Instant,
     ) -> Result<BlobId, PeerError> {
         let verifier = &verifier;
+        // A provider that spoiled this blob lately is not asked again: a client's retry after
+        // a cut-short answer goes to the next one.
+        let providers = self.bad.usable(id, providers, self.clock.now_ms());
         let r = hedge::race(
-            providers,
+            &providers,
             |p| self.hedge_delay(p),
             deadline,
             |peer| {
@@ -164,28 +168,42 @@ impl Peers {
         e
     }
 
-    /// Receives a transfer that started answering into the store, verified.
+    /// Receives a transfer that started answering into the store, verified, feeding the tap
+    /// of the running fetch if it has one ([`stream`](super::stream)). A provider that spoiled
+    /// the blob is remembered, and skipped for it for a while.
     async fn receive(
         &self,
-        mut transfer: net::Transfer,
+        transfer: net::Transfer,
         id: &BlobId,
         verifier: Verifier,
         max_len: u64,
     ) -> Result<BlobId, PeerError> {
-        let mut w = self
-            .store
-            .blobs
-            .writer(verifier, max_len)
-            .await
-            .map_err(PeerError::store)?;
-        while let Some(chunk) = transfer.next().await {
+        let peer = transfer.peer();
+        let len = transfer.len();
+        let chunks = transfer.map(|chunk| {
             let chunk = chunk?;
             Metrics::add(&self.metrics.peer_bytes, chunk.len() as u64);
-            w.write(&chunk).await.map_err(|e| self.metrics.refused(e))?;
-        }
-        Ok(w.commit_as(Some(id))
-            .await
-            .map_err(|e| self.metrics.refused(e))?)
+            Ok(chunk)
+        });
+        let tap = stream::current_tap();
+        // Boxed: the verifier and the writer make a large future.
+        let got = Box::pin(stream::receive_into(
+            &self.store,
+            &self.metrics,
+            chunks,
+            len,
+            id,
+            verifier,
+            max_len,
+            tap.as_ref(),
+        ))
+        .await;
+        got.map_err(|f| {
+            if f.spoiled {
+                self.bad.note(id, &peer, self.clock.now_ms());
+            }
+            f.error
+        })
     }
 
     /// Fetches a small blob (a record) into memory, checking its id. `first` (the operator that

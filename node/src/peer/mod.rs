@@ -8,6 +8,8 @@
 //!   records naming the blob), then other providers from the DHT, bounded; nearest first in
 //!   each group, each answer streams through a verifier into the store, and a provider that
 //!   errs, stalls, runs out of time or sends bytes that do not verify is skipped for the next.
+//! - [`stream`]: a tarball's bytes handed to the waiting HTTP client while they are verified
+//!   and stored, and the peers that spoiled such an answer, skipped for that blob for a while.
 //! - [`hedge`]: how those requests are raced: the next provider is asked when the one before
 //!   has not started answering within a delay derived from its round-trip time.
 //! - [`announce`]: what this node tells the network. One provider record per stored blob
@@ -26,6 +28,7 @@ pub(crate) mod fetch;
 pub(crate) mod hedge;
 pub(crate) mod hooks;
 pub(crate) mod popularity;
+pub(crate) mod stream;
 pub(crate) mod trust;
 
 use std::fmt;
@@ -88,12 +91,14 @@ pub(crate) trait Source: Send + Sync + fmt::Debug {
     fn keep<'a>(&'a self, records: &'a [Found]) -> BoxFuture<'a, ()>;
 
     /// Fetches blob `id` from its providers into the store, checked against its id and, for a
-    /// tarball, against `integrity`.
+    /// tarball, against `integrity`. With a `tap`, the bytes stream to its body as they arrive
+    /// ([`stream`]).
     fn fetch_blob<'a>(
         &'a self,
         id: &'a BlobId,
         integrity: Option<&'a Integrity>,
         max_len: u64,
+        tap: Option<stream::Tap>,
     ) -> BoxFuture<'a, Result<BlobId, PeerError>>;
 
     /// Announces a stored blob.
@@ -114,6 +119,8 @@ pub(crate) struct Peers {
     clock: Clock,
     /// The budget for fetching one blob from peers, all providers included.
     timeout: Duration,
+    /// Providers that spoiled a blob lately, skipped for it.
+    bad: stream::BadPeers<crate::net::PeerId>,
 }
 
 impl Peers {
@@ -135,6 +142,7 @@ impl Peers {
             metrics,
             clock,
             timeout,
+            bad: stream::BadPeers::default(),
         }
     }
 
@@ -180,8 +188,12 @@ impl Source for Peers {
         id: &'a BlobId,
         integrity: Option<&'a Integrity>,
         max_len: u64,
+        tap: Option<stream::Tap>,
     ) -> BoxFuture<'a, Result<BlobId, PeerError>> {
-        Box::pin(self.fetch_verified(id, integrity, max_len))
+        Box::pin(stream::with_tap(
+            tap,
+            self.fetch_verified(id, integrity, max_len),
+        ))
     }
 
     fn announce<'a>(&'a self, id: &'a BlobId) -> BoxFuture<'a, ()> {

@@ -17,7 +17,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use url::Url;
 
+use crate::clock::Clock;
 use crate::fetch::upstream::{Budget, Download, PackumentAnswer, Source, UpstreamError};
+use crate::metrics::Metrics;
 use crate::peer::{self, Agreed, Found, PeerError};
 use crate::store::Store;
 
@@ -191,12 +193,59 @@ impl Source for FakeUpstream {
     }
 }
 
-/// A network of trusted operators, in memory: blobs by id, tarball ids by (name, version),
-/// and the packument revision they agree on.
+/// A provider of one blob in [`FakePeers`]: what it sends, in chunks of the blob protocol's
+/// size; whether it holds back everything after its first chunk until `hold` has a permit; and
+/// whether its transfer breaks after that many chunks.
+#[derive(Debug, Clone)]
+pub(super) struct FakeProvider {
+    pub(super) name: &'static str,
+    pub(super) bytes: Bytes,
+    pub(super) hold: Option<Arc<Semaphore>>,
+    pub(super) fail_after: Option<usize>,
+}
+
+impl FakeProvider {
+    /// The provider's transfer, as `Peers::receive` gets it from the network: its chunks.
+    fn transfer(&self) -> impl futures::Stream<Item = Result<Bytes, PeerError>> + Unpin + use<> {
+        let chunks: Vec<Bytes> = self
+            .bytes
+            .chunks(crate::net::CHUNK)
+            .map(|c| self.bytes.slice_ref(c))
+            .collect();
+        let (hold, fail_after) = (self.hold.clone(), self.fail_after);
+        futures::stream::iter(chunks.into_iter().enumerate())
+            .then(move |(i, c)| {
+                let hold = hold.clone();
+                async move {
+                    if i == 1
+                        && let Some(h) = hold
+                    {
+                        h.acquire().await.unwrap().forget();
+                    }
+                    if fail_after == Some(i) {
+                        return Err(PeerError::Deadline);
+                    }
+                    Ok(c)
+                }
+            })
+            .boxed()
+    }
+}
+
+/// A network of trusted operators, in memory: blobs by id (each served by the providers set
+/// for it, then by a correct one), tarball ids by (name, version), and the packument revision
+/// they agree on.
 #[derive(Debug)]
 pub(super) struct FakePeers {
     store: Arc<Store>,
+    metrics: Metrics,
+    clock: Clock,
     blobs: Mutex<HashMap<BlobId, Bytes>>,
+    /// Providers asked before the correct one, in order.
+    providers: Mutex<HashMap<BlobId, Vec<FakeProvider>>>,
+    /// Which providers were asked, in order.
+    pub(super) asked: Mutex<Vec<&'static str>>,
+    bad: peer::stream::BadPeers<&'static str>,
     tarball_ids: Mutex<HashMap<(String, String), BlobId>>,
     agreed: Mutex<Option<(BlobId, u64)>>,
     pub(super) agreed_tarball_calls: AtomicUsize,
@@ -207,9 +256,19 @@ pub(super) struct FakePeers {
 
 impl FakePeers {
     pub(super) fn new(store: Arc<Store>) -> FakePeers {
+        FakePeers::with_clock(store, Clock::manual())
+    }
+
+    /// Fake peers that read `clock` (for how long a spoiling provider is skipped).
+    pub(super) fn with_clock(store: Arc<Store>, clock: Clock) -> FakePeers {
         FakePeers {
             store,
+            metrics: Metrics::default(),
+            clock,
             blobs: Mutex::default(),
+            providers: Mutex::default(),
+            asked: Mutex::default(),
+            bad: Default::default(),
             tarball_ids: Mutex::default(),
             agreed: Mutex::default(),
             agreed_tarball_calls: AtomicUsize::new(0),
@@ -227,6 +286,40 @@ impl FakePeers {
             .lock()
             .unwrap()
             .insert((name.into(), version.into()), id);
+    }
+
+    /// Blob `id` is served by `p` before the providers set earlier and the correct one.
+    pub(super) fn provider_first(&self, id: &BlobId, p: FakeProvider) {
+        self.providers
+            .lock()
+            .unwrap()
+            .entry(*id)
+            .or_default()
+            .insert(0, p);
+    }
+
+    /// The correct provider of `id` is `name` and holds back its tail until `hold` opens.
+    pub(super) fn hold_tail(&self, id: &BlobId, name: &'static str, hold: Arc<Semaphore>) {
+        let bytes = self.blobs.lock().unwrap().remove(id).expect("a blob held");
+        self.provider_first(
+            id,
+            FakeProvider {
+                name,
+                bytes,
+                hold: Some(hold),
+                fail_after: None,
+            },
+        );
+    }
+
+    /// The correct provider of `id` goes away (until `holds_tarball` again).
+    pub(super) fn withdraw(&self, id: &BlobId) {
+        self.blobs.lock().unwrap().remove(id);
+    }
+
+    /// The counters of what the peers' receive refused.
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The trusted operators agree on this packument revision, fetched at `fetched_at`.
@@ -292,23 +385,58 @@ impl peer::Source for FakePeers {
         id: &'a BlobId,
         integrity: Option<&'a Integrity>,
         max_len: u64,
+        tap: Option<peer::stream::Tap>,
     ) -> BoxFuture<'a, Result<BlobId, PeerError>> {
         self.fetch_calls.fetch_add(1, Ordering::SeqCst);
-        let bytes = self.blobs.lock().unwrap().get(id).cloned();
+        // As `Peers::fetch_from` does: providers in order, those that spoiled this blob lately
+        // skipped, each received by the real receive into the store and the tap.
+        let mut providers = self
+            .providers
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(bytes) = self.blobs.lock().unwrap().get(id).cloned() {
+            providers.push(FakeProvider {
+                name: "correct",
+                bytes,
+                hold: None,
+                fail_after: None,
+            });
+        }
+        let names: Vec<&'static str> = providers.iter().map(|p| p.name).collect();
+        let usable = self.bad.usable(id, &names, self.clock.now_ms());
         Box::pin(async move {
-            let bytes = bytes.ok_or(PeerError::NoProviders(*id))?;
-            let verifier = match integrity {
-                Some(i) => Verifier::new(i.clone()),
-                None => Verifier::id_only(),
-            };
-            let mut w = self
-                .store
-                .blobs
-                .writer(verifier, max_len)
-                .await
-                .map_err(PeerError::store)?;
-            w.write(&bytes).await.map_err(PeerError::store)?;
-            w.commit_as(Some(id)).await.map_err(PeerError::store)
+            let mut last = PeerError::NoProviders(*id);
+            for p in providers.iter().filter(|p| usable.contains(&p.name)) {
+                self.asked.lock().unwrap().push(p.name);
+                let verifier = match integrity {
+                    Some(i) => Verifier::new(i.clone()),
+                    None => Verifier::id_only(),
+                };
+                let got = peer::stream::receive_into(
+                    &self.store,
+                    &self.metrics,
+                    p.transfer(),
+                    p.bytes.len() as u64,
+                    id,
+                    verifier,
+                    max_len,
+                    tap.as_ref(),
+                )
+                .await;
+                match got {
+                    Ok(id) => return Ok(id),
+                    Err(f) => {
+                        if f.spoiled {
+                            self.bad.note(id, &p.name, self.clock.now_ms());
+                        }
+                        last = f.error;
+                    }
+                }
+            }
+            Err(last)
         })
     }
 

@@ -27,6 +27,7 @@ use crate::store::Store;
 use fakes::{Answer, FakePeers, FakeUpstream};
 
 mod fakes;
+mod stream;
 
 /// A package document with one tarball per `(version, bytes)`.
 fn packument(name: &str, versions: &[(&str, &Bytes)]) -> Bytes {

@@ -1,0 +1,528 @@
+//! A blob from a peer, streamed to the HTTP client while it is verified and stored.
+//!
+//! The flight that fetches a tarball hands a [`Tap`] down with the fetch. When a provider's
+//! transfer starts answering (the blob protocol's OK header carries the length), the tap sends
+//! the waiting request a [`Streamed`] body of that length, and from then on every chunk goes to
+//! the store writer and to that body at once ([`receive_into`]). The body holds back its last
+//! chunk until the store has verified the whole blob (npm integrity and BLAKE3 id) and committed
+//! it, so a client never sees a complete body whose bytes do not verify: when verification
+//! fails or the transfer breaks, the body yields an error instead (the HTTP response is cut short
+//! of its Content-Length), the blob is not kept, and the peer is remembered in [`BadPeers`] so
+//! that the client's retry is served by another provider.
+//!
+//! A client slower than the peer does not slow the ingest down: the body buffers a bounded
+//! number of chunks ([`TAP_CHUNKS`]); when it falls further behind it is detached, and once the
+//! blob is stored it reads the rest from the store. A failure before any chunk went to the body
+//! leaves it open for the next provider of the same blob (content-addressed: any provider's bytes
+//! are the same), so a provider that fails early costs the client nothing.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt as _};
+use open_registry_protocol::{BlobId, Verifier};
+use tokio::io::AsyncSeekExt as _;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::io::ReaderStream;
+
+use super::PeerError;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// How many chunks a streamed body may fall behind the transfer before it is detached (and
+/// reads the rest from the store once the blob is stored): 16 MiB of the blob protocol's chunks.
+pub(crate) const TAP_CHUNKS: usize = 256;
+/// How long a peer that served bad bytes for a blob is skipped for that blob.
+pub(crate) const BAD_PEER_TTL: Duration = Duration::from_secs(10 * 60);
+/// How many (blob, peer) pairs [`BadPeers`] remembers at most.
+pub(crate) const BAD_PEERS_KEPT: usize = 1024;
+
+tokio::task_local! {
+    /// The tap of the fetch running in this task, for [`Peers`](super::Peers)'s receive to
+    /// feed: set around one `fetch_blob` call, so that the provider lookup between the Fetcher
+    /// and the receive does not have to carry it.
+    static TAP: Tap;
+}
+
+/// Runs `fut` with `tap` (if any) as the tap the receive of a blob within it feeds.
+pub(crate) async fn with_tap<F: Future>(tap: Option<Tap>, fut: F) -> F::Output {
+    match tap {
+        Some(tap) => TAP.scope(tap, fut).await,
+        None => fut.await,
+    }
+}
+
+/// The tap [`with_tap`] set for the running fetch, if any.
+pub(crate) fn current_tap() -> Option<Tap> {
+    TAP.try_with(Tap::clone).ok()
+}
+
+/// What a tap sends the request waiting for the blob when a transfer starts answering.
+pub(crate) struct Streamed {
+    /// The blob.
+    pub id: BlobId,
+    /// Its length, as the provider announced it: exactly what the body yields when it ends
+    /// without an error.
+    pub len: u64,
+    /// The bytes, as they are received and, for the last chunk, once they verified.
+    pub body: BoxStream<'static, io::Result<Bytes>>,
+}
+
+impl std::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamed")
+            .field("id", &self.id)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a streamed blob ended, as its body learns it: stored and verified, or why not.
+type Outcome = Result<(), String>;
+
+/// A body that is out, between the transfers feeding it.
+struct Open {
+    len: u64,
+    /// `None` once the body was detached (too far behind, or gone).
+    chunks: Option<mpsc::Sender<Bytes>>,
+    outcome: oneshot::Sender<Outcome>,
+}
+
+enum State {
+    /// No body yet: the waiting request's channel.
+    Waiting(oneshot::Sender<Streamed>),
+    /// A body is out and nothing was sent to it yet; the next transfer of the blob feeds it.
+    Open(Open),
+    /// A transfer is feeding the body.
+    Feeding,
+    /// Done: the body ended, failed, or its request went away.
+    Closed,
+}
+
+/// Where the flight's leader waits for the blob's bytes. Cloneable (one shared state); when the
+/// last clone is dropped with a body out that nothing completed, the body reads the blob from
+/// the store if it got there by another way (the upstream), and fails otherwise.
+#[derive(Clone)]
+pub(crate) struct Tap {
+    state: Arc<Mutex<State>>,
+    /// Blobs up to this length are not streamed (they are served from memory once stored).
+    min_len: u64,
+    store: Arc<Store>,
+}
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tap")
+            .field("min_len", &self.min_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tap {
+    /// A tap for blobs longer than `min_len`, and the receiver its body arrives on. The
+    /// receiver errs when the fetch ends without streaming.
+    pub(crate) fn new(min_len: u64, store: Arc<Store>) -> (Tap, oneshot::Receiver<Streamed>) {
+        let (tx, rx) = oneshot::channel();
+        let tap = Tap {
+            state: Arc::new(Mutex::new(State::Waiting(tx))),
+            min_len,
+            store,
+        };
+        (tap, rx)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A transfer of `len` bytes of `id` started answering: the feed for it, when this tap
+    /// streams it (the first transfer of a long enough blob, or the next one after a transfer
+    /// that failed before sending anything).
+    fn begin(&self, id: &BlobId, len: u64) -> Option<Feed> {
+        let mut state = self.lock();
+        match std::mem::replace(&mut *state, State::Feeding) {
+            State::Waiting(tx) if len > self.min_len => {
+                let (chunks_tx, chunks_rx) = mpsc::channel(TAP_CHUNKS);
+                let (outcome_tx, outcome_rx) = oneshot::channel();
+                let body = Body {
+                    id: *id,
+                    len,
+                    offset: 0,
+                    chunks: Some(chunks_rx),
+                    outcome: Some(outcome_rx),
+                    file: None,
+                    store: self.store.clone(),
+                    done: false,
+                };
+                let streamed = Streamed {
+                    id: *id,
+                    len,
+                    body: body.into_stream(),
+                };
+                if tx.send(streamed).is_err() {
+                    // The request went away; nobody to stream to.
+                    *state = State::Closed;
+                    return None;
+                }
+                Some(Feed {
+                    tap: self.clone(),
+                    open: Some(Open {
+                        len,
+                        chunks: Some(chunks_tx),
+                        outcome: outcome_tx,
+                    }),
+                    spent: false,
+                })
+            }
+            State::Open(open) if open.len == len => Some(Feed {
+                tap: self.clone(),
+                open: Some(open),
+                spent: false,
+            }),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+}
+
+/// One transfer feeding a body. Dropped without [`Feed::done`], it fails the body if it sent
+/// anything, and leaves it open for the next transfer otherwise.
+struct Feed {
+    tap: Tap,
+    open: Option<Open>,
+    /// Whether the body took anything from this transfer (a chunk, or its detachment): it
+    /// cannot be fed by another one then.
+    spent: bool,
+}
+
+impl Feed {
+    /// Hands `chunk` to the body, or detaches a body that is too far behind or gone.
+    fn send(&mut self, chunk: &Bytes) {
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        let Some(tx) = open.chunks.as_ref() else {
+            return;
+        };
+        if tx.try_send(chunk.clone()).is_err() {
+            // Full or closed: the body takes the rest from the store once it is there.
+            open.chunks = None;
+        }
+        self.spent = true;
+    }
+
+    /// Ends the feed: `Ok` when the blob is verified and stored.
+    fn end(&mut self, outcome: Outcome) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        let mut state = self.tap.lock();
+        if outcome.is_err() && !self.spent {
+            *state = State::Open(open);
+            return;
+        }
+        *state = State::Closed;
+        drop(state);
+        let _ = open.outcome.send(outcome);
+    }
+
+    fn done(mut self) {
+        self.end(Ok(()));
+    }
+
+    fn failed(mut self, why: &PeerError) {
+        self.end(Err(crate::errors::chain(why).to_string()));
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.end(Err("the peer transfer was abandoned".into()));
+    }
+}
+
+/// The body of a streamed blob (see the module): chunks as the feed sends them, the last one
+/// once the blob verified; after a detachment, the rest from the store.
+struct Body {
+    id: BlobId,
+    len: u64,
+    offset: u64,
+    chunks: Option<mpsc::Receiver<Bytes>>,
+    outcome: Option<oneshot::Receiver<Outcome>>,
+    file: Option<ReaderStream<tokio::fs::File>>,
+    store: Arc<Store>,
+    done: bool,
+}
+
+impl Body {
+    fn into_stream(self) -> BoxStream<'static, io::Result<Bytes>> {
+        futures::stream::unfold(self, |mut b| async move {
+            if b.done {
+                return None;
+            }
+            match b.next().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), b)),
+                Ok(None) => None,
+                Err(e) => {
+                    b.done = true;
+                    Some((Err(e), b))
+                }
+            }
+        })
+        .boxed()
+    }
+
+    /// Waits for the blob to be stored and verified.
+    async fn verified(&mut self) -> io::Result<()> {
+        let Some(rx) = self.outcome.take() else {
+            return Ok(());
+        };
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(io::Error::other(format!(
+                "blob {} from a peer did not arrive intact: {why}",
+                self.id
+            ))),
+            // Nothing fed this body to the end, and nothing will; it may still have been stored
+            // by another way (the upstream), in full.
+            Err(_) if self.store.blobs.contains(&self.id) => Ok(()),
+            Err(_) => Err(io::Error::other(format!(
+                "the fetch of blob {} ended without it",
+                self.id
+            ))),
+        }
+    }
+
+    async fn next(&mut self) -> io::Result<Option<Bytes>> {
+        if self.offset >= self.len {
+            return Ok(None);
+        }
+        if let Some(rx) = self.chunks.as_mut() {
+            if let Some(chunk) = rx.recv().await {
+                self.offset += chunk.len() as u64;
+                if self.offset >= self.len {
+                    // The last chunk completes the body: only once the blob verified.
+                    self.verified().await?;
+                }
+                return Ok(Some(chunk));
+            }
+            self.chunks = None;
+        }
+        if self.file.is_none() {
+            self.verified().await?;
+            let (mut file, len) = self.store.blobs.open_read(&self.id).await?.ok_or_else(|| {
+                io::Error::other(format!("blob {} left the store while streamed", self.id))
+            })?;
+            if len != self.len {
+                return Err(io::Error::other(format!(
+                    "blob {} is {len} bytes in the store, {} were announced",
+                    self.id, self.len
+                )));
+            }
+            file.seek(io::SeekFrom::Start(self.offset)).await?;
+            self.file = Some(ReaderStream::with_capacity(file, 64 << 10));
+        }
+        let file = self.file.as_mut().expect("opened above");
+        match file.next().await {
+            Some(chunk) => {
+                let chunk = chunk?;
+                self.offset += chunk.len() as u64;
+                Ok(Some(chunk))
+            }
+            None => Err(io::Error::other(format!(
+                "blob {} ended at {} of {} bytes in the store",
+                self.id, self.offset, self.len
+            ))),
+        }
+    }
+}
+
+/// Why receiving a transfer failed, and whether its peer is to blame for a spoiled answer.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// What went wrong.
+    pub error: PeerError,
+    /// The peer sent bytes that do not verify, or a client's streamed answer was cut short
+    /// because of it: skip it for this blob for a while ([`BadPeers`]).
+    pub spoiled: bool,
+}
+
+/// Receives a transfer of `len` bytes (`chunks`) into the store, checked by `verifier` and
+/// against `id`, feeding `tap`'s body when it streams this blob. Size and integrity failures
+/// are counted in `metrics`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn receive_into<S>(
+    store: &Store,
+    metrics: &Metrics,
+    mut chunks: S,
+    len: u64,
+    id: &BlobId,
+    verifier: Verifier,
+    max_len: u64,
+    tap: Option<&Tap>,
+) -> Result<BlobId, Failure>
+where
+    S: Stream<Item = Result<Bytes, PeerError>> + Unpin,
+{
+    let mut feed = tap.and_then(|t| t.begin(id, len));
+    let got = receive(
+        store,
+        metrics,
+        &mut chunks,
+        len,
+        id,
+        verifier,
+        max_len,
+        &mut feed,
+    )
+    .await;
+    match got {
+        Ok(id) => {
+            if let Some(f) = feed {
+                f.done();
+            }
+            Ok(id)
+        }
+        Err(error) => {
+            let spent = feed.as_ref().is_some_and(|f| f.spent);
+            if let Some(f) = feed {
+                f.failed(&error);
+            }
+            // The local store failing is not the peer's doing.
+            let spoiled = !matches!(error, PeerError::Store(_))
+                && (spent || matches!(error, PeerError::Integrity(_) | PeerError::Size(_)));
+            Err(Failure { error, spoiled })
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive<S>(
+    store: &Store,
+    metrics: &Metrics,
+    chunks: &mut S,
+    len: u64,
+    id: &BlobId,
+    verifier: Verifier,
+    max_len: u64,
+    feed: &mut Option<Feed>,
+) -> Result<BlobId, PeerError>
+where
+    S: Stream<Item = Result<Bytes, PeerError>> + Unpin,
+{
+    let mut w = store
+        .blobs
+        .writer(verifier, max_len)
+        .await
+        .map_err(PeerError::store)?;
+    let mut got = 0u64;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        got += chunk.len() as u64;
+        if got > len {
+            return Err(PeerError::Size(format!(
+                "more than the {len} bytes announced"
+            )));
+        }
+        if let Some(f) = feed.as_mut() {
+            f.send(&chunk);
+        }
+        w.write(&chunk).await.map_err(|e| metrics.refused(e))?;
+    }
+    if got < len {
+        return Err(PeerError::Size(format!(
+            "{got} of the {len} bytes announced"
+        )));
+    }
+    Ok(w.commit_as(Some(id))
+        .await
+        .map_err(|e| metrics.refused(e))?)
+}
+
+/// Peers that served bad bytes for a blob, and when (clock ms): skipped for that blob for
+/// [`BAD_PEER_TTL`], at most [`BAD_PEERS_KEPT`] pairs (the oldest forgotten first).
+#[derive(Debug)]
+pub(crate) struct BadPeers<P> {
+    seen: Mutex<HashMap<(BlobId, P), u64>>,
+}
+
+impl<P> Default for BadPeers<P> {
+    fn default() -> Self {
+        BadPeers {
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<P: Eq + Hash + Clone> BadPeers<P> {
+    /// Remembers that `peer` served bad bytes for `id` at `now_ms`.
+    pub(crate) fn note(&self, id: &BlobId, peer: &P, now_ms: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= BAD_PEERS_KEPT && !seen.contains_key(&(*id, peer.clone())) {
+            let ttl = BAD_PEER_TTL.as_millis() as u64;
+            seen.retain(|_, at| now_ms.saturating_sub(*at) < ttl);
+            if seen.len() >= BAD_PEERS_KEPT
+                && let Some(oldest) = seen
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
+            {
+                seen.remove(&oldest);
+            }
+        }
+        seen.insert((*id, peer.clone()), now_ms);
+    }
+
+    /// Whether `peer` served bad bytes for `id` less than [`BAD_PEER_TTL`] before `now_ms`.
+    pub(crate) fn is_bad(&self, id: &BlobId, peer: &P, now_ms: u64) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(&(*id, peer.clone()))
+            .is_some_and(|at| now_ms.saturating_sub(*at) < BAD_PEER_TTL.as_millis() as u64)
+    }
+
+    /// `providers` without those that served bad bytes for `id` lately, in the same order.
+    pub(crate) fn usable(&self, id: &BlobId, providers: &[P], now_ms: u64) -> Vec<P> {
+        providers
+            .iter()
+            .filter(|p| !self.is_bad(id, p, now_ms))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_peer_is_skipped_for_that_blob_until_the_ttl_and_the_memory_is_bounded() {
+        let bad = BadPeers::<u32>::default();
+        let (a, b) = (BlobId::of(b"a"), BlobId::of(b"b"));
+        let t0 = 1_000_000;
+        bad.note(&a, &1, t0);
+        assert_eq!(bad.usable(&a, &[1, 2, 3], t0 + 1), [2, 3]);
+        assert_eq!(
+            bad.usable(&b, &[1, 2], t0 + 1),
+            [1, 2],
+            "only for that blob"
+        );
+        let ttl = BAD_PEER_TTL.as_millis() as u64;
+        assert!(bad.is_bad(&a, &1, t0 + ttl - 1));
+        assert!(!bad.is_bad(&a, &1, t0 + ttl), "forgiven after the TTL");
+
+        // Full: the oldest pair goes first, the newest stay.
+        for i in 0..BAD_PEERS_KEPT as u32 + 10 {
+            bad.note(&b, &i, t0 + u64::from(i));
+        }
+        assert_eq!(bad.seen.lock().unwrap().len(), BAD_PEERS_KEPT);
+        assert!(!bad.is_bad(&b, &0, t0 + 2000));
+        assert!(bad.is_bad(&b, &(BAD_PEERS_KEPT as u32 + 9), t0 + 2000));
+    }
+}
