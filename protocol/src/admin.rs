@@ -27,8 +27,8 @@ pub struct Pinned {
     pub size: u64,
     /// When the package was first pinned (unix ms).
     pub since: u64,
-    /// The fewest providers any of its pinned tarballs has on the network, this node included
-    /// (its weakest link); `None` without the network.
+    /// How many nodes announce the package on the network (one provider record per package),
+    /// this node included; `None` without the network or with no pinned tarball stored.
     pub providers: Option<u64>,
 }
 
@@ -79,8 +79,15 @@ pub struct Peers {
     pub routing_table_size: u64,
     /// Peers connected now.
     pub connected: Vec<Connected>,
-    /// Blobs this node provides.
+    /// Keys this node announces as a provider: one per package it holds blobs of.
     pub provided: u64,
+    /// The DHT messages per second its announcements may send (the announcer's budget).
+    pub announce_rate: u64,
+    /// The messages one announcement costs, estimated from the last ones (lookup requests plus
+    /// ADD_PROVIDER messages), rounded.
+    pub announce_cost: u64,
+    /// How long one round of re-announcing every provided key takes at that budget, seconds.
+    pub announce_cycle_secs: u64,
     /// DHT values stored here for others.
     pub records_stored: u64,
     /// Provider keys stored here for others.

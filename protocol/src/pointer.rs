@@ -76,6 +76,23 @@ pub fn dht_key(name: &PackageName, signer: &PeerId) -> Vec<u8> {
     format!("{KEY_PREFIX}{name}/{signer}").into_bytes()
 }
 
+/// Domain prefix of package provider keys (see [`provider_key`]).
+pub const PROVIDER_KEY_DOMAIN: &[u8] = b"open-registry/providers/v1\n";
+
+/// The DHT key under which a node that holds blobs of package `name` (its packument, tarballs,
+/// records) announces itself as a provider: one provider record per package, not per blob.
+///
+/// It is the blob id (raw CID, BLAKE3) of [`PROVIDER_KEY_DOMAIN`] followed by the name's UTF-8
+/// bytes: shaped like any blob id, so every node's provider-record filter (blob CIDs only)
+/// stores it, and domain-separated, so no tarball, packument or record can have it as its id
+/// unless someone stores exactly those bytes (harmless: the key only names who to ask).
+pub fn provider_key(name: &PackageName) -> BlobId {
+    let mut b = Vec::with_capacity(PROVIDER_KEY_DOMAIN.len() + name.as_str().len());
+    b.extend_from_slice(PROVIDER_KEY_DOMAIN);
+    b.extend_from_slice(name.as_str().as_bytes());
+    BlobId::of(&b)
+}
+
 /// Parses a DHT key back into (name, signer).
 pub fn parse_dht_key(key: &[u8]) -> Option<(PackageName, PeerId)> {
     let s = std::str::from_utf8(key).ok()?.strip_prefix(KEY_PREFIX)?;
@@ -134,6 +151,26 @@ mod tests {
     use super::*;
     use crate::record::Record;
     use ed25519_dalek::SigningKey;
+
+    #[test]
+    fn provider_keys_have_a_fixed_derivation() {
+        // The vectors of docs/protocol.md ("What a node announces"): binary CIDs, hex.
+        let key = provider_key(&PackageName::parse("left-pad").unwrap());
+        assert_eq!(
+            hex(&key.to_bytes()),
+            "01551e20da270404c2964add40b6fdb6e97be0afd03f5727b2c8f88af4f1c8cc77fa7390"
+        );
+        let scoped = provider_key(&PackageName::parse("@types/node").unwrap());
+        assert_eq!(
+            hex(&scoped.to_bytes()),
+            "01551e20cb95c452f76b34e055225c23a020bfa921cf8a2c643950fea22c113feac19fd3"
+        );
+        assert_eq!(key, BlobId::of(b"open-registry/providers/v1\nleft-pad"));
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
 
     fn pointer() -> Pointer {
         Pointer {

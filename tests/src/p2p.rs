@@ -569,8 +569,10 @@ impl EvilPeer {
     }
 
     /// Serves and announces everything in `holdings`, the tarballs as `tarballs` scripts and
-    /// the rest honestly.
+    /// the rest honestly: each blob by its id (as nodes of earlier versions did) and the
+    /// package by its provider key (as nodes announce now).
     pub fn serve_holdings(&self, holdings: &Holdings, tarballs: &Serve) -> Result<()> {
+        self.provide(&pointer::provider_key(&holdings.name))?;
         self.serve(Bytes::from(holdings.signed.to_bytes()), Serve::Honest)?;
         self.serve(holdings.packument.1.clone(), Serve::Honest)?;
         for (id, bytes) in holdings.tarballs.values() {

@@ -26,7 +26,7 @@ use open_registry_node::{
     Identity,
     net::{self, Blob, BlobSource, Client, Multiaddr, PeerId, RejectAll},
 };
-use open_registry_protocol::{BlobId, Integrity};
+use open_registry_protocol::{BlobId, Integrity, PackageName, pointer};
 use open_registry_tests::{
     FakeUpstream, PackageSpec, Published, http::Response, p2p::P2pNode, probe, tools,
 };
@@ -184,7 +184,8 @@ fn distance(peer: &PeerId, id: &BlobId) -> [u8; 32] {
 /// An honest node A mirroring `names` from a fake upstream, and a node B that trusts A, has
 /// no upstream, and gives up on a silent peer after [`STALL`].
 struct Network {
-    up: FakeUpstream,
+    /// Kept alive: A mirrors from it.
+    _up: FakeUpstream,
     a: P2pNode,
     b: P2pNode,
     published: Vec<Published>,
@@ -217,21 +218,11 @@ impl Network {
         ])?;
         b.wait_routing_table(1, JOIN)?;
         Ok(Network {
-            up,
+            _up: up,
             a,
             b,
             published,
         })
-    }
-
-    /// The tarball's blob id.
-    fn tarball_id(&self, p: &Published) -> Result<BlobId> {
-        let file = p.tarball_path.rsplit('/').next().unwrap_or_default();
-        let bytes = self
-            .up
-            .tarball(&p.name, file)
-            .ok_or_else(|| anyhow!("no tarball {file}"))?;
-        Ok(BlobId::of(&bytes))
     }
 
     fn a_peer(&self) -> Result<PeerId> {
@@ -240,6 +231,12 @@ impl Network {
 }
 
 /// GET through B, timed.
+/// The key a node announces for the package `p` (one provider record per package).
+fn package_key(p: &Published) -> Result<BlobId> {
+    let name = PackageName::parse(&p.name).map_err(|e| anyhow!("{}: {e}", p.name))?;
+    Ok(pointer::provider_key(&name))
+}
+
 fn timed_get(b: &P2pNode, path: &str) -> Result<(Response, Duration)> {
     let start = Instant::now();
     let r = b.get(path, &[])?;
@@ -300,7 +297,7 @@ fn r15_sybil_announcements_cannot_grow_the_provider_store_past_its_bound() -> Re
 }
 
 /// Seven sybils (four that hang, three that say "not found") and the honest node announce the
-/// same tarballs: with eight providers, all of them are tried, so B, which has no upstream,
+/// same packages: with eight providers, all of them are tried, so B, which has no upstream,
 /// always gets each tarball from A, verified, within four stall deadlines and some slack.
 #[test]
 fn r15_with_sybils_among_the_providers_tried_the_honest_one_delivers_in_time() -> Result<()> {
@@ -308,10 +305,11 @@ fn r15_with_sybils_among_the_providers_tried_the_honest_one_delivers_in_time() -
     const STALLING: u16 = 4;
     let names = ["or-r15-a", "or-r15-b", "or-r15-c"];
     let net = Network::start(&names)?;
+    // Nodes announce packages, not tarballs: the sybils announce the same package keys.
     let ids = net
         .published
         .iter()
-        .map(|p| net.tarball_id(p))
+        .map(package_key)
         .collect::<Result<Vec<_>>>()?;
     let mut peers = Peers::new()?;
     let sybils = peers.sybils(25, SYBILS, STALLING, &net.b.addr, &ids)?;
@@ -358,8 +356,8 @@ fn r15_with_sybils_among_the_providers_tried_the_honest_one_delivers_in_time() -
     Ok(())
 }
 
-/// Forty sybils that say "not found" announce the same tarballs as the honest node. B keeps
-/// only the 20 providers closest to each id, so the honest node is often crowded out of B's
+/// Forty sybils that say "not found" announce the same packages as the honest node. B keeps
+/// only the 20 providers closest to each package key, so the honest node is often crowded out of B's
 /// provider store; B still asks the operators it trusts first, listed or not, so every
 /// tarball is delivered, within the bound, with the right bytes.
 #[test]
@@ -367,10 +365,11 @@ fn r15_sybils_crowding_out_the_honest_provider_cannot_stop_a_trusted_fetch() -> 
     const SYBILS: u16 = 40;
     let names = ["or-r15-w", "or-r15-x", "or-r15-y", "or-r15-z"];
     let net = Network::start(&names)?;
+    // Nodes announce packages, not tarballs: the sybils announce the same package keys.
     let ids = net
         .published
         .iter()
-        .map(|p| net.tarball_id(p))
+        .map(package_key)
         .collect::<Result<Vec<_>>>()?;
     let mut peers = Peers::new()?;
     let sybils = peers.sybils(35, SYBILS, 0, &net.b.addr, &ids)?;

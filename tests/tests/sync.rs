@@ -1,6 +1,6 @@
 //! Issue 5's tests: pins keep a project installable with the upstream gone, the cache stays
-//! under its budget (least recently used first, packuments included; pins never; evicted blobs
-//! withdrawn from the DHT), a node following the upstream's changes feed refreshes what changed and a peer with no
+//! under its budget (least recently used first, packuments included; pins never; a package
+//! whose packument is evicted withdrawn from the DHT), a node following the upstream's changes feed refreshes what changed and a peer with no
 //! upstream takes the new revision over gossip, a restart resumes the feed at the stored
 //! sequence, and `pin add --top N` pins what the network requests most.
 //!
@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, ensure};
-use open_registry_protocol::BlobId;
+use open_registry_protocol::{BlobId, PackageName, pointer};
 use open_registry_tests::{
     FakeUpstream, NodeProcess, Output, PackageSpec, Published, fixtures, http,
     node::cli,
@@ -384,21 +384,23 @@ fn the_cache_cap_evicts_least_recently_used_keeps_pins_and_withdraws() -> Result
         status.store.bytes
     );
 
-    // A newcomer asks the DHT: the node provides what it keeps, and no longer what it evicted.
+    // A newcomer asks the DHT: the node provides the packages it keeps (one key per package),
+    // and no tarball by its own id, evicted or not.
     let dht = DhtProbe::start(0x51, &[&node_addr])?;
     dht.wait_routing_table(1, Duration::from_secs(15))?;
-    dht.wait_provider(&keep.2, &node_id, Duration::from_secs(15))
-        .context("the pinned tarball is not provided")?;
-    dht.wait_provider(&lru["a"].2, &node_id, Duration::from_secs(15))
-        .context("a stored tarball is not provided")?;
-    for x in ["b", "c"] {
+    let package = |n: &str| PackageName::parse(n).map(|n| pointer::provider_key(&n));
+    dht.wait_provider(&package("sync-keep")?, &node_id, Duration::from_secs(15))
+        .context("the pinned package is not provided")?;
+    dht.wait_provider(&package("sync-lru-a")?, &node_id, Duration::from_secs(15))
+        .context("a stored package is not provided")?;
+    for x in ["a", "b", "c"] {
         let providers = dht.providers(&lru[x].2, Duration::from_secs(3))?;
         ensure!(
             !providers.contains(&node_id),
-            "the DHT still lists the node for the evicted {x}: {providers:?}"
+            "the DHT lists the node for the tarball of {x} by its id: {providers:?}"
         );
     }
-    say("DHT: the node provides the pinned and the kept tarballs, not the evicted ones");
+    say("DHT: the node provides the pinned and the kept packages, and no tarball id");
 
     // What the store kept is served from it; what it evicted comes from the upstream again.
     let ingests = node.counter("tarball_ingests")?;

@@ -7,11 +7,12 @@ use open_registry_gateway::Error;
 use open_registry_protocol::admin::{
     Connected, Peers, PinAdded, PinList, Pinned, Popular, PopularPackage, Unpinned,
 };
+use open_registry_protocol::pointer::provider_key;
 use open_registry_protocol::{BlobId, PackageName};
 
 use super::Admin;
 
-/// How long the provider count of one pinned tarball may take.
+/// How long the provider count of one pinned package may take.
 const PROVIDERS_DEADLINE: Duration = Duration::from_secs(2);
 
 /// An internal failure: its detail goes to the log (through the gateway's error), not the client.
@@ -20,8 +21,8 @@ fn internal(e: impl std::fmt::Display) -> Error {
 }
 
 impl Admin {
-    /// The pin list. `providers` is, per package, the fewest providers any of its pinned
-    /// tarballs has on the network (this node included): the weakest link of its availability.
+    /// The pin list. `providers` is, per package, how many nodes announce the package on the
+    /// network (this node included), for a package with a pinned tarball stored.
     pub(crate) async fn pin_list(&self) -> Result<PinList, Error> {
         let (store, pins) = (self.fetcher.store().clone(), self.pins.clone());
         // Per-file stats and sled reads: off the runtime.
@@ -43,21 +44,21 @@ impl Admin {
         .await
         .map_err(internal)?
         .map_err(internal)?;
-        let ids: Vec<Vec<BlobId>> = rows.iter().map(|r| r.3.clone()).collect();
-        let counts: Vec<Option<u64>> = futures::stream::iter(ids)
-            .map(|ids| async move {
+        // Nodes announce packages, not tarballs: one lookup per pinned package that has a
+        // tarball here.
+        let keys: Vec<Option<BlobId>> = rows
+            .iter()
+            .map(|r| (!r.3.is_empty()).then(|| provider_key(&r.0)))
+            .collect();
+        let counts: Vec<Option<u64>> = futures::stream::iter(keys)
+            .map(|key| async move {
                 let peers = self.peers.as_ref()?;
-                let mut fewest: Option<u64> = None;
-                for id in &ids {
-                    let n = peers
-                        .client()
-                        .find_providers(id, 20, PROVIDERS_DEADLINE)
-                        .await
-                        .map_or(0, |v| v.len() as u64)
-                        + 1;
-                    fewest = Some(fewest.map_or(n, |f| f.min(n)));
-                }
-                fewest
+                let n = peers
+                    .client()
+                    .find_providers(&key?, 20, PROVIDERS_DEADLINE)
+                    .await
+                    .map_or(0, |v| v.len() as u64);
+                Some(n + 1)
             })
             .buffered(8)
             .collect()
@@ -138,6 +139,9 @@ impl Admin {
                 })
                 .collect(),
             provided: i.provided as u64,
+            announce_rate: i.announcer.rate.round() as u64,
+            announce_cost: i.announcer.cost.round() as u64,
+            announce_cycle_secs: i.announcer.cycle_secs,
             records_stored: i.records_stored as u64,
             provider_keys_stored: i.provider_keys_stored as u64,
             trusted: peers

@@ -42,7 +42,7 @@ use bytes::Bytes;
 use open_registry_gateway::access::Source;
 use open_registry_gateway::{MemoryBudget, Packument};
 use open_registry_protocol::packument::DistRef;
-use open_registry_protocol::{BlobId, PackageName, Signed};
+use open_registry_protocol::{PackageName, Signed};
 use tokio_util::task::TaskTracker;
 
 pub(crate) use error::FetchError;
@@ -214,10 +214,13 @@ impl Fetcher {
         }
     }
 
-    /// Announces a stored blob in the background.
-    fn announce(&self, id: BlobId) {
+    /// Announces in the background that this node holds blobs of `name` (a provider record
+    /// per package, not per blob: `peer::announce`).
+    fn announce(&self, name: &PackageName) {
         if let Some(peers) = self.peers.clone() {
-            self.tracker.spawn(async move { peers.announce(&id).await });
+            let name = name.clone();
+            self.tracker
+                .spawn(async move { peers.announce(&name).await });
         }
     }
 

@@ -389,7 +389,7 @@ impl Fetcher {
         let id = agreed.id;
         if !self.store.blobs.contains(&id) {
             peers
-                .fetch_blob(&id, None, self.max_packument, None)
+                .fetch_blob(name, &id, None, self.max_packument, None)
                 .await?;
         }
         let lease = self
@@ -416,7 +416,7 @@ impl Fetcher {
             .await
             .map_err(store_err)?;
         peers.keep(&agreed.records).await;
-        peers.announce(&id).await;
+        peers.announce(name).await;
         Metrics::inc(&self.metrics.packument_updates);
         self.stored();
         self.caches.dists.insert(id, dists);
@@ -506,7 +506,7 @@ impl Fetcher {
         self.caches.dists.insert(id, dists);
         self.note_first_seen(name, &p.bytes).await;
         self.keep_hot(name, &entry, &p.bytes);
-        self.announce(id);
+        self.announce(name);
         self.sign(name, &p, entry.checked_at).await;
         tracing::debug!(%name, id = %id.short(), "stored packument revision");
         Ok(p)

@@ -259,7 +259,7 @@ impl Fetcher {
         };
         Ok(Some(
             peers
-                .fetch_blob(&id, Some(integrity), self.max_tarball, tap)
+                .fetch_blob(name, &id, Some(integrity), self.max_tarball, tap)
                 .await?,
         ))
     }
@@ -299,7 +299,7 @@ impl Fetcher {
         }
     }
 
-    /// Indexes a verified tarball, names it in our record, and announces it.
+    /// Indexes a verified tarball, names it in our record, and announces its package.
     async fn stored_tarball(
         &self,
         name: &PackageName,
@@ -314,7 +314,7 @@ impl Fetcher {
             .map_err(store_err)?;
         Metrics::inc(&self.metrics.tarball_ingests);
         self.stored();
-        self.announce(id);
+        self.announce(name);
         tracing::debug!(%name, %file, id = %id.short(), "stored tarball");
         match self
             .records

@@ -33,7 +33,7 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, NetError>>;
 #[derive(Debug)]
 pub(crate) enum Command {
     Provide {
-        id: BlobId,
+        ids: Vec<BlobId>,
         reply: Reply<()>,
     },
     Unprovide {
@@ -122,8 +122,10 @@ pub struct PeersInfo {
     /// The last DCUtR outcome with each connected peer it was tried with (`true`: upgraded
     /// to a direct connection).
     pub dcutr: Vec<(PeerId, bool)>,
-    /// Blob ids we provide.
+    /// Keys we provide (one per package held; blob ids given to [`Client::provide`]).
     pub provided: usize,
+    /// The announcer's budget, cost estimate and cycle.
+    pub announcer: super::PacerStatus,
     /// Values we store for the network.
     pub records_stored: usize,
     /// Blob ids for which we store other peers' provider records.
@@ -179,12 +181,19 @@ impl Client {
         self.local
     }
 
-    /// Starts providing blob `id`: we answer provider queries for it at once, and announce it
-    /// (one provider record per CID) as soon as we have peers, then every
-    /// [`REANNOUNCE_INTERVAL`](super::REANNOUNCE_INTERVAL).
+    /// Starts providing key `id` (a blob id, or a package's
+    /// [`provider_key`](open_registry_protocol::pointer::provider_key)): we answer provider
+    /// queries for it at once, and announce it as soon as we have peers and the message budget
+    /// allows, then once a cycle ([`REANNOUNCE_INTERVAL`](super::REANNOUNCE_INTERVAL) or
+    /// longer, `net::pacer`).
     pub async fn provide(&self, id: &BlobId) -> Result<(), NetError> {
-        let id = *id;
-        self.local("provide", |reply| Command::Provide { id, reply })
+        self.provide_many(vec![*id]).await
+    }
+
+    /// Starts providing every key of `ids`, in one command (a start's whole announcement set).
+    /// Stops at the first the store refuses (its bound), keeping the ones before.
+    pub async fn provide_many(&self, ids: Vec<BlobId>) -> Result<(), NetError> {
+        self.local("provide", |reply| Command::Provide { ids, reply })
             .await
     }
 

@@ -79,8 +79,11 @@ pub struct Limits {
     pub max_provider_keys: usize,
     /// Provider records kept per blob id (the ones closest to the id win).
     pub max_providers_per_key: usize,
-    /// Blob ids we announce ourselves.
+    /// Keys (one per package held) we announce ourselves.
     pub max_provided_keys: usize,
+    /// DHT messages per second our provider announcements may send, averaged (lookup requests
+    /// and ADD_PROVIDER alike): the re-announcement cycle stretches to fit (`net::pacer`).
+    pub announce_rate: u32,
     /// DHT queries (find/get/bootstrap) waiting for an answer at once.
     pub max_pending_queries: usize,
 }
@@ -102,8 +105,10 @@ impl Default for Limits {
             // Each stored provider costs ~200 bytes: 256 Ki keys is ~50 MiB at one provider each.
             max_provider_keys: 1 << 18,
             max_providers_per_key: 20,
-            // ~150 bytes each: 1 Mi blobs announced cost ~150 MiB; a large mirror.
+            // ~150 bytes each: 1 Mi packages announced cost ~150 MiB; more than a full mirror.
             max_provided_keys: 1 << 20,
+            // 691,200 messages a day: 100,000 packages re-announced every ~5.8 days.
+            announce_rate: 8,
             max_pending_queries: 256,
         }
     }
@@ -167,6 +172,7 @@ impl Config {
             ("max_provider_keys", l.max_provider_keys == 0),
             ("max_providers_per_key", l.max_providers_per_key == 0),
             ("max_provided_keys", l.max_provided_keys == 0),
+            ("announce_rate", l.announce_rate == 0),
             ("max_pending_queries", l.max_pending_queries == 0),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, z)| *z) {

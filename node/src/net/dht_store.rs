@@ -1,18 +1,20 @@
-//! The Kademlia record store: other peers' values and provider records, and the blob ids we
-//! announce ourselves with their announcement schedule.
+//! The Kademlia record store: other peers' values and provider records, and the keys we
+//! announce ourselves (one per package held) with their announcement schedule.
 //!
 //! Replaces libp2p's `MemoryStore`, whose defaults are far too small for a registry (1024
 //! records, 1024 provided keys) and which reserves room for 20 providers inline in every key
 //! (~3 KiB per announced blob). Everything here is bounded by [`Limits`]:
 //! values by count and size, others' providers by key count and per key (keeping the ones
 //! closest to the key, as Kademlia does, so a sybil must grind ids to crowd out honest
-//! providers: R15), and the ids we provide by count.
+//! providers: R15), and the keys we provide by count.
 //!
 //! We announce on our own schedule, not with Kademlia's republish job (which copies every
-//! provided record at once): each provided id has a due time in a min-heap; the swarm task pops
-//! due ids, a few at a time, and pushes them back [`REANNOUNCE_INTERVAL`] later. A heap entry
-//! is live only while its due time equals the id's current one; `unprovide` just forgets the
-//! id and the stale entry is skipped when popped.
+//! provided record at once): each provided key has a due time in a min-heap; the swarm task
+//! pops due keys, a few at a time and only as fast as the pacer's message budget allows,
+//! and pushes each back one cycle later ([`REANNOUNCE_INTERVAL`], stretched when the budget
+//! cannot carry every key in that time). A heap entry is live only while its due time equals
+//! the key's current one; `unprovide` just forgets the key and the stale entry is skipped when
+//! popped.
 //!
 //! Filtering happens before anything reaches this store (`StoreInserts::FilterBoth`): the
 //! swarm task validates inbound values and provider records, then calls `put`/`add_provider`.
@@ -27,12 +29,16 @@ use libp2p::kad::store::{Error, RecordStore, Result};
 use libp2p::kad::{KBucketKey, ProviderRecord, Record, RecordKey};
 
 use super::Limits;
+use super::pacer::{Pacer, PacerStatus};
 
-/// How long a provider record we store for others lives without being re-announced.
-pub const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(48 * 3600);
+/// How long a provider record we store for others lives without being re-announced: 14 days.
+/// Above twice the longest cycle we plan for (100,000 packages at the default rate: about
+/// 5.8 days, see `net::pacer`), so a record survives one missed announcement at that size.
+pub const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(14 * 86_400);
 
-/// How often we re-announce each blob we provide: a quarter of [`PROVIDER_RECORD_TTL`], so our
-/// records on other peers survive three missed announcements.
+/// The shortest re-announcement cycle: a node with few keys re-announces each every 12 h. A
+/// node whose keys the message budget cannot carry in 12 h stretches its cycle instead
+/// (`net::pacer`).
 pub const REANNOUNCE_INTERVAL: Duration = Duration::from_secs(12 * 3600);
 
 /// When an announcement reached no peer, how soon it is tried again.
@@ -53,10 +59,13 @@ pub(crate) struct DhtStore {
     /// Ids we provide, and when each is next due for announcement.
     provided: HashMap<RecordKey, Instant>,
     schedule: BinaryHeap<Reverse<Due>>,
+    /// The message budget of announcements.
+    pacer: Pacer,
 }
 
 impl DhtStore {
     pub(crate) fn new(local: PeerId, limits: Limits) -> DhtStore {
+        let pacer = Pacer::new(limits.announce_rate, Instant::now());
         DhtStore {
             local,
             limits,
@@ -64,6 +73,7 @@ impl DhtStore {
             providers: HashMap::new(),
             provided: HashMap::new(),
             schedule: BinaryHeap::new(),
+            pacer,
         }
     }
 
@@ -95,26 +105,47 @@ impl DhtStore {
         self.provided.insert(key, at);
     }
 
-    /// The earliest time an announcement is due (stale heap entries may make it early; popping
-    /// then finds nothing, which is harmless).
-    pub(crate) fn next_due(&self) -> Option<Instant> {
-        self.schedule.peek().map(|Reverse(Due(at, _))| *at)
+    /// The earliest time an announcement may start: when one is due (stale heap entries may
+    /// make it early; popping then finds nothing, which is harmless) and the budget holds one.
+    pub(crate) fn next_due(&self, now: Instant) -> Option<Instant> {
+        let due = self.schedule.peek().map(|Reverse(Due(at, _))| *at)?;
+        Some(due.max(self.pacer.ready_at(now)))
     }
 
-    /// Pops one id due by `now`, and schedules its next announcement.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<RecordKey> {
+    /// Pops one key due by `now` if the budget holds an announcement, and schedules its next
+    /// announcement one cycle later. Returns the key and the messages charged for it, to be
+    /// settled with [`DhtStore::announced`] when the query finishes.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(RecordKey, f64)> {
         while let Some(Reverse(Due(at, _))) = self.schedule.peek() {
             if *at > now {
                 return None;
             }
-            let Reverse(Due(at, key)) = self.schedule.pop()?;
-            let key = RecordKey::from(key);
-            if self.provided.get(&key) == Some(&at) {
-                self.schedule(key.clone(), now + REANNOUNCE_INTERVAL);
-                return Some(key);
+            let live = {
+                let Reverse(Due(at, key)) = self.schedule.peek()?;
+                self.provided.get(key.as_slice()) == Some(at)
+            };
+            if !live {
+                self.schedule.pop();
+                continue;
             }
+            let charged = self.pacer.try_take(now)?;
+            let Reverse(Due(_, key)) = self.schedule.pop()?;
+            let key = RecordKey::from(key);
+            let next = now + self.pacer.cycle(self.provided.len());
+            self.schedule(key.clone(), next);
+            return Some((key, charged));
         }
         None
+    }
+
+    /// Settles a finished announcement charged `charged` that sent `sent` messages.
+    pub(crate) fn announced(&mut self, charged: f64, sent: u32, now: Instant) {
+        self.pacer.settle(charged, sent, now);
+    }
+
+    /// The announcer's budget, cost estimate and cycle.
+    pub(crate) fn pacer_status(&self) -> PacerStatus {
+        self.pacer.status(self.provided.len())
     }
 
     /// The number of stored values and of ids with stored providers (for status output).
@@ -305,20 +336,137 @@ mod tests {
         s.provide(a.clone(), t0).unwrap();
         s.provide(a.clone(), t0).unwrap(); // idempotent
         assert_eq!(s.providers(&a)[0].provider, me);
-        assert_eq!(s.pop_due(t0), Some(a.clone()));
+        assert_eq!(s.pop_due(t0).map(|(k, _)| k), Some(a.clone()));
         assert_eq!(s.pop_due(t0), None);
-        assert_eq!(s.next_due(), Some(t0 + REANNOUNCE_INTERVAL));
+        assert_eq!(s.next_due(t0), Some(t0 + REANNOUNCE_INTERVAL));
         // Unprovide then provide again: one live entry, announced once.
         s.remove_provider(&a, &me);
         assert!(s.providers(&a).is_empty());
         let t1 = t0 + Duration::from_secs(1);
         s.provide(a.clone(), t1).unwrap();
         let late = t0 + 2 * REANNOUNCE_INTERVAL;
-        assert_eq!(s.pop_due(late), Some(a.clone()));
+        assert_eq!(s.pop_due(late).map(|(k, _)| k), Some(a.clone()));
         assert_eq!(s.pop_due(late), None);
         // Bounded.
         s.provide(RecordKey::new(b"b"), t0).unwrap();
         assert!(s.provide(RecordKey::new(b"c"), t0).is_err());
         assert_eq!(s.provided().count(), 2);
+    }
+
+    /// When each simulated announcement went out (since the start), and its messages.
+    type Sends = Vec<(Duration, u32)>;
+
+    /// Drives a store with `keys` provided keys over `span` of simulated time, announcing
+    /// whatever is due whenever it says, each announcement sending `sent` messages (settled at
+    /// once). Returns (time, messages) of every announcement and how often each key went out.
+    fn simulate(
+        keys: usize,
+        rate: u32,
+        sent: u32,
+        span: Duration,
+    ) -> (Sends, HashMap<RecordKey, Vec<Duration>>) {
+        let limits = Limits {
+            max_provided_keys: keys,
+            announce_rate: rate,
+            ..Limits::default()
+        };
+        let mut s = DhtStore::new(PeerId::random(), limits);
+        let t0 = Instant::now();
+        s.pacer = Pacer::new(rate, t0);
+        for i in 0..keys {
+            s.provide(RecordKey::new(&(i as u64).to_be_bytes()), t0)
+                .unwrap();
+        }
+        let (mut sends, mut per_key) = (Vec::new(), HashMap::<RecordKey, Vec<Duration>>::new());
+        let mut now = t0;
+        while now < t0 + span {
+            while let Some((key, charged)) = s.pop_due(now) {
+                sends.push((now - t0, sent));
+                per_key.entry(key).or_default().push(now - t0);
+                s.announced(charged, sent, now);
+            }
+            let next = s.next_due(now).expect("keys are provided");
+            assert!(next > now, "a due announcement was left behind");
+            now = next;
+        }
+        (sends, per_key)
+    }
+
+    /// Messages sent in every window of `w`, at most.
+    fn worst_window(sends: &Sends, w: Duration) -> u64 {
+        let (mut worst, mut sum, mut lo) = (0u64, 0u64, 0);
+        for &(t, m) in sends {
+            sum += u64::from(m);
+            while sends[lo].0 + w <= t {
+                sum -= u64::from(sends[lo].1);
+                lo += 1;
+            }
+            worst = worst.max(sum);
+        }
+        worst
+    }
+
+    #[test]
+    fn announcements_never_exceed_the_message_rate() {
+        // 5,000 keys at 8 messages/s and 40 messages each: 25,000 s per round, stretched
+        // from nothing (12 h would be enough), and never more than the burst plus the rate.
+        for (keys, sent) in [(5_000, 40), (20_000, 40), (2_000, 3)] {
+            let rate = 8;
+            let span = Duration::from_secs(2 * 86_400);
+            let (sends, per_key) = simulate(keys, rate, sent, span);
+            for w in [1, 10, 60, 600, 3_600, 86_400] {
+                let w = Duration::from_secs(w);
+                let bound = f64::from(rate) * (super::super::pacer::BURST + w).as_secs_f64();
+                let worst = worst_window(&sends, w) as f64;
+                assert!(
+                    worst <= bound,
+                    "{keys} keys: {worst} messages in {w:?} > {bound}"
+                );
+            }
+            // Every key went out, and no key more often than once a cycle.
+            assert_eq!(per_key.len(), keys);
+            let cycle = Pacer::new(rate, Instant::now()).cycle(keys);
+            for times in per_key.values() {
+                for pair in times.windows(2) {
+                    assert!(
+                        pair[1] - pair[0] >= cycle,
+                        "{:?} < {cycle:?}",
+                        pair[1] - pair[0]
+                    );
+                }
+            }
+        }
+    }
+
+    /// The figure docs/protocol.md gives: a node with 100,000 packages (about 1 M blobs) at the
+    /// default budget sends at most 8 messages a second averaged over a day (691,200), well
+    /// under 10, and re-announces each package within a cycle shorter than half the TTL.
+    #[test]
+    fn a_hundred_thousand_packages_stay_within_the_daily_budget() {
+        let keys = 100_000;
+        let rate = Limits::default().announce_rate;
+        let day = Duration::from_secs(86_400);
+        let (sends, per_key) = simulate(keys, rate, 40, 3 * day);
+        // Every day after the first (the first has the start's burst on top).
+        for d in 0..3 {
+            let (lo, hi) = (day * d, day * (d + 1));
+            let msgs: u64 = sends
+                .iter()
+                .filter(|(t, _)| *t >= lo && *t < hi)
+                .map(|(_, m)| u64::from(*m))
+                .sum();
+            let burst = f64::from(rate) * super::super::pacer::BURST.as_secs_f64();
+            assert!(
+                msgs as f64 <= f64::from(rate) * 86_400.0 + burst,
+                "day {d}: {msgs} messages"
+            );
+            assert!(msgs as f64 / 86_400.0 <= 10.0, "day {d}: {msgs}");
+        }
+        // 3 days is under one 5.8-day cycle: each key out once, the first announcements spread
+        // over the cycle at the rate.
+        assert!(per_key.values().all(|t| t.len() == 1));
+        let cycle = Pacer::new(rate, Instant::now()).cycle(keys);
+        assert!(cycle < PROVIDER_RECORD_TTL / 2, "{cycle:?}");
+        assert_eq!(cycle, Duration::from_secs(500_000));
     }
 }

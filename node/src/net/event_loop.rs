@@ -10,8 +10,10 @@
 //! - the number of pending queries is capped ([`Limits::max_pending_queries`]): more is `Busy`;
 //! - nothing a peer sends enters the Kademlia store without passing [`RecordValidator`] (values)
 //!   or the CID check (provider records);
-//! - at most [`MAX_CONCURRENT_ANNOUNCES`] provider announcements run at once, and none while the
-//!   routing table is empty (they would reach no one).
+//! - at most [`MAX_CONCURRENT_ANNOUNCES`] provider announcements run at once, none while the
+//!   routing table is empty (they would reach no one), and none beyond the message budget of
+//!   [`Limits::announce_rate`] (`net::pacer`);
+//! - every outbound Kademlia request is counted in `dht_messages_sent`, whatever the query.
 //!
 //! Nothing here awaits anything but the `select!`: the loop never blocks on a caller.
 
@@ -88,7 +90,8 @@ pub(crate) struct EventLoop {
     bootstraps: HashMap<QueryId, Reply<()>>,
     dials: HashMap<ConnectionId, Reply<PeerId>>,
     connects: HashMap<PeerId, Vec<Reply<()>>>,
-    announcing: HashMap<QueryId, RecordKey>,
+    /// Announcements running: the key, and the messages charged to the budget for it.
+    announcing: HashMap<QueryId, (RecordKey, f64)>,
     /// Deadline timers; a timer whose work finished first is aborted (yields `None`), so
     /// finished queries leave nothing behind.
     timers: FuturesUnordered<BoxFuture<'static, Option<Expired>>>,
@@ -212,7 +215,8 @@ impl EventLoop {
         if self.announcing.len() >= MAX_CONCURRENT_ANNOUNCES {
             return None;
         }
-        let due = self.swarm.behaviour_mut().kad.store_mut().next_due()?;
+        let now = std::time::Instant::now();
+        let due = self.swarm.behaviour_mut().kad.store_mut().next_due(now)?;
         if self.swarm.behaviour_mut().routing_table_size() == 0 {
             return None;
         }
@@ -223,14 +227,21 @@ impl EventLoop {
         let now = std::time::Instant::now();
         while self.announcing.len() < MAX_CONCURRENT_ANNOUNCES {
             let kad = &mut self.swarm.behaviour_mut().kad;
-            let Some(key) = kad.store_mut().pop_due(now) else {
+            let Some((key, charged)) = kad.store_mut().pop_due(now) else {
                 return;
             };
             match kad.start_providing(key.clone()) {
                 Ok(qid) => {
-                    self.announcing.insert(qid, key);
+                    if let Some(m) = &self.metrics {
+                        Metrics::inc(&m.dht_announcements);
+                    }
+                    self.announcing.insert(qid, (key, charged));
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot announce a blob"),
+                Err(e) => {
+                    // Nothing was sent: the charge goes back.
+                    kad.store_mut().announced(charged, 0, now);
+                    tracing::warn!(error = %e, "cannot announce a key");
+                }
             }
         }
     }

@@ -34,6 +34,7 @@ pub mod error;
 pub mod event_loop;
 pub mod gossip;
 pub mod hooks;
+pub mod pacer;
 pub mod reach;
 pub mod record_ids;
 pub mod rtt;
@@ -60,6 +61,7 @@ pub use gossip::{
 };
 pub use hooks::{Blob, BlobSource, NoBlobs, RecordValidator, RejectAll};
 pub use libp2p::{Multiaddr, PeerId};
+pub use pacer::PacerStatus;
 pub use reach::{Reach, kad_mode, reachability};
 pub use record_ids::RECORD_IDS_PROTOCOL;
 pub use rtt::Rtts;

@@ -1,81 +1,138 @@
-//! What this node tells the network: which blobs it provides, and which records it signed.
+//! What this node tells the network: which packages it holds, and which records it signed.
 //!
-//! Every blob in the store is announced (one provider record per blob id) and withdrawn when
-//! evicted; record blobs (a signed record's wire bytes) are announced too. Each record the node
-//! signs is published: its blob is provided, and a small signed [`Pointer`] to it is put in the
-//! DHT under a key made of the package name and this operator's id, so nodes that trust this
+//! One provider record per **package**, not per blob: the key is the package's
+//! [`provider_key`] (a BLAKE3 of a fixed domain and the name), provided as soon as the node
+//! stores anything of the package (packument, tarball, a trusted operator's record) and
+//! withdrawn when eviction leaves the index neither its packument nor any of its tarballs. A
+//! node with a million blobs of 100,000 packages so keeps 100,000
+//! keys, not a million, and the swarm task re-announces them at a bounded message rate
+//! (`net::pacer`). Blobs are found through their package: a miss asks the trusted operators,
+//! then the package's providers (`peer::providers`). Record blobs are not announced either:
+//! their signer is asked first, then the package's providers.
+//!
+//! Each record the node signs is published: a small signed [`Pointer`] to it is put in the DHT
+//! under a key made of the package name and this operator's id, so nodes that trust this
 //! operator find the newest record by name, and the same pointer goes out on gossip so nodes
 //! that cache the package hear of it at once.
 
-use open_registry_protocol::BlobId;
-use open_registry_protocol::pointer::{self, Pointer};
+use std::collections::BTreeSet;
+
+use open_registry_protocol::pointer::{self, Pointer, provider_key};
 use open_registry_protocol::record::{Signable as _, Signed};
+use open_registry_protocol::{BlobId, PackageName};
 
 use super::{Found, Peers};
 use crate::net;
+use crate::store::{IndexError, Store};
 
 impl Peers {
-    /// Announces a stored blob.
-    pub(crate) async fn provide(&self, id: &BlobId) {
-        if let Err(e) = self.net.provide(id).await {
-            tracing::warn!(id = %id.short(), error = %e, "could not announce a blob");
+    /// Announces that this node holds blobs of `name`: provides the package's key.
+    pub(crate) async fn announce_package(&self, name: &PackageName) {
+        if self.is_announced(name) {
+            return;
+        }
+        match self.net.provide(&provider_key(name)).await {
+            Ok(()) => {
+                self.announced
+                    .lock()
+                    .expect("announced lock")
+                    .insert(name.clone());
+            }
+            Err(e) => tracing::warn!(%name, error = %e, "could not announce a package"),
         }
     }
 
-    /// Withdraws an evicted blob.
-    pub(crate) async fn withdraw(&self, id: &BlobId) {
-        if let Err(e) = self.net.unprovide(id).await {
-            tracing::warn!(id = %id.short(), error = %e, "could not withdraw a blob");
+    fn is_announced(&self, name: &PackageName) -> bool {
+        self.announced
+            .lock()
+            .expect("announced lock")
+            .contains(name)
+    }
+
+    /// After an eviction: withdraws those of `packages` (the ones the pass removed entries
+    /// of) that this node announced and of which the index holds neither a packument nor a
+    /// tarball any more. Point lookups per package, on the blocking pool: the cost grows with
+    /// what was evicted, not with what is stored.
+    pub(crate) async fn withdraw_emptied(&self, packages: &BTreeSet<PackageName>) {
+        let names: Vec<PackageName> = {
+            let announced = self.announced.lock().expect("announced lock");
+            packages
+                .iter()
+                .filter(|n| announced.contains(*n))
+                .cloned()
+                .collect()
+        };
+        if names.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let gone = tokio::task::spawn_blocking(move || {
+            // A package's tarballs may outlive its packument: held is either.
+            names
+                .into_iter()
+                .filter(|n| store.index.holds_package(n).is_ok_and(|held| !held))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for name in gone {
+            if let Err(e) = self.net.unprovide(&provider_key(&name)).await {
+                tracing::warn!(%name, error = %e, "could not withdraw a package");
+                continue;
+            }
+            self.announced.lock().expect("announced lock").remove(&name);
         }
     }
 
-    /// Announces everything stored and republishes our records' pointers (after a start). The
-    /// listings are directory and sled scans: they run on the blocking pool.
+    /// Announces every package held and republishes our records' pointers (after a start).
+    /// The set is the packages with a packument or a tarball entry in the index, never a
+    /// listing of the blob directory: sled scans, on the blocking pool.
     pub(crate) async fn announce_all(&self) {
         let (store, records) = (self.store.clone(), self.records.clone());
         let listed = tokio::task::spawn_blocking(move || {
-            let blobs = store.blobs.list()?;
-            let record_blobs = records.blob_ids().unwrap_or_default();
-            let own = records.own_latest().unwrap_or_default();
-            Ok::<_, std::io::Error>((blobs, record_blobs, own))
+            let names = held_packages(&store)?;
+            let own = records.own_latest()?;
+            Ok::<_, IndexError>((names, own))
         })
         .await;
-        let (blobs, record_blobs, own) = match listed {
+        let (names, own) = match listed {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not list the store to announce it");
+                tracing::warn!(error = %e, "could not list the packages to announce");
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "listing the store stopped");
+                tracing::warn!(error = %e, "listing the packages stopped");
                 return;
             }
         };
-        for (id, _) in &blobs {
-            self.provide(id).await;
-        }
-        for id in &record_blobs {
-            self.provide(id).await;
+        let keys: Vec<BlobId> = names.iter().map(provider_key).collect();
+        match self.net.provide_many(keys).await {
+            Ok(()) => self
+                .announced
+                .lock()
+                .expect("announced lock")
+                .extend(names.iter().cloned()),
+            Err(e) => tracing::warn!(error = %e, "could not announce every package"),
         }
         for s in &own {
             self.publish_record(s).await;
         }
         tracing::info!(
-            blobs = blobs.len(),
+            packages = names.len(),
             records = own.len(),
             "announced the store to the network"
         );
     }
 
-    /// Publishes one of our records: provides its blob and points to it from the DHT.
+    /// Publishes one of our records: announces its package and points to it from the DHT.
     pub(super) async fn publish_record(&self, signed: &Signed) {
         let Ok(v) = signed.verify() else {
             return;
         };
         let r = v.get();
-        let wire = signed.to_bytes();
-        let id = BlobId::of(&wire);
-        self.provide(&id).await;
+        let id = BlobId::of(&signed.to_bytes());
+        self.announce_package(&r.name).await;
         let p = Pointer {
             name: r.name.clone(),
             seq: r.seq,
@@ -104,8 +161,29 @@ impl Peers {
             {
                 tracing::warn!(error = %e, "could not store a verified record");
             } else {
-                self.provide(&BlobId::of(&s.to_bytes())).await;
+                self.announce_package(&v.get().name).await;
             }
         }
     }
+}
+
+/// The packages of which the index holds a packument or a tarball (tarball keys are
+/// `name/file`, and file names hold no `/`).
+fn held_packages(store: &Store) -> Result<BTreeSet<PackageName>, IndexError> {
+    let mut names: BTreeSet<PackageName> = store
+        .index
+        .packument_entries()?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for (key, _) in store.index.tarball_entries()? {
+        if let Some((name, _)) = std::str::from_utf8(&key)
+            .ok()
+            .and_then(|k| k.rsplit_once('/'))
+            && let Ok(name) = PackageName::parse(name)
+        {
+            names.insert(name);
+        }
+    }
+    Ok(names)
 }

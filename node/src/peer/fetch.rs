@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use open_registry_protocol::{BlobId, Integrity, Verifier};
+use open_registry_protocol::{BlobId, Integrity, PackageName, Verifier};
 use tokio::time::Instant;
 
 use super::hedge::{self, Failed};
@@ -24,7 +24,7 @@ use crate::net;
 /// How many untrusted providers a fetch tries at most (after the trusted operators).
 const MAX_PROVIDERS: usize = 8;
 /// How many provider records a fetch collects to choose from.
-const MAX_PROVIDER_RECORDS: usize = 20;
+pub(super) const MAX_PROVIDER_RECORDS: usize = 20;
 /// How long finding providers or records may take.
 pub(super) const FIND_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -48,9 +48,12 @@ impl Peers {
         hedge::hedge_delay(self.net.rtts().get(peer))
     }
 
-    /// Fetches blob `id` into the store, checking it against `id` and, when given, `integrity`.
+    /// Fetches blob `id` of package `name` into the store, checking it against `id` and, when
+    /// given, `integrity`. After the trusted operators, the package's providers are asked
+    /// (one cached lookup per package: [`providers_of`](Peers::providers_of)).
     pub(super) async fn fetch_verified(
         &self,
+        name: &PackageName,
         id: &BlobId,
         integrity: Option<&Integrity>,
         max_len: u64,
@@ -79,11 +82,7 @@ impl Peers {
                 Err(e) => Some(e),
             }
         };
-        let mut providers = match self
-            .net
-            .find_providers(id, MAX_PROVIDER_RECORDS, FIND_DEADLINE)
-            .await
-        {
+        let mut providers = match self.providers_of(name, id, MAX_PROVIDER_RECORDS).await {
             Ok(p) => p,
             Err(e) => {
                 return Err(first.unwrap_or_else(|| PeerError::Lookup {
@@ -206,11 +205,13 @@ impl Peers {
         })
     }
 
-    /// Fetches a small blob (a record) into memory, checking its id. `first` (the operator that
-    /// signed the pointer naming it) is asked before any provider lookup: it serves its own
-    /// records, and asking it costs one round trip, not a DHT query.
+    /// Fetches a small blob (a record of package `name`) into memory, checking its id. `first`
+    /// (the operator that signed the pointer naming it) is asked before any provider lookup: it
+    /// serves its own records, and asking it costs one round trip, not a DHT query; then the
+    /// package's providers.
     pub(super) async fn fetch_small(
         &self,
+        name: &PackageName,
         id: &BlobId,
         cap: u64,
         first: Option<net::PeerId>,
@@ -224,8 +225,7 @@ impl Peers {
             return Some(b);
         }
         let providers: Vec<net::PeerId> = self
-            .net
-            .find_providers(id, MAX_PROVIDERS, FIND_DEADLINE)
+            .providers_of(name, id, MAX_PROVIDERS)
             .await
             .ok()?
             .into_iter()

@@ -5,16 +5,17 @@
 //!   trust policy; the packument revision at least `threshold` of them agree on (quorum); the
 //!   tarball id their records name for a version whose integrity matches ours.
 //! - [`fetch`]: blobs by content id. The trusted operators are asked first (they signed the
-//!   records naming the blob), then other providers from the DHT, bounded; nearest first in
-//!   each group, each answer streams through a verifier into the store, and a provider that
+//!   records naming the blob), then the providers of the blob's package from the DHT
+//!   ([`providers`]: one lookup per package, cached), bounded; nearest first in each group, each answer streams through a verifier into the store, and a provider that
 //!   errs, stalls, runs out of time or sends bytes that do not verify is skipped for the next.
 //! - [`stream`]: a tarball's bytes handed to the waiting HTTP client while they are verified
 //!   and stored, and the peers that spoiled such an answer, skipped for that blob for a while.
 //! - [`hedge`]: how those requests are raced: the next provider is asked when the one before
 //!   has not started answering within a delay derived from its round-trip time.
-//! - [`announce`]: what this node tells the network. One provider record per stored blob
-//!   (withdrawn on eviction), and for every record it signs a small signed pointer in the DHT
-//!   under (name, operator) plus the same pointer on gossip.
+//! - [`announce`]: what this node tells the network. One provider record per package it holds
+//!   blobs of (its package key; withdrawn when eviction leaves nothing of the package), sent
+//!   at a bounded message rate (`net::pacer`), and for every record it signs a small signed
+//!   pointer in the DHT under (name, operator) plus the same pointer on gossip.
 //! - [`hooks`]: what the network layer asks of the node (blobs to serve, DHT values to keep).
 //! - [`popularity`]: request counts and trusted operators' signed summaries.
 //!
@@ -28,11 +29,15 @@ pub(crate) mod fetch;
 pub(crate) mod hedge;
 pub(crate) mod hooks;
 pub(crate) mod popularity;
+pub(crate) mod providers;
 pub(crate) mod stream;
+#[cfg(test)]
+mod tests;
 pub(crate) mod trust;
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -90,19 +95,21 @@ pub(crate) trait Source: Send + Sync + fmt::Debug {
     /// Stores the verified records of agreeing operators, and announces them.
     fn keep<'a>(&'a self, records: &'a [Found]) -> BoxFuture<'a, ()>;
 
-    /// Fetches blob `id` from its providers into the store, checked against its id and, for a
-    /// tarball, against `integrity`. With a `tap`, the bytes stream to its body as they arrive
-    /// ([`stream`]).
+    /// Fetches blob `id` of package `name` from its providers into the store, checked against
+    /// its id and, for a tarball, against `integrity`. With a `tap`, the bytes stream to its
+    /// body as they arrive ([`stream`]).
     fn fetch_blob<'a>(
         &'a self,
+        name: &'a PackageName,
         id: &'a BlobId,
         integrity: Option<&'a Integrity>,
         max_len: u64,
         tap: Option<stream::Tap>,
     ) -> BoxFuture<'a, Result<BlobId, PeerError>>;
 
-    /// Announces a stored blob.
-    fn announce<'a>(&'a self, id: &'a BlobId) -> BoxFuture<'a, ()>;
+    /// Announces that this node holds blobs of package `name` (one provider record per
+    /// package, whatever it holds of it).
+    fn announce<'a>(&'a self, name: &'a PackageName) -> BoxFuture<'a, ()>;
 
     /// Publishes a record this node signed.
     fn publish<'a>(&'a self, signed: &'a Signed) -> BoxFuture<'a, ()>;
@@ -121,6 +128,10 @@ pub(crate) struct Peers {
     timeout: Duration,
     /// Providers that spoiled a blob lately, skipped for it.
     bad: stream::BadPeers<crate::net::PeerId>,
+    /// Each package's providers, looked up once for its misses.
+    providers: providers::ProviderCache,
+    /// The packages whose provider key this node provides.
+    announced: Mutex<HashSet<PackageName>>,
 }
 
 impl Peers {
@@ -143,6 +154,8 @@ impl Peers {
             clock,
             timeout,
             bad: stream::BadPeers::default(),
+            providers: providers::ProviderCache::default(),
+            announced: Mutex::default(),
         }
     }
 
@@ -185,6 +198,7 @@ impl Source for Peers {
 
     fn fetch_blob<'a>(
         &'a self,
+        name: &'a PackageName,
         id: &'a BlobId,
         integrity: Option<&'a Integrity>,
         max_len: u64,
@@ -192,12 +206,12 @@ impl Source for Peers {
     ) -> BoxFuture<'a, Result<BlobId, PeerError>> {
         Box::pin(stream::with_tap(
             tap,
-            self.fetch_verified(id, integrity, max_len),
+            self.fetch_verified(name, id, integrity, max_len),
         ))
     }
 
-    fn announce<'a>(&'a self, id: &'a BlobId) -> BoxFuture<'a, ()> {
-        Box::pin(self.provide(id))
+    fn announce<'a>(&'a self, name: &'a PackageName) -> BoxFuture<'a, ()> {
+        Box::pin(self.announce_package(name))
     }
 
     fn publish<'a>(&'a self, signed: &'a Signed) -> BoxFuture<'a, ()> {

@@ -86,7 +86,7 @@ impl Peers {
                 .chain(hinted)
                 .max_by_key(|p| p.get().seq)?;
             let wire = self
-                .fetch_small(&best.get().record, record_cap(), peer)
+                .fetch_small(name, &best.get().record, record_cap(), peer)
                 .await?;
             self.admit(name, &wire)
         });

@@ -267,17 +267,6 @@ impl Records {
         Ok(self.blobs.get(id.to_bytes())?.map(|v| v.to_vec()))
     }
 
-    /// The ids of every stored record blob (to announce them).
-    pub(crate) fn blob_ids(&self) -> Result<Vec<BlobId>, IndexError> {
-        let mut out = Vec::new();
-        for k in self.blobs.iter().keys() {
-            if let Ok(id) = BlobId::from_bytes(&k?) {
-                out.push(id);
-            }
-        }
-        Ok(out)
-    }
-
     /// Our own newest record of every package (to republish their pointers after a restart).
     pub(crate) fn own_latest(&self) -> Result<Vec<Signed>, IndexError> {
         let me = self.signer();

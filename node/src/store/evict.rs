@@ -10,9 +10,10 @@
 //! chosen, and finds the entries naming each victim through the index's `refs` keys: its cost
 //! grows with what it evicts (and the pins it steps over), not with what is stored.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use open_registry_protocol::BlobId;
+use open_registry_protocol::{BlobId, PackageName};
 
 use crate::store::index::Ref;
 use crate::store::pins::Pins;
@@ -25,6 +26,8 @@ pub(crate) struct Report {
     pub evicted: Vec<BlobId>,
     /// Bytes freed.
     pub freed: u64,
+    /// The packages whose entries the pass removed (some may still hold others).
+    pub packages: BTreeSet<PackageName>,
 }
 
 /// Why a pass stopped.
@@ -62,13 +65,16 @@ pub(crate) async fn evict(
         return Ok(Report::default());
     }
     let (s, p) = (store.clone(), pins.clone());
-    let victims = blocking(move || choose(&s, &p, used, low_water(cap))).await??;
+    let (victims, packages) = blocking(move || choose(&s, &p, used, low_water(cap))).await??;
     // Index entries go first, durably: a crash before the files are deleted leaves orphan
     // files (evicted by a later pass), never an entry naming nothing.
     store.index.flush().await?;
     let s = store.clone();
     let report = blocking(move || {
-        let mut report = Report::default();
+        let mut report = Report {
+            packages,
+            ..Report::default()
+        };
         for (id, len) in victims {
             if s.blobs.remove(&id)? {
                 report.freed += len;
@@ -89,18 +95,21 @@ pub(crate) async fn evict(
 }
 
 /// Picks the blobs to evict (unreferenced first, then least recently used, never pinned) until
-/// `used` would reach `target`, and removes the index entries naming them (not yet flushed).
+/// `used` would reach `target`, and removes the index entries naming them (not yet flushed);
+/// also returns the packages those entries belonged to.
+#[allow(clippy::type_complexity)]
 fn choose(
     store: &Store,
     pins: &Pins,
     used: u64,
     target: u64,
-) -> Result<Vec<(BlobId, u64)>, EvictError> {
+) -> Result<(Vec<(BlobId, u64)>, BTreeSet<PackageName>), EvictError> {
     store.index.persist_access()?;
     let protected = pins.protected(&store.index)?;
     let ledger = store.index.ledger();
     let mut used = used;
     let mut victims = Vec::new();
+    let mut packages = BTreeSet::new();
     for entry in ledger.oldest() {
         if used <= target {
             break;
@@ -116,14 +125,25 @@ fn choose(
         };
         for r in store.index.refs_of(&id)? {
             match r {
-                Ref::Tarball(key) => store.index.remove_tarball_key(&key)?,
-                Ref::Packument(name) => store.index.remove_packument(&name)?,
+                Ref::Tarball(key) => {
+                    store.index.remove_tarball_key(&key)?;
+                    // Tarball keys are `name/file`; file names hold no `/`.
+                    let name = std::str::from_utf8(&key)
+                        .ok()
+                        .and_then(|k| k.rsplit_once('/'))
+                        .and_then(|(n, _)| PackageName::parse(n).ok());
+                    packages.extend(name);
+                }
+                Ref::Packument(name) => {
+                    store.index.remove_packument(&name)?;
+                    packages.insert(name);
+                }
             }
         }
         used = used.saturating_sub(len);
         victims.push((id, len));
     }
-    Ok(victims)
+    Ok((victims, packages))
 }
 
 /// Runs `f` on the blocking pool.

@@ -224,6 +224,21 @@ impl Index {
         Ok(())
     }
 
+    /// Whether the index still holds the packument or any tarball of `name` (a point lookup
+    /// and a prefix scan of that package's tarball keys only).
+    pub(crate) fn holds_package(&self, name: &PackageName) -> Result<bool, IndexError> {
+        if self.packuments.contains_key(name.as_str())? {
+            return Ok(true);
+        }
+        let prefix = format!("{name}/");
+        Ok(self
+            .tarballs
+            .scan_prefix(prefix.as_bytes())
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
     /// The entries that name `id` now.
     pub(crate) fn refs_of(&self, id: &BlobId) -> Result<Vec<Ref>, IndexError> {
         let prefix = id.to_bytes();

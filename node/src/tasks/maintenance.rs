@@ -64,10 +64,10 @@ impl Maintenance {
     async fn evict(&self) {
         match evict::evict(&self.store, &self.pins, self.cap).await {
             Ok(report) => {
-                if let Some(peers) = &self.peers {
-                    for id in &report.evicted {
-                        peers.withdraw(id).await;
-                    }
+                if let Some(peers) = &self.peers
+                    && !report.packages.is_empty()
+                {
+                    peers.withdraw_emptied(&report.packages).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "eviction failed"),

@@ -49,7 +49,12 @@ fn render_peers(v: &Peers) -> String {
     if !v.relays.is_empty() {
         out.push_str(&format!("relayed via    {}\n", v.relays.join(", ")));
     }
-    out.push_str(&format!("providing      {} blobs\n", v.provided));
+    out.push_str(&format!(
+        "providing      {} package keys, each re-announced every {:.1} h (at most {} DHT messages/s)\n",
+        v.provided,
+        v.announce_cycle_secs as f64 / 3600.0,
+        v.announce_rate
+    ));
     out.push_str(&format!("connected      {} peers\n", v.connected.len()));
     for c in &v.connected {
         let rtt = c
@@ -313,9 +318,18 @@ mod tests {
             }],
             reachability: "public".into(),
             relay_offered: true,
+            provided: 3,
+            announce_rate: 8,
+            announce_cycle_secs: 500_000,
             ..Default::default()
         };
         let out = render_peers(&v);
+        assert!(
+            out.contains(
+                "providing      3 package keys, each re-announced every 138.9 h (at most 8 DHT messages/s)\n"
+            ),
+            "{out}"
+        );
         assert!(out.contains("server mode"), "{out}");
         assert!(
             out.contains("reachability   public, offering a relay\n"),

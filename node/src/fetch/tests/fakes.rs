@@ -382,6 +382,7 @@ impl peer::Source for FakePeers {
 
     fn fetch_blob<'a>(
         &'a self,
+        _name: &'a PackageName,
         id: &'a BlobId,
         integrity: Option<&'a Integrity>,
         max_len: u64,
@@ -440,7 +441,7 @@ impl peer::Source for FakePeers {
         })
     }
 
-    fn announce<'a>(&'a self, _id: &'a BlobId) -> BoxFuture<'a, ()> {
+    fn announce<'a>(&'a self, _name: &'a PackageName) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
 

@@ -24,14 +24,12 @@ impl EventLoop {
     pub(super) fn on_command(&mut self, cmd: Command) {
         let busy = self.pending_queries() >= self.limits.max_pending_queries;
         match cmd {
-            Command::Provide { id, reply } => {
-                let key = blob_key(&id);
-                let r = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .store_mut()
-                    .provide(key, std::time::Instant::now())
+            Command::Provide { ids, reply } => {
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                let now = std::time::Instant::now();
+                let r = ids
+                    .iter()
+                    .try_for_each(|id| store.provide(blob_key(id), now))
                     .map_err(|e| NetError::Store(e.to_string()));
                 let _ = reply.send(r);
             }
@@ -233,6 +231,7 @@ impl EventLoop {
         let store = behaviour.kad.store_mut();
         let (records_stored, provider_keys_stored) = store.sizes();
         let provided = store.provided_count();
+        let announcer = store.pacer_status();
         let mut connected: Vec<_> = self
             .connections
             .iter()
@@ -255,6 +254,7 @@ impl EventLoop {
             relay_offered,
             dcutr,
             provided,
+            announcer,
             records_stored,
             provider_keys_stored,
         }

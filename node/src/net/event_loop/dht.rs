@@ -1,8 +1,9 @@
 //! The swarm task's handling of Kademlia events: query progress, and what peers push to us.
 //!
 //! Inbound values pass the [`RecordValidator`](crate::net::RecordValidator) (and, replacing a
-//! value we hold, its `replaces`); inbound provider records must be for a blob CID. Nothing
-//! else enters the store (`StoreInserts::FilterBoth`).
+//! value we hold, its `replaces`); inbound provider records must be for a blob CID (package
+//! provider keys are CID-shaped). Nothing else enters the store (`StoreInserts::FilterBoth`).
+//! Every query's outbound requests are counted (`dht_messages_sent`).
 
 use std::collections::HashSet;
 
@@ -37,6 +38,7 @@ impl EventLoop {
                 {
                     self.count_lookup(&stats);
                 }
+                self.count_messages(&result, step.last, &stats);
                 match result {
                     QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
                         providers,
@@ -55,15 +57,18 @@ impl EventLoop {
                         }
                     }
                     QueryResult::StartProviding(r) => {
-                        if let Some(key) = self.announcing.remove(&id) {
+                        if let Some((key, charged)) = self.announcing.remove(&id) {
                             tracing::debug!(
                                 ok = r.is_ok(),
                                 peers = stats.num_successes(),
-                                "announced a blob"
+                                messages = stats.num_requests(),
+                                "announced a key"
                             );
+                            let now = std::time::Instant::now();
                             let store = self.swarm.behaviour_mut().kad.store_mut();
+                            store.announced(charged, stats.num_requests(), now);
                             if stats.num_successes() == 0 && store.is_provided(&key) {
-                                store.schedule(key, std::time::Instant::now() + ANNOUNCE_RETRY);
+                                store.schedule(key, now + ANNOUNCE_RETRY);
                             }
                         }
                     }
@@ -110,6 +115,22 @@ impl EventLoop {
             &m.dht_query_micros,
             u64::try_from(micros).unwrap_or(u64::MAX),
         );
+    }
+
+    /// Counts the requests a query sent (`dht_messages_sent`), once per query: at its last
+    /// step for the queries whose statistics accumulate over steps (lookups, announcements,
+    /// puts: an announcement's include its ADD_PROVIDER messages), at every step for a
+    /// bootstrap, each of whose steps is a query of its own with its own statistics.
+    fn count_messages(&self, result: &QueryResult, last: bool, stats: &kad::QueryStats) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        if last || matches!(result, QueryResult::Bootstrap(_)) {
+            Metrics::add(&m.dht_messages_sent, u64::from(stats.num_requests()));
+        }
+        if last && matches!(result, QueryResult::StartProviding(_)) {
+            Metrics::add(&m.dht_announce_messages, u64::from(stats.num_requests()));
+        }
     }
 
     fn found_providers(&mut self, qid: QueryId, providers: HashSet<PeerId>) {
@@ -189,7 +210,8 @@ impl EventLoop {
         }
     }
 
-    /// A provider record a peer pushed to us: stored only for keys that are blob CIDs.
+    /// A provider record a peer pushed to us: stored only for keys that are blob CIDs (package
+    /// provider keys are shaped as one).
     fn accept_provider(&mut self, record: kad::ProviderRecord) {
         if BlobId::from_bytes(record.key.as_ref()).is_err() {
             tracing::debug!(provider = %record.provider, "provider record for a non-blob key");

@@ -317,3 +317,49 @@ async fn finished_lookups_are_counted_with_their_requests() {
     })
     .await;
 }
+
+/// An announcement is paced and counted: it starts once a peer is known, and its lookup
+/// requests and ADD_PROVIDER messages go into `dht_messages_sent` and `dht_announce_messages`.
+#[tokio::test]
+async fn announcements_are_counted_in_the_messages_sent() {
+    bounded(async {
+        let a = start(72, config(&[]), Arc::new(NoBlobs)).await;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let cfg = Config {
+            metrics: Some(metrics.clone()),
+            ..config(&[&a])
+        };
+        let b = start(73, cfg, Arc::new(NoBlobs)).await;
+        wait_for("B's routing table", || async {
+            b.routing_table().await >= 1
+        })
+        .await;
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let key = open_registry_protocol::pointer::provider_key(
+            &open_registry_protocol::PackageName::parse("counted").unwrap(),
+        );
+        b.client.provide(&key).await.unwrap();
+        wait_for("A to store B's provider record", || async {
+            a.client.peers().await.unwrap().provider_keys_stored == 1
+        })
+        .await;
+        wait_for("the announcement to finish", || async {
+            count(&metrics.dht_announce_messages) >= 2
+        })
+        .await;
+        assert_eq!(count(&metrics.dht_announcements), 1);
+        // At least the lookup request to A and the ADD_PROVIDER to A.
+        assert!(count(&metrics.dht_messages_sent) >= count(&metrics.dht_announce_messages));
+        let info = b.client.peers().await.unwrap();
+        assert_eq!(info.provided, 1);
+        assert_eq!(
+            info.announcer.rate,
+            f64::from(Limits::default().announce_rate)
+        );
+        assert_eq!(
+            info.announcer.cycle_secs,
+            crate::net::REANNOUNCE_INTERVAL.as_secs()
+        );
+    })
+    .await;
+}
