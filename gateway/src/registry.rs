@@ -122,7 +122,8 @@ impl fmt::Debug for Packument {
 pub struct Blob {
     /// The blob's content id.
     pub id: BlobId,
-    /// Its exact length, sent as Content-Length.
+    /// Its length: exact, and sent as Content-Length, for [`Body::Bytes`] and [`Body::Stream`];
+    /// for [`Body::Verifying`] the length its source announced, which is not promised.
     pub len: u64,
     /// Its bytes.
     pub body: Body,
@@ -145,6 +146,11 @@ pub enum Body {
     Bytes(Bytes),
     /// Chunks; the stream yields exactly `len` bytes in total.
     Stream(BoxStream<'static, io::Result<Bytes>>),
+    /// Chunks of a blob still arriving and being verified (from a peer): how many there will be
+    /// is not known before the end, so the answer carries no Content-Length and is sent chunked.
+    /// The stream ends only once every byte it yielded verified as the blob; otherwise it yields
+    /// an error, and the client sees the answer cut short.
+    Verifying(BoxStream<'static, io::Result<Bytes>>),
 }
 
 impl fmt::Debug for Body {
@@ -152,6 +158,7 @@ impl fmt::Debug for Body {
         match self {
             Body::Bytes(b) => f.debug_tuple("Bytes").field(&b.len()).finish(),
             Body::Stream(_) => f.write_str("Stream"),
+            Body::Verifying(_) => f.write_str("Verifying"),
         }
     }
 }

@@ -35,7 +35,7 @@ pub(crate) async fn serve<R: Registry>(
 }
 
 /// Answers with a verified blob (a tarball, or any blob by id): ETag from its id, 304 when the
-/// client has it, else the bytes with Content-Length.
+/// client has it, else the bytes, with Content-Length unless they are still being verified.
 pub(crate) fn respond(
     blob: crate::registry::Blob,
     headers: &HeaderMap,
@@ -52,6 +52,7 @@ pub(crate) fn respond(
             res
         }
         _ => {
+            let mut len = Some(blob.len);
             let body = match blob.body {
                 Body::Bytes(bytes) => {
                     // Content-Length is promised from `len`: a mismatch would hang or cut the
@@ -68,11 +69,17 @@ pub(crate) fn respond(
                     HttpBody::from(bytes)
                 }
                 Body::Stream(stream) => HttpBody::from_stream(stream),
+                Body::Verifying(stream) => {
+                    len = None;
+                    HttpBody::from_stream(stream)
+                }
             };
             let mut res = Response::new(body);
             let h = res.headers_mut();
             h.insert(header::CONTENT_TYPE, OCTET_STREAM);
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(blob.len));
+            if let Some(len) = len {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
             res
         }
     };

@@ -96,7 +96,7 @@ impl Fetcher {
                         return Ok(Blob {
                             id: s.id,
                             len: s.len,
-                            body: Body::Stream(s.body),
+                            body: Body::Verifying(s.body),
                             source: Source::Peer,
                         });
                     }

@@ -168,7 +168,8 @@ impl Peers {
     }
 
     /// Receives a transfer that started answering into the store, verified, feeding the tap
-    /// of the running fetch if it has one ([`stream`](super::stream)). A provider that spoiled
+    /// of the running fetch if it has one ([`stream`](super::stream)): a trusted operator's
+    /// transfer may open the streamed answer, any provider's may resume it. A provider that spoiled
     /// the blob is remembered, and skipped for it for a while.
     async fn receive(
         &self,
@@ -185,6 +186,8 @@ impl Peers {
             Ok(chunk)
         });
         let tap = stream::current_tap();
+        // Only a trusted operator's transfer may open a streamed answer (see `stream`).
+        let opens = tap.is_some() && self.trusted_peers().contains(&peer);
         // Boxed: the verifier and the writer make a large future.
         let got = Box::pin(stream::receive_into(
             &self.store,
@@ -195,6 +198,7 @@ impl Peers {
             verifier,
             max_len,
             tap.as_ref(),
+            opens,
         ))
         .await;
         got.map_err(|f| {

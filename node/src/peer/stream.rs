@@ -1,20 +1,32 @@
 //! A blob from a peer, streamed to the HTTP client while it is verified and stored.
 //!
-//! The flight that fetches a tarball hands a [`Tap`] down with the fetch. When a provider's
-//! transfer starts answering (the blob protocol's OK header carries the length), the tap sends
-//! the waiting request a [`Streamed`] body of that length, and from then on every chunk goes to
-//! the store writer and to that body at once ([`receive_into`]). The body holds back its last
-//! chunk until the store has verified the whole blob (npm integrity and BLAKE3 id) and committed
-//! it, so a client never sees a complete body whose bytes do not verify: when verification
-//! fails or the transfer breaks, the body yields an error instead (the HTTP response is cut short
-//! of its Content-Length), the blob is not kept, and the peer is remembered in [`BadPeers`] so
-//! that the client's retry is served by another provider.
+//! The flight that fetches a tarball hands a [`Tap`] down with the fetch. When a trusted
+//! operator's transfer starts answering, the tap sends the waiting request a [`Streamed`] body,
+//! and from then on every chunk goes to the store writer and to that body at once
+//! ([`receive_into`]). Only a trusted operator's transfer opens a body: its announced length
+//! bounds what the client is sent, and an untrusted provider could announce any length and fill
+//! it with bytes that turn out wrong only at the end, failing the answer. An untrusted
+//! provider's blob is received whole and verified before it is served, as before.
 //!
-//! A client slower than the peer does not slow the ingest down: the body buffers a bounded
+//! **The body verifies what it yields.** It hashes every byte it hands the client and holds its
+//! last chunk back until the hash of everything is the blob's id and the store has verified and
+//! committed the blob, so a
+//! client never sees a complete answer whose bytes are not the blob, whichever transfers they
+//! came from. The answer carries no Content-Length: it ends when the verified blob does.
+//!
+//! **A transfer that breaks does not break the answer.** When a provider stalls, runs out of
+//! time or goes away mid-transfer, the body stays open, and the next provider's transfer of the
+//! same blob (announcing the same length) feeds it from the byte it had reached on
+//! (content-addressed: any provider's bytes are the same; the store still receives and verifies
+//! each transfer whole). When no provider
+//! completes it, the body reads the rest from the store if the blob got there by another way
+//! (the upstream), and fails otherwise. A transfer whose bytes do not verify ends the answer at
+//! once (some of them may already be out), the blob is not kept, and the peer is remembered in
+//! [`BadPeers`] so that the client's retry is served by another provider.
+//!
+//! A client slower than the peers does not slow the ingest down: the body buffers a bounded
 //! number of chunks ([`TAP_CHUNKS`]); when it falls further behind it is detached, and once the
-//! blob is stored it reads the rest from the store. A failure before any chunk went to the body
-//! leaves it open for the next provider of the same blob (content-addressed: any provider's bytes
-//! are the same), so a provider that fails early costs the client nothing.
+//! blob is stored it reads the rest from the store.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -66,10 +78,10 @@ pub(crate) fn current_tap() -> Option<Tap> {
 pub(crate) struct Streamed {
     /// The blob.
     pub id: BlobId,
-    /// Its length, as the provider announced it: exactly what the body yields when it ends
-    /// without an error.
+    /// Its length as the first provider announced it: not promised (the body ends where the
+    /// verified blob does).
     pub len: u64,
-    /// The bytes, as they are received and, for the last chunk, once they verified.
+    /// The bytes, as they are received; the last chunk once all of them verified.
     pub body: BoxStream<'static, io::Result<Bytes>>,
 }
 
@@ -82,12 +94,17 @@ impl std::fmt::Debug for Streamed {
     }
 }
 
-/// How a streamed blob ended, as its body learns it: stored and verified, or why not.
+/// How the fetch of a streamed blob ended, as its body learns it: stored and verified, or why
+/// the body must fail.
 type Outcome = Result<(), String>;
 
 /// A body that is out, between the transfers feeding it.
 struct Open {
+    /// The blob's length as the transfer that opened the body announced it.
     len: u64,
+    /// How many bytes of the blob went to the body, whichever transfers sent them: the next
+    /// transfer feeds it from there on.
+    sent: u64,
     /// `None` once the body was detached (too far behind, or gone).
     chunks: Option<mpsc::Sender<Bytes>>,
     outcome: oneshot::Sender<Outcome>,
@@ -96,17 +113,17 @@ struct Open {
 enum State {
     /// No body yet: the waiting request's channel.
     Waiting(oneshot::Sender<Streamed>),
-    /// A body is out and nothing was sent to it yet; the next transfer of the blob feeds it.
+    /// A body is out; the next transfer of the blob feeds it.
     Open(Open),
     /// A transfer is feeding the body.
     Feeding,
-    /// Done: the body ended, failed, or its request went away.
+    /// Done: the blob was stored, or the body failed, or its request went away.
     Closed,
 }
 
 /// Where the flight's leader waits for the blob's bytes. Cloneable (one shared state); when the
-/// last clone is dropped with a body out that nothing completed, the body reads the blob from
-/// the store if it got there by another way (the upstream), and fails otherwise.
+/// last clone is dropped with a body out that nothing completed, the body reads the rest of the
+/// blob from the store if it got there by another way (the upstream), and fails otherwise.
 #[derive(Clone)]
 pub(crate) struct Tap {
     state: Arc<Mutex<State>>,
@@ -141,18 +158,20 @@ impl Tap {
     }
 
     /// A transfer of `len` bytes of `id` started answering: the feed for it, when this tap
-    /// streams it (the first transfer of a long enough blob, or the next one after a transfer
-    /// that failed before sending anything).
-    fn begin(&self, id: &BlobId, len: u64) -> Option<Feed> {
+    /// streams it (the first transfer of a long enough blob from a provider that may open the
+    /// body, `opens`: a trusted operator; or the next one of the same length after a transfer
+    /// that broke).
+    fn begin(&self, id: &BlobId, len: u64, opens: bool) -> Option<Feed> {
         let mut state = self.lock();
         match std::mem::replace(&mut *state, State::Feeding) {
-            State::Waiting(tx) if len > self.min_len => {
+            State::Waiting(tx) if opens && len > self.min_len => {
                 let (chunks_tx, chunks_rx) = mpsc::channel(TAP_CHUNKS);
                 let (outcome_tx, outcome_rx) = oneshot::channel();
                 let body = Body {
                     id: *id,
                     len,
                     offset: 0,
+                    hasher: Box::default(),
                     chunks: Some(chunks_rx),
                     outcome: Some(outcome_rx),
                     file: None,
@@ -169,21 +188,17 @@ impl Tap {
                     *state = State::Closed;
                     return None;
                 }
-                Some(Feed {
-                    tap: self.clone(),
-                    open: Some(Open {
+                Some(Feed::new(
+                    self.clone(),
+                    Open {
                         len,
+                        sent: 0,
                         chunks: Some(chunks_tx),
                         outcome: outcome_tx,
-                    }),
-                    spent: false,
-                })
+                    },
+                ))
             }
-            State::Open(open) if open.len == len => Some(Feed {
-                tap: self.clone(),
-                open: Some(open),
-                spent: false,
-            }),
+            State::Open(open) if open.len == len => Some(Feed::new(self.clone(), open)),
             other => {
                 *state = other;
                 None
@@ -192,68 +207,92 @@ impl Tap {
     }
 }
 
-/// One transfer feeding a body. Dropped without [`Feed::done`], it fails the body if it sent
-/// anything, and leaves it open for the next transfer otherwise.
+/// One transfer feeding a body, from the byte the body had reached on. Dropped without
+/// [`Feed::done`], it leaves the body open for the next transfer.
 struct Feed {
     tap: Tap,
     open: Option<Open>,
-    /// Whether the body took anything from this transfer (a chunk, or its detachment): it
-    /// cannot be fed by another one then.
-    spent: bool,
+    /// How many bytes of this transfer went by.
+    at: u64,
+    /// Whether this transfer sent the body anything.
+    fed: bool,
 }
 
 impl Feed {
-    /// Hands `chunk` to the body, or detaches a body that is too far behind or gone.
+    fn new(tap: Tap, open: Open) -> Feed {
+        Feed {
+            tap,
+            open: Some(open),
+            at: 0,
+            fed: false,
+        }
+    }
+
+    /// Hands the part of `chunk` past what the body already has to it, or detaches a body that
+    /// is too far behind or gone.
     fn send(&mut self, chunk: &Bytes) {
+        let start = self.at;
+        self.at += chunk.len() as u64;
         let Some(open) = self.open.as_mut() else {
             return;
         };
+        if self.at <= open.sent {
+            return;
+        }
         let Some(tx) = open.chunks.as_ref() else {
             return;
         };
-        if tx.try_send(chunk.clone()).is_err() {
+        let tail = chunk.slice(open.sent.saturating_sub(start) as usize..);
+        match tx.try_send(tail) {
+            Ok(()) => {
+                open.sent = self.at;
+                self.fed = true;
+            }
             // Full or closed: the body takes the rest from the store once it is there.
-            open.chunks = None;
+            Err(_) => open.chunks = None,
         }
-        self.spent = true;
     }
 
-    /// Ends the feed: `Ok` when the blob is verified and stored.
-    fn end(&mut self, outcome: Outcome) {
+    /// Ends the feed. `Ok`: the blob is verified and stored. `Err(Some(why))`: the body must
+    /// fail (it may have bytes that do not verify). `Err(None)`: the transfer broke; the next
+    /// one goes on feeding the body.
+    fn end(&mut self, outcome: Result<(), Option<String>>) {
         let Some(open) = self.open.take() else {
             return;
         };
         let mut state = self.tap.lock();
-        if outcome.is_err() && !self.spent {
-            *state = State::Open(open);
-            return;
-        }
+        let outcome = match outcome {
+            Ok(()) => Ok(()),
+            Err(Some(why)) => Err(why),
+            Err(None) => {
+                *state = State::Open(open);
+                return;
+            }
+        };
         *state = State::Closed;
         drop(state);
         let _ = open.outcome.send(outcome);
-    }
-
-    fn done(mut self) {
-        self.end(Ok(()));
-    }
-
-    fn failed(mut self, why: &PeerError) {
-        self.end(Err(crate::errors::chain(why).to_string()));
     }
 }
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        self.end(Err("the peer transfer was abandoned".into()));
+        self.end(Err(None));
     }
 }
 
-/// The body of a streamed blob (see the module): chunks as the feed sends them, the last one
-/// once the blob verified; after a detachment, the rest from the store.
+/// The body of a streamed blob (see the module): chunks as the feeds send them, then (after a
+/// detachment, or when the blob was stored another way) the rest from the store; every byte
+/// hashed, and the chunk that completes the announced length held back until the hash of all
+/// of them is the blob's id and the blob is stored.
 struct Body {
     id: BlobId,
+    /// Its length as the transfer that opened the body announced it: nothing past it is sent.
     len: u64,
+    /// Bytes yielded so far.
     offset: u64,
+    /// BLAKE3 of those bytes (boxed: the hasher is large).
+    hasher: Box<blake3::Hasher>,
     chunks: Option<mpsc::Receiver<Bytes>>,
     outcome: Option<oneshot::Receiver<Outcome>>,
     file: Option<ReaderStream<tokio::fs::File>>,
@@ -279,8 +318,8 @@ impl Body {
         .boxed()
     }
 
-    /// Waits for the blob to be stored and verified.
-    async fn verified(&mut self) -> io::Result<()> {
+    /// Waits for the fetch to end: the blob stored and verified, or why the body fails.
+    async fn settled(&mut self) -> io::Result<()> {
         let Some(rx) = self.outcome.take() else {
             return Ok(());
         };
@@ -290,8 +329,8 @@ impl Body {
                 "blob {} from a peer did not arrive intact: {why}",
                 self.id
             ))),
-            // Nothing fed this body to the end, and nothing will; it may still have been stored
-            // by another way (the upstream), in full.
+            // Nothing completed the blob through this body, and nothing will; it may still have
+            // been stored by another way (the upstream).
             Err(_) if self.store.blobs.contains(&self.id) => Ok(()),
             Err(_) => Err(io::Error::other(format!(
                 "the fetch of blob {} ended without it",
@@ -300,23 +339,16 @@ impl Body {
         }
     }
 
-    async fn next(&mut self) -> io::Result<Option<Bytes>> {
-        if self.offset >= self.len {
-            return Ok(None);
-        }
+    /// The next chunk of the blob, from the feeds or the store; `None` at its end.
+    async fn receive(&mut self) -> io::Result<Option<Bytes>> {
         if let Some(rx) = self.chunks.as_mut() {
             if let Some(chunk) = rx.recv().await {
-                self.offset += chunk.len() as u64;
-                if self.offset >= self.len {
-                    // The last chunk completes the body: only once the blob verified.
-                    self.verified().await?;
-                }
                 return Ok(Some(chunk));
             }
             self.chunks = None;
         }
         if self.file.is_none() {
-            self.verified().await?;
+            self.settled().await?;
             let (mut file, len) = self.store.blobs.open_read(&self.id).await?.ok_or_else(|| {
                 io::Error::other(format!("blob {} left the store while streamed", self.id))
             })?;
@@ -330,17 +362,37 @@ impl Body {
             self.file = Some(ReaderStream::with_capacity(file, 64 << 10));
         }
         let file = self.file.as_mut().expect("opened above");
-        match file.next().await {
-            Some(chunk) => {
-                let chunk = chunk?;
-                self.offset += chunk.len() as u64;
-                Ok(Some(chunk))
-            }
-            None => Err(io::Error::other(format!(
-                "blob {} ended at {} of {} bytes in the store",
-                self.id, self.offset, self.len
-            ))),
+        file.next().await.transpose()
+    }
+
+    async fn next(&mut self) -> io::Result<Option<Bytes>> {
+        if self.offset >= self.len {
+            return Ok(None);
         }
+        let chunk = self.receive().await?.ok_or_else(|| {
+            io::Error::other(format!(
+                "blob {} ended at {} of {} bytes",
+                self.id, self.offset, self.len
+            ))
+        })?;
+        // Feeds send nothing past the length, and the store's copy has exactly that length.
+        self.offset += chunk.len() as u64;
+        self.hasher.update(&chunk);
+        if self.offset >= self.len {
+            // The last chunk completes the answer: only if all of it is the blob.
+            // And once the store has it, verified against the npm integrity too: when the fetch
+            // has ended either way, so that the answer ends after what the node made of it.
+            let stored = self.settled().await;
+            let got = BlobId::from_digest(*self.hasher.finalize().as_bytes());
+            if self.offset != self.len || got != self.id {
+                return Err(io::Error::other(format!(
+                    "the {} bytes received for blob {} are not the blob",
+                    self.offset, self.id
+                )));
+            }
+            stored?;
+        }
+        Ok(Some(chunk))
     }
 }
 
@@ -349,14 +401,15 @@ impl Body {
 pub(crate) struct Failure {
     /// What went wrong.
     pub error: PeerError,
-    /// The peer sent bytes that do not verify, or a client's streamed answer was cut short
-    /// because of it: skip it for this blob for a while ([`BadPeers`]).
+    /// The peer sent bytes that do not verify, or more or fewer than it announced: skip it for
+    /// this blob for a while ([`BadPeers`]).
     pub spoiled: bool,
 }
 
 /// Receives a transfer of `len` bytes (`chunks`) into the store, checked by `verifier` and
-/// against `id`, feeding `tap`'s body when it streams this blob. Size and integrity failures
-/// are counted in `metrics`.
+/// against `id`, feeding `tap`'s body when it streams this blob; `opens`: whether this transfer
+/// may open the body (it comes from a trusted operator). Size and integrity failures are counted
+/// in `metrics`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn receive_into<S>(
     store: &Store,
@@ -367,11 +420,12 @@ pub(crate) async fn receive_into<S>(
     verifier: Verifier,
     max_len: u64,
     tap: Option<&Tap>,
+    opens: bool,
 ) -> Result<BlobId, Failure>
 where
     S: Stream<Item = Result<Bytes, PeerError>> + Unpin,
 {
-    let mut feed = tap.and_then(|t| t.begin(id, len));
+    let mut feed = tap.and_then(|t| t.begin(id, len, opens));
     let got = receive(
         store,
         metrics,
@@ -385,19 +439,21 @@ where
     .await;
     match got {
         Ok(id) => {
-            if let Some(f) = feed {
-                f.done();
+            if let Some(mut f) = feed {
+                f.end(Ok(()));
             }
             Ok(id)
         }
         Err(error) => {
-            let spent = feed.as_ref().is_some_and(|f| f.spent);
-            if let Some(f) = feed {
-                f.failed(&error);
+            let bad_bytes = matches!(error, PeerError::Integrity(_));
+            if let Some(mut f) = feed {
+                // Bytes that do not verify may be among those the body has: it fails. Any other
+                // break leaves it to the next transfer (the body checks every byte anyway).
+                let fail = (bad_bytes && f.fed).then(|| crate::errors::chain(&error).to_string());
+                f.end(Err(fail));
             }
             // The local store failing is not the peer's doing.
-            let spoiled = !matches!(error, PeerError::Store(_))
-                && (spent || matches!(error, PeerError::Integrity(_) | PeerError::Size(_)));
+            let spoiled = matches!(error, PeerError::Integrity(_) | PeerError::Size(_));
             Err(Failure { error, spoiled })
         }
     }

@@ -202,6 +202,8 @@ pub(super) struct FakeProvider {
     pub(super) bytes: Bytes,
     pub(super) hold: Option<Arc<Semaphore>>,
     pub(super) fail_after: Option<usize>,
+    /// A trusted operator (whose transfer may open a streamed answer), or any provider.
+    pub(super) trusted: bool,
 }
 
 impl FakeProvider {
@@ -308,6 +310,7 @@ impl FakePeers {
                 bytes,
                 hold: Some(hold),
                 fail_after: None,
+                trusted: true,
             },
         );
     }
@@ -404,6 +407,7 @@ impl peer::Source for FakePeers {
                 bytes,
                 hold: None,
                 fail_after: None,
+                trusted: true,
             });
         }
         let names: Vec<&'static str> = providers.iter().map(|p| p.name).collect();
@@ -425,6 +429,7 @@ impl peer::Source for FakePeers {
                     verifier,
                     max_len,
                     tap.as_ref(),
+                    p.trusted,
                 )
                 .await;
                 match got {

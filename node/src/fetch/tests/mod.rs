@@ -139,7 +139,7 @@ impl Rig {
 async fn body(b: Body) -> Bytes {
     match b {
         Body::Bytes(b) => b,
-        Body::Stream(s) => {
+        Body::Stream(s) | Body::Verifying(s) => {
             let chunks: Vec<_> = s.map(|c| c.unwrap()).collect().await;
             Bytes::from(chunks.concat())
         }

@@ -1,7 +1,9 @@
 //! A large tarball from a peer streams to the request while it is verified and stored
 //! (`peer::stream`): the first bytes come before the peer sent the rest, a peer whose bytes do
-//! not verify cuts the answer short and is skipped by the retry, a provider that fails before
-//! sending anything is replaced unseen, and the flight still makes one fetch.
+//! not verify cuts the answer short and is skipped by the retry, a provider that breaks is
+//! replaced unseen (before sending anything or midway: the next one resumes the answer), bytes
+//! that do not make the blob never end an answer, only a trusted operator's transfer opens one,
+//! and the flight still makes one fetch.
 
 use std::io;
 use std::sync::Arc;
@@ -63,7 +65,9 @@ async fn get(rig: &Rig) -> Blob {
 async fn drain(b: Body) -> Vec<io::Result<Bytes>> {
     match b {
         Body::Bytes(b) => vec![Ok(b)],
-        Body::Stream(s) => timeout(WAIT, s.collect()).await.expect("the body hung"),
+        Body::Stream(s) | Body::Verifying(s) => {
+            timeout(WAIT, s.collect()).await.expect("the body hung")
+        }
     }
 }
 
@@ -77,7 +81,7 @@ async fn the_first_bytes_of_a_large_tarball_come_before_the_peer_sent_the_rest()
 
     let b = get(&rig).await;
     assert_eq!((b.id, b.len, b.source), (id, t.len() as u64, Served::Peer));
-    let Body::Stream(mut s) = b.body else {
+    let Body::Verifying(mut s) = b.body else {
         panic!("a large tarball is streamed");
     };
     let first = timeout(WAIT, s.next())
@@ -122,15 +126,12 @@ async fn bytes_that_do_not_verify_cut_the_answer_short_and_the_retry_goes_to_ano
             bytes: lie.into(),
             hold: None,
             fail_after: None,
+            trusted: true,
         },
     );
 
     let b = get(&rig).await;
-    assert_eq!(
-        b.len,
-        t.len() as u64,
-        "Content-Length is the promised length"
-    );
+    assert_eq!(b.len, t.len() as u64, "the length the provider announced");
     let got = drain(b.body).await;
     let (last, sent) = got.split_last().unwrap();
     assert!(
@@ -154,8 +155,7 @@ async fn bytes_that_do_not_verify_cut_the_answer_short_and_the_retry_goes_to_ano
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_transfer_that_breaks_before_sending_is_replaced_unseen_and_after_sending_cuts_the_answer()
- {
+async fn a_transfer_that_breaks_before_or_after_sending_is_replaced_unseen_by_the_next_provider() {
     let t = blob(700 << 10);
     let id = BlobId::of(&t);
     let (rig, peers) = rigged(&t).await;
@@ -165,6 +165,7 @@ async fn a_transfer_that_breaks_before_sending_is_replaced_unseen_and_after_send
         bytes: t.clone(),
         hold: None,
         fail_after: Some(fail_after),
+        trusted: true,
     };
     peers.provider_first(&id, broken("broken", 0));
     let b = get(&rig).await;
@@ -172,21 +173,106 @@ async fn a_transfer_that_breaks_before_sending_is_replaced_unseen_and_after_send
     assert_eq!(body(b.body).await, t);
     assert_eq!(*peers.asked.lock().unwrap(), ["broken", "correct"]);
 
-    // After two chunks went out, a break cuts the answer; the flight still stores the blob from
-    // the next provider for whoever asks again.
+    // After two chunks went out, the break is not seen either: the next provider's transfer
+    // goes on from the third chunk, and the blob is stored once.
     let (rig, peers) = rigged(&t).await;
     peers.provider_first(&id, broken("midway", 2));
     let got = drain(get(&rig).await.body).await;
-    assert!(got.last().unwrap().is_err(), "the body ends in an error");
-    let sent: usize = got
-        .iter()
-        .filter_map(|c| c.as_ref().ok())
-        .map(Bytes::len)
-        .sum();
-    assert_eq!(sent, 2 * CHUNK);
-    assert_eq!(body(get(&rig).await.body).await, t);
+    let got: Vec<Bytes> = got.into_iter().map(Result::unwrap).collect();
+    assert_eq!(got.concat(), t, "the answer is whole");
+    assert!(rig.store.blobs.contains(&id));
     assert_eq!(*peers.asked.lock().unwrap(), ["midway", "correct"]);
     assert_eq!(FakePeers::count(&peers.fetch_calls), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bytes_a_broken_transfer_sent_wrong_never_end_an_answer_even_when_the_blob_is_stored() {
+    let t = blob(700 << 10);
+    let id = BlobId::of(&t);
+    let (rig, peers) = rigged(&t).await;
+    // A provider flips a byte of its first chunk and breaks after the second: the store never
+    // sees its bytes whole, so only the body can tell.
+    let mut lie = t.to_vec();
+    lie[7] ^= 1;
+    peers.provider_first(
+        &id,
+        FakeProvider {
+            name: "flipper",
+            bytes: lie.into(),
+            hold: None,
+            fail_after: Some(2),
+            trusted: true,
+        },
+    );
+    let got = drain(get(&rig).await.body).await;
+    let (last, sent) = got.split_last().unwrap();
+    let error = last.as_ref().expect_err("the body ends in an error");
+    assert!(error.to_string().contains("are not the blob"), "{error}");
+    let sent: usize = sent.iter().map(|c| c.as_ref().unwrap().len()).sum();
+    assert!(
+        sent < t.len(),
+        "the last chunk was held back: {sent} bytes went out"
+    );
+    // The correct provider's transfer was stored, verified; the retry gets it whole.
+    assert!(rig.store.blobs.contains(&id));
+    assert_eq!(body(get(&rig).await.body).await, t);
+    assert_eq!(*peers.asked.lock().unwrap(), ["flipper", "correct"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_untrusted_providers_transfer_is_received_whole_before_it_is_served() {
+    let t = blob(700 << 10);
+    let id = BlobId::of(&t);
+    let (rig, peers) = rigged(&t).await;
+    peers.withdraw(&id);
+    let hold = Arc::new(Semaphore::new(0));
+    peers.provider_first(
+        &id,
+        FakeProvider {
+            name: "stranger",
+            bytes: t.clone(),
+            hold: Some(hold.clone()),
+            fail_after: None,
+            trusted: false,
+        },
+    );
+    let (n, f) = (name("p"), file("p-1.0.0.tgz"));
+    let request = rig.fetcher.tarball(&n, &f);
+    tokio::pin!(request);
+    assert!(
+        timeout(WAIT, &mut request).await.is_err(),
+        "answered before the stranger's transfer was whole"
+    );
+    hold.add_permits(1);
+    let b = timeout(WAIT, request).await.expect("answered").unwrap();
+    assert!(
+        !matches!(b.body, Body::Verifying(_)),
+        "a stranger's bytes are served once stored, with their length"
+    );
+    assert_eq!(body(b.body).await, t);
+    assert!(rig.store.blobs.contains(&id));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trusted_transfer_that_breaks_is_resumed_by_an_untrusted_provider_of_the_same_length() {
+    let t = blob(700 << 10);
+    let id = BlobId::of(&t);
+    let (rig, peers) = rigged(&t).await;
+    peers.withdraw(&id);
+    let provider = |name, trusted, fail_after| FakeProvider {
+        name,
+        bytes: t.clone(),
+        hold: None,
+        fail_after,
+        trusted,
+    };
+    // Tried in this order: the trusted operator breaks midway, the stranger completes it.
+    peers.provider_first(&id, provider("stranger", false, None));
+    peers.provider_first(&id, provider("operator", true, Some(3)));
+    let b = get(&rig).await;
+    assert!(matches!(b.body, Body::Verifying(_)), "streamed");
+    assert_eq!(body(b.body).await, t);
+    assert_eq!(*peers.asked.lock().unwrap(), ["operator", "stranger"]);
 }
 
 #[tokio::test(start_paused = true)]
