@@ -68,7 +68,7 @@ counters! {
     dht_announcements: "Provider announcements started (one per package key due, at the announcer's message budget).",
     dht_announce_messages: "Kademlia requests those announcements sent (included in dht_messages_sent).",
     package_provider_lookups: "Tarball or record misses that looked up a package's providers in the DHT (the rest of the package's misses use the cached answer).",
-    blob_provider_lookups: "Misses that looked up a blob's own providers in the DHT: the fallback when no provider of the package is known.",
+    blob_provider_lookups: "Misses that looked up a blob's own providers in the DHT: the fallback when the package's providers leave nobody new to ask or none of them delivers.",
 }
 
 impl Metrics {

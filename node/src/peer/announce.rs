@@ -8,7 +8,8 @@
 //! keys, not a million, and the swarm task re-announces them at a bounded message rate
 //! (`net::pacer`). Blobs are found through their package: a miss asks the trusted operators,
 //! then the package's providers (`peer::providers`). Record blobs are not announced either:
-//! their signer is asked first, then the package's providers.
+//! their signer is asked first, then the package's providers. Only when those leave nobody to
+//! ask or none delivers is a blob's own id looked up (nodes of earlier versions announced it).
 //!
 //! Each record the node signs is published: a small signed [`Pointer`] to it is put in the DHT
 //! under a key made of the package name and this operator's id, so nodes that trust this

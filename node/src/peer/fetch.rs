@@ -49,8 +49,10 @@ impl Peers {
     }
 
     /// Fetches blob `id` of package `name` into the store, checking it against `id` and, when
-    /// given, `integrity`. After the trusted operators, the package's providers are asked
-    /// (one cached lookup per package: [`providers_of`](Peers::providers_of)).
+    /// given, `integrity`. After the trusted operators, the package's providers not asked yet
+    /// (one cached lookup per package: [`package_providers`](Peers::package_providers)); when
+    /// that leaves nobody or none delivers, the blob's own providers
+    /// ([`blob_providers`](Peers::blob_providers)). One deadline covers them all.
     pub(super) async fn fetch_verified(
         &self,
         name: &PackageName,
@@ -82,31 +84,46 @@ impl Peers {
                 Err(e) => Some(e),
             }
         };
-        let mut providers = match self.providers_of(name, id, MAX_PROVIDER_RECORDS).await {
-            Ok(p) => p,
-            Err(e) => {
-                return Err(first.unwrap_or_else(|| PeerError::Lookup {
-                    id: *id,
-                    source: e.into(),
-                }));
+        let mut asked = trusted;
+        let mut last = first;
+        // The package's providers, then, when they leave nobody new to ask or none delivers,
+        // the blob's own (`providers`).
+        for by_id in [false, true] {
+            let found = if by_id {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.blob_providers(id, &asked, left).await
+            } else {
+                self.package_providers(name, &asked).await
+            };
+            let mut others = match found {
+                Ok(p) => p,
+                Err(e) => {
+                    return Err(last.unwrap_or_else(|| PeerError::Lookup {
+                        id: *id,
+                        source: e.into(),
+                    }));
+                }
+            };
+            shuffle(&mut others, self.clock.now_ms());
+            others.truncate(MAX_PROVIDERS);
+            // Stable: the providers not measured yet stay shuffled.
+            self.net.rtts().nearest_first(&mut others);
+            if others.is_empty() {
+                continue;
             }
-        };
-        shuffle(&mut providers, self.clock.now_ms());
-        let me = self.net.local_peer_id();
-        let mut others: Vec<net::PeerId> = providers
-            .into_iter()
-            .filter(|p| !trusted.contains(p) && *p != me)
-            .take(MAX_PROVIDERS)
-            .collect();
-        // Stable: the providers not measured yet stay shuffled.
-        self.net.rtts().nearest_first(&mut others);
-        if others.is_empty()
-            && let Some(e) = first
-        {
-            return Err(e);
+            match self
+                .fetch_from(&others, id, &verifier, max_len, deadline)
+                .await
+            {
+                Ok(got) => return Ok(got),
+                Err(e) => last = Some(e),
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            asked.extend(others);
         }
-        self.fetch_from(&others, id, &verifier, max_len, deadline)
-            .await
+        Err(last.unwrap_or(PeerError::NoProviders(*id)))
     }
 
     /// Asks `providers` (nearest first), hedged, until one delivers.
@@ -212,7 +229,9 @@ impl Peers {
     /// Fetches a small blob (a record of package `name`) into memory, checking its id. `first`
     /// (the operator that signed the pointer naming it) is asked before any provider lookup: it
     /// serves its own records, and asking it costs one round trip, not a DHT query; then the
-    /// package's providers.
+    /// package's providers not asked yet, then, when that leaves nobody or none delivers, the
+    /// record blob's own providers (the signer may be gone while its provider record for the
+    /// package lives on, and a peer holding the record may have announced it by its id).
     pub(super) async fn fetch_small(
         &self,
         name: &PackageName,
@@ -223,19 +242,32 @@ impl Peers {
         if let Ok(Some(b)) = self.records.blob(id) {
             return Some(b);
         }
-        let me = self.net.local_peer_id();
-        let first: Vec<net::PeerId> = first.into_iter().filter(|p| *p != me).collect();
-        if let Some(b) = self.fetch_small_from(&first, id, cap).await {
+        let mut asked: Vec<net::PeerId> = first
+            .into_iter()
+            .filter(|p| *p != self.net.local_peer_id())
+            .collect();
+        if !asked.is_empty()
+            && let Some(b) = self.fetch_small_from(&asked, id, cap).await
+        {
             return Some(b);
         }
-        let providers: Vec<net::PeerId> = self
-            .providers_of(name, id, MAX_PROVIDERS)
-            .await
-            .ok()?
-            .into_iter()
-            .filter(|p| !first.contains(p))
-            .collect();
-        self.fetch_small_from(&providers, id, cap).await
+        // The package's providers, then, when they leave nobody new to ask or none delivers,
+        // the record blob's own (`providers`): the signer may be gone, and its provider record
+        // for the package with it or not.
+        let mut others = self.package_providers(name, &asked).await.ok()?;
+        others.truncate(MAX_PROVIDERS);
+        if !others.is_empty() {
+            if let Some(b) = self.fetch_small_from(&others, id, cap).await {
+                return Some(b);
+            }
+            asked.extend(others);
+        }
+        let mut others = self.blob_providers(id, &asked, FIND_DEADLINE).await.ok()?;
+        others.truncate(MAX_PROVIDERS);
+        if others.is_empty() {
+            return None;
+        }
+        self.fetch_small_from(&others, id, cap).await
     }
 
     pub(super) async fn fetch_small_from(

@@ -6,7 +6,8 @@
 //!   tarball id their records name for a version whose integrity matches ours.
 //! - [`fetch`]: blobs by content id. The trusted operators are asked first (they signed the
 //!   records naming the blob), then the providers of the blob's package from the DHT
-//!   ([`providers`]: one lookup per package, cached), bounded; nearest first in each group, each answer streams through a verifier into the store, and a provider that
+//!   ([`providers`]: one lookup per package, cached), bounded, and only when those leave
+//!   nobody new to ask or none delivers, the providers of the blob's own id; nearest first in each group, each answer streams through a verifier into the store, and a provider that
 //!   errs, stalls, runs out of time or sends bytes that do not verify is skipped for the next.
 //! - [`stream`]: a tarball's bytes handed to the waiting HTTP client while they are verified
 //!   and stored, and the peers that spoiled such an answer, skipped for that blob for a while.

@@ -1,11 +1,16 @@
 //! Who holds a package: the providers of its package key, looked up once and remembered.
 //!
 //! Nodes announce one provider record per package ([`provider_key`]), not per blob. A miss for
-//! any blob of a package (a tarball, a record) that the trusted operators did not deliver looks
-//! up the package's providers once; the answer is cached for [`PROVIDERS_TTL`] (an empty one
-//! for [`EMPTY_TTL`]), so the tarballs that follow, an install's dozens of files of one
-//! package, ask the same peers without another DHT walk. Concurrent misses of one package wait
-//! for the same lookup.
+//! any blob of a package (a tarball, a packument, a record) that the trusted operators (for a
+//! record: its signer) did not deliver looks up the package's providers once; the answer is
+//! cached for [`PROVIDERS_TTL`] (an empty one for [`EMPTY_TTL`]), so the tarballs that follow,
+//! an install's dozens of files of one package, ask the same peers without another DHT walk.
+//! Concurrent misses of one package wait for the same lookup.
+//!
+//! Only when the package's providers leave nobody new to ask (none announced it, or the ones
+//! that did were asked already or are this node) or none of them delivers is the blob's own
+//! id looked up ([`Peers::blob_providers`]), for nodes of earlier versions, which announced
+//! every blob.
 //!
 //! [`provider_key`]: open_registry_protocol::pointer::provider_key
 
@@ -91,15 +96,20 @@ impl ProviderCache {
 }
 
 impl Peers {
-    /// Up to `limit` providers to ask for blob `id` of package `name` after the trusted
-    /// operators: the package's providers (one DHT lookup per package, cached), or, when no
-    /// node announced the package, the providers of the blob id itself (nodes of earlier
-    /// versions announced every blob; that lookup is the fallback only).
-    pub(super) async fn providers_of(
+    /// The providers of package `name` to ask for one of its blobs, leaving out `asked` (the
+    /// peers a fetch tried already: the trusted operators, a record's signer) and this node:
+    /// one DHT lookup per package, cached ([`ProviderCache`]), up to
+    /// [`MAX_PROVIDER_RECORDS`] of them.
+    ///
+    /// The cached answer may name only peers already asked, or dead ones: a provider record
+    /// outlives its node by up to its TTL (14 days), and an operator that announced its
+    /// package before it went away is both the pointer's signer and the package's only
+    /// provider. An empty result here is therefore no reason to stop: the caller goes on to
+    /// [`blob_providers`](Peers::blob_providers).
+    pub(super) async fn package_providers(
         &self,
         name: &PackageName,
-        id: &BlobId,
-        limit: usize,
+        asked: &[net::PeerId],
     ) -> Result<Vec<net::PeerId>, net::NetError> {
         let key = provider_key(name);
         let (found, looked_up) = self
@@ -112,11 +122,38 @@ impl Peers {
         if looked_up {
             Metrics::inc(&self.metrics.package_provider_lookups);
         }
-        if !found.is_empty() {
-            return Ok(found.into_iter().take(limit).collect());
-        }
+        Ok(self.not_asked(found, asked))
+    }
+
+    /// The providers of blob `id` by its own id, leaving out `asked` and this node: the
+    /// fallback once the package's providers gave nobody new to ask or none of them delivered
+    /// (nodes of earlier versions announce every blob; nodes of this version announce none,
+    /// so in a network of this version the lookup finds nobody, and it is paid only on a fetch
+    /// that is failing anyway). At most `within` (capped at [`FIND_DEADLINE`]), not cached.
+    pub(super) async fn blob_providers(
+        &self,
+        id: &BlobId,
+        asked: &[net::PeerId],
+        within: Duration,
+    ) -> Result<Vec<net::PeerId>, net::NetError> {
         Metrics::inc(&self.metrics.blob_provider_lookups);
-        self.net.find_providers(id, limit, FIND_DEADLINE).await
+        let found = self
+            .net
+            .find_providers(id, MAX_PROVIDER_RECORDS, within.min(FIND_DEADLINE))
+            .await?;
+        Ok(self.not_asked(found, asked))
+    }
+
+    /// `found` without the peers of `asked`, this node and repeats, in order.
+    fn not_asked(&self, found: Vec<net::PeerId>, asked: &[net::PeerId]) -> Vec<net::PeerId> {
+        let me = self.net.local_peer_id();
+        let mut out: Vec<net::PeerId> = Vec::with_capacity(found.len());
+        for p in found {
+            if p != me && !asked.contains(&p) && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
     }
 }
 

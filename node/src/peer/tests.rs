@@ -1,5 +1,6 @@
 //! The read path's network side across real nodes on loopback: a tarball found through its
-//! package's provider record, and the package's later misses costing no further lookup.
+//! package's provider record, the package's later misses costing no further lookup, and the
+//! blob-id fallback when the package's providers leave nobody to ask or do not deliver.
 
 use std::collections::HashMap;
 use std::io;
@@ -255,6 +256,119 @@ async fn a_blob_announced_by_its_id_is_still_found() {
         assert_eq!(count(&metrics.package_provider_lookups), 1);
         assert_eq!(count(&metrics.blob_provider_lookups), 1);
         assert_eq!(count(&metrics.dht_queries), 2);
+    })
+    .await
+    .expect("test exceeded its time bound");
+}
+
+/// Waits until a lookup of `key` from `n` finds every one of `want` as a provider.
+async fn wait_providers(n: &Node, key: &BlobId, want: &[&Node]) {
+    wait_for("the announcements", || async {
+        let found = n
+            .client
+            .find_providers(key, 20, Duration::from_secs(2))
+            .await
+            .unwrap_or_default();
+        want.iter()
+            .all(|w| found.contains(&w.client.local_peer_id()))
+    })
+    .await;
+}
+
+/// The scenario of R3 and R4 (tests/tests/p2p.rs) at the level of `Peers`: the package's
+/// provider records name only peers that do not deliver (the trusted operator O, which also
+/// signed the pointer and so is asked first, and C, which says "not found", as a dead or
+/// lying provider would), and the only holder, A, announced the blobs by their ids. A
+/// tarball, a record whose signer is O, and a record of a package only O announced are all
+/// still found: a package answer that leaves nobody new to ask, or whose providers all fail,
+/// falls back to the blob's own providers.
+#[tokio::test]
+async fn package_providers_that_do_not_deliver_do_not_stop_the_blob_id_fallback() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let name = PackageName::parse("stale-pkg").unwrap();
+        let only_o = PackageName::parse("only-signer").unwrap();
+        let t = Bytes::from_static(b"a tarball held by an old node");
+        let r = Bytes::from_static(b"a record blob held by an old node");
+        let r2 = Bytes::from_static(b"another record blob held by an old node");
+        let (tid, rid, rid2) = (BlobId::of(&t), BlobId::of(&r), BlobId::of(&r2));
+
+        let o = node(91, None, Arc::new(NoBlobs), None).await;
+        let c = node(92, Some(&o), Arc::new(NoBlobs), None).await;
+        let held = [(tid, t.clone()), (rid, r.clone()), (rid2, r2.clone())];
+        let a = node(
+            93,
+            Some(&o),
+            Arc::new(Held(held.into_iter().collect())),
+            None,
+        )
+        .await;
+        let metrics = Arc::new(Metrics::default());
+        let b = node(94, Some(&o), Arc::new(NoBlobs), Some(metrics.clone())).await;
+        for n in [&c, &a, &b] {
+            wait_for("routing tables", || async {
+                n.client.peers().await.unwrap().routing_table_size >= 1
+            })
+            .await;
+        }
+        o.client.provide(&provider_key(&name)).await.unwrap();
+        o.client.provide(&provider_key(&only_o)).await.unwrap();
+        c.client.provide(&provider_key(&name)).await.unwrap();
+        for id in [&tid, &rid, &rid2] {
+            a.client.provide(id).await.unwrap();
+        }
+        wait_providers(&b, &provider_key(&name), &[&o, &c]).await;
+        wait_providers(&b, &provider_key(&only_o), &[&o]).await;
+        for id in [&tid, &rid, &rid2] {
+            wait_providers(&b, id, &[&a]).await;
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::system();
+        let store = Arc::new(Store::open(dir.path(), clock.clone()).await.unwrap());
+        let records = Arc::new(
+            Records::open(
+                &store.index,
+                Identity::from_seed([94; 32]),
+                Duration::from_secs(3600),
+                clock.clone(),
+            )
+            .unwrap(),
+        );
+        let operator = o.client.local_peer_id();
+        let peers = Peers::new(
+            b.client.clone(),
+            store.clone(),
+            records,
+            Policy::new([Identity::from_seed([91; 32]).peer_id()], 1),
+            metrics.clone(),
+            clock,
+            Duration::from_secs(10),
+        );
+
+        // A tarball: O (trusted) is asked first, then C (O is left out of the package's
+        // providers, having been asked), then A, found by the tarball's id.
+        let got = peers.fetch_verified(&name, &tid, None, 1 << 20).await;
+        assert_eq!(got.unwrap(), tid);
+        assert_eq!(store.blobs.read(&tid).await.unwrap().unwrap(), t);
+        assert_eq!(count(&metrics.package_provider_lookups), 1);
+        assert_eq!(count(&metrics.blob_provider_lookups), 1);
+
+        // A record whose pointer O signed: O first, then C (cached), then by the record's id.
+        let got = peers
+            .fetch_small(&name, &rid, 1 << 16, Some(operator))
+            .await;
+        assert_eq!(got.as_deref(), Some(r.as_ref()));
+        assert_eq!(count(&metrics.package_provider_lookups), 1);
+        assert_eq!(count(&metrics.blob_provider_lookups), 2);
+
+        // A record of a package only its signer O announced: after O, nobody is left among the
+        // package's providers, and the record's id is looked up.
+        let got = peers
+            .fetch_small(&only_o, &rid2, 1 << 16, Some(operator))
+            .await;
+        assert_eq!(got.as_deref(), Some(r2.as_ref()));
+        assert_eq!(count(&metrics.package_provider_lookups), 2);
+        assert_eq!(count(&metrics.blob_provider_lookups), 3);
     })
     .await
     .expect("test exceeded its time bound");
