@@ -295,8 +295,7 @@ impl NodeProcess {
             .stdout(log.try_clone()?)
             .stderr(log);
         let command = process::describe_command(&cmd);
-        let child = process::own_group(&mut cmd)
-            .spawn()
+        let child = spawn_retrying_busy(process::own_group(&mut cmd))
             .with_context(|| format!("spawning {command}"))?;
         self.child = Some(child);
         match self.wait_ready(&node_json) {
@@ -439,4 +438,20 @@ pub fn verify_lockfile(lockfile: &Path, registry: &str, data_dir: &Path) -> Resu
         ],
         Duration::from_secs(60),
     )
+}
+
+/// Spawns `cmd`, again when the executable is busy (ETXTBSY): a test that has just written its
+/// own script (slowloris.rs) can race a child another test thread forks while the script's
+/// write descriptor is open, until that child execs. The race is over within milliseconds.
+fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(26) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
 }
