@@ -442,14 +442,16 @@ pub fn verify_lockfile(lockfile: &Path, registry: &str, data_dir: &Path) -> Resu
 
 /// Spawns `cmd`, again when the executable is busy (ETXTBSY): a test that has just written its
 /// own script (slowloris.rs) can race a child another test thread forks while the script's
-/// write descriptor is open, until that child execs. The race is over within milliseconds.
+/// write descriptor is open, until that child execs. Each attempt is a fork of its own, so a
+/// few hundred of them outlast the race without waiting on the clock.
 fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    const ETXTBSY: i32 = 26;
     let mut tries = 0;
     loop {
         match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(26) && tries < 100 => {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && tries < 500 => {
                 tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::thread::yield_now();
             }
             r => return r,
         }
