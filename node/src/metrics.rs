@@ -65,7 +65,7 @@ counters! {
     dht_request_successes: "Requests of those lookups that peers answered.",
     dht_query_micros: "Time those lookups took from start to finish, summed, in microseconds.",
     dht_messages_sent: "Kademlia requests this node sent, every query counted: lookups (providers, values, closest peers), announcements (their closest-peers lookup and ADD_PROVIDER messages), record puts and bootstrap steps.",
-    dht_announcements: "Provider announcements started (one per package key due, at the announcer's message budget).",
+    dht_announcements: "DHT announcements started at the announcer's message budget: provider records (one per package key due) and our own values (signed pointers, advisories).",
     dht_announce_messages: "Kademlia requests those announcements sent (included in dht_messages_sent).",
     package_provider_lookups: "Tarball or record misses that looked up a package's providers in the DHT (the rest of the package's misses use the cached answer).",
     blob_provider_lookups: "Misses that looked up a blob's own providers in the DHT: the fallback when the package's providers leave nobody new to ask or none of them delivers.",

@@ -81,12 +81,17 @@ pub struct Peers {
     pub connected: Vec<Connected>,
     /// Keys this node announces as a provider: one per package it holds blobs of.
     pub provided: u64,
+    /// Values this node publishes in the DHT and republishes while they live (its signed
+    /// pointers and advisories), on the same budget as the provider keys.
+    #[serde(default)]
+    pub published: u64,
     /// The DHT messages per second its announcements may send (the announcer's budget).
     pub announce_rate: u64,
     /// The messages one announcement costs, estimated from the last ones (lookup requests plus
     /// ADD_PROVIDER messages), rounded.
     pub announce_cost: u64,
-    /// How long one round of re-announcing every provided key takes at that budget, seconds.
+    /// How long one round of re-announcing every provided key and published value takes at
+    /// that budget, seconds.
     pub announce_cycle_secs: u64,
     /// DHT values stored here for others.
     pub records_stored: u64,

@@ -139,6 +139,7 @@ impl Admin {
                 })
                 .collect(),
             provided: i.provided as u64,
+            published: i.published as u64,
             announce_rate: i.announcer.rate.round() as u64,
             announce_cost: i.announcer.cost.round() as u64,
             announce_cycle_secs: i.announcer.cycle_secs,

@@ -42,14 +42,12 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/open-registry/kad
 /// The `protocol_version` our identify messages carry.
 pub const IDENTIFY_VERSION: &str = "/open-registry/id/1.0.0";
 
-/// How long a value record lives on the peers that store it.
-pub const RECORD_TTL: Duration = Duration::from_secs(48 * 3600);
-
-/// How often a publisher re-puts its own values (before [`RECORD_TTL`] runs out).
-pub const RECORD_REPUBLISH_INTERVAL: Duration = Duration::from_secs(12 * 3600);
-
-/// How often a storing peer replicates the values it holds to the current closest peers.
-pub const RECORD_REPLICATION_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long a value lives on the peers that store it, at most: as long as a provider record
+/// (a publisher asks for less when the value ends sooner, as a pointer does when its record
+/// expires). The publisher re-puts it once a cycle while it lives, on the announcement
+/// schedule (see `dht_store`); Kademlia's own republish and replication jobs are off, as they
+/// would copy every value at once at no bounded rate.
+pub const RECORD_TTL: Duration = PROVIDER_RECORD_TTL;
 
 /// Kademlia's own bound on one query (ours are usually shorter: the caller's deadline).
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -118,8 +116,8 @@ impl Behaviour {
         kc.set_query_timeout(QUERY_TIMEOUT)
             .set_record_filtering(StoreInserts::FilterBoth)
             .set_record_ttl(Some(RECORD_TTL))
-            .set_publication_interval(Some(RECORD_REPUBLISH_INTERVAL))
-            .set_replication_interval(Some(RECORD_REPLICATION_INTERVAL))
+            .set_publication_interval(None)
+            .set_replication_interval(None)
             .set_provider_record_ttl(Some(PROVIDER_RECORD_TTL))
             // We announce on our own schedule, a few ids at a time (see dht_store).
             .set_provider_publication_interval(None)

@@ -34,6 +34,8 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, NetError>>;
 pub(crate) enum Command {
     Provide {
         ids: Vec<BlobId>,
+        /// Announce before the schedule (a package just stored), not after it (a start).
+        fresh: bool,
         reply: Reply<()>,
     },
     Unprovide {
@@ -47,8 +49,9 @@ pub(crate) enum Command {
         reply: Reply<Vec<PeerId>>,
     },
     PutRecord {
-        key: Vec<u8>,
-        value: Vec<u8>,
+        values: Vec<OwnValue>,
+        /// Put before the schedule (a value just made), not after it (a start).
+        fresh: bool,
         reply: Reply<()>,
     },
     GetRecords {
@@ -83,6 +86,18 @@ pub(crate) enum Command {
         data: Vec<u8>,
         reply: Reply<()>,
     },
+}
+
+/// A value this node publishes in the DHT under `key`, meant to live `lives` on the peers that
+/// store it (capped at [`RECORD_TTL`](super::RECORD_TTL)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnValue {
+    /// The DHT key.
+    pub key: Vec<u8>,
+    /// The value, as our validator accepts it.
+    pub value: Vec<u8>,
+    /// How long it stays valid from now.
+    pub lives: Duration,
 }
 
 /// A value found in the DHT. Only the validator vouches for it: `from` answered the query, and
@@ -124,6 +139,8 @@ pub struct PeersInfo {
     pub dcutr: Vec<(PeerId, bool)>,
     /// Keys we provide (one per package held; blob ids given to [`Client::provide`]).
     pub provided: usize,
+    /// Values we publish and republish while they live (signed pointers, advisories).
+    pub published: usize,
     /// The announcer's budget, cost estimate and cycle.
     pub announcer: super::PacerStatus,
     /// Values we store for the network.
@@ -184,17 +201,28 @@ impl Client {
     /// Starts providing key `id` (a blob id, or a package's
     /// [`provider_key`](open_registry_protocol::pointer::provider_key)): we answer provider
     /// queries for it at once, and announce it as soon as we have peers and the message budget
-    /// allows, then once a cycle ([`REANNOUNCE_INTERVAL`](super::REANNOUNCE_INTERVAL) or
-    /// longer, `net::pacer`).
+    /// allows, before anything already scheduled, then once a cycle
+    /// ([`REANNOUNCE_INTERVAL`](super::REANNOUNCE_INTERVAL) or longer, `net::pacer`).
     pub async fn provide(&self, id: &BlobId) -> Result<(), NetError> {
-        self.provide_many(vec![*id]).await
+        let ids = vec![*id];
+        self.local("provide", |reply| Command::Provide {
+            ids,
+            fresh: true,
+            reply,
+        })
+        .await
     }
 
-    /// Starts providing every key of `ids`, in one command (a start's whole announcement set).
-    /// Stops at the first the store refuses (its bound), keeping the ones before.
+    /// Starts providing every key of `ids`, in one command (a start's whole announcement set):
+    /// announced in turn behind what is already due, at the message budget's rate. Stops at
+    /// the first the store refuses (its bound), keeping the ones before.
     pub async fn provide_many(&self, ids: Vec<BlobId>) -> Result<(), NetError> {
-        self.local("provide", |reply| Command::Provide { ids, reply })
-            .await
+        self.local("provide", |reply| Command::Provide {
+            ids,
+            fresh: false,
+            reply,
+        })
+        .await
     }
 
     /// Stops providing `id`. Records already on other peers expire within
@@ -227,14 +255,40 @@ impl Client {
         .await
     }
 
-    /// Stores `value` under `key` locally and publishes it to the closest peers (in the
-    /// background; Kademlia republishes it every
-    /// [`RECORD_REPUBLISH_INTERVAL`](super::RECORD_REPUBLISH_INTERVAL)).
-    /// [`NetError::InvalidRecord`] if our own validator refuses it.
+    /// Stores `value` under `key` locally and publishes it to the closest peers for
+    /// [`RECORD_TTL`](super::RECORD_TTL): see [`Client::put_record_for`].
     pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetError> {
+        self.put_record_for(key, value, super::RECORD_TTL).await
+    }
+
+    /// Stores `value` under `key` locally and publishes it to the closest peers, to live
+    /// `lives` there (at most [`RECORD_TTL`](super::RECORD_TTL)): put as soon as we have peers
+    /// and the message budget allows, before anything already scheduled, then again once a
+    /// cycle while it lives (the announcement schedule, `net::pacer`).
+    /// [`NetError::InvalidRecord`] if our own validator refuses it.
+    pub async fn put_record_for(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lives: Duration,
+    ) -> Result<(), NetError> {
+        let values = vec![OwnValue { key, value, lives }];
         self.local("put_record", |reply| Command::PutRecord {
-            key,
-            value,
+            values,
+            fresh: true,
+            reply,
+        })
+        .await
+    }
+
+    /// Republishes values we published before (a start's pointers): stored locally at once,
+    /// put in turn behind what is already due, at the message budget's rate, then once a cycle
+    /// while each lives. Stops at the first that is refused (our validator, the store's bound),
+    /// keeping the ones before.
+    pub async fn republish_records(&self, values: Vec<OwnValue>) -> Result<(), NetError> {
+        self.local("put_record", |reply| Command::PutRecord {
+            values,
+            fresh: false,
             reply,
         })
         .await

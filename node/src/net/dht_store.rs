@@ -1,5 +1,6 @@
-//! The Kademlia record store: other peers' values and provider records, and the keys we
-//! announce ourselves (one per package held) with their announcement schedule.
+//! The Kademlia record store: other peers' values and provider records, the keys we announce
+//! ourselves (one per package held) and the values we publish ourselves (signed pointers,
+//! advisories), with one announcement schedule for both.
 //!
 //! Replaces libp2p's `MemoryStore`, whose defaults are far too small for a registry (1024
 //! records, 1024 provided keys) and which reserves room for 20 providers inline in every key
@@ -8,20 +9,25 @@
 //! closest to the key, as Kademlia does, so a sybil must grind ids to crowd out honest
 //! providers: R15), and the keys we provide by count.
 //!
-//! We announce on our own schedule, not with Kademlia's republish job (which copies every
-//! provided record at once): each provided key has a due time in a min-heap; the swarm task
-//! pops due keys, a few at a time and only as fast as the pacer's message budget allows,
-//! and pushes each back one cycle later ([`REANNOUNCE_INTERVAL`], stretched when the budget
-//! cannot carry every key in that time). A heap entry is live only while its due time equals
-//! the key's current one; `unprovide` just forgets the key and the stale entry is skipped when
-//! popped.
+//! We announce on our own schedule, not with Kademlia's republish and replication jobs (which
+//! copy every provided key and every stored value at once, at no bounded rate): each provided
+//! key and each value we publish has a due time; the swarm task pops due entries, a few at a
+//! time and only as fast as the pacer's message budget allows, and pushes each back one cycle
+//! later ([`REANNOUNCE_INTERVAL`], stretched when the budget cannot carry every entry in that
+//! time). A value is republished only while it lives (a pointer until its record expires).
+//! Entries come in two queues: **fresh** ones (a package just stored, a pointer just signed)
+//! go out first, in order; the **schedule** (a min-heap by due time) holds the rest, among
+//! them everything a start restores, so a node that restarts with 100,000 packages still
+//! announces a new one within seconds rather than after the days its backlog takes. An
+//! entry is live only while its due time equals the key's current one; `unprovide` just
+//! forgets the key and the stale entry is skipped when popped.
 //!
 //! Filtering happens before anything reaches this store (`StoreInserts::FilterBoth`): the
 //! swarm task validates inbound values and provider records, then calls `put`/`add_provider`.
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, hash_map};
+use std::collections::{BinaryHeap, HashMap, VecDeque, hash_map};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -47,9 +53,25 @@ pub const ANNOUNCE_RETRY: Duration = Duration::from_secs(5 * 60);
 /// Addresses kept per stored provider record.
 pub const MAX_PROVIDER_ADDRS: usize = 8;
 
-/// A heap entry: when `key` is next due. Ordered by time, then key bytes.
+/// What an announcement does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Kind {
+    /// `ADD_PROVIDER`: we provide the key.
+    Provide,
+    /// `PUT_VALUE`: the value we publish under the key.
+    Put,
+}
+
+/// A queue entry: when `key` is next due, and for what. Ordered by time, then kind, then key.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Due(Instant, Vec<u8>);
+struct Due(Instant, Kind, Vec<u8>);
+
+/// A value we publish: when it is next due, and when it stops living (not republished after).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Published {
+    due: Instant,
+    until: Instant,
+}
 
 pub(crate) struct DhtStore {
     local: PeerId,
@@ -58,6 +80,10 @@ pub(crate) struct DhtStore {
     providers: HashMap<RecordKey, Vec<ProviderRecord>>,
     /// Ids we provide, and when each is next due for announcement.
     provided: HashMap<RecordKey, Instant>,
+    /// Keys of the values we publish (held in `records`).
+    published: HashMap<RecordKey, Published>,
+    /// Entries to announce before the schedule, oldest first.
+    fresh: VecDeque<Due>,
     schedule: BinaryHeap<Reverse<Due>>,
     /// The message budget of announcements.
     pacer: Pacer,
@@ -72,26 +98,35 @@ impl DhtStore {
             records: HashMap::new(),
             providers: HashMap::new(),
             provided: HashMap::new(),
+            published: HashMap::new(),
+            fresh: VecDeque::new(),
             schedule: BinaryHeap::new(),
             pacer,
         }
     }
 
-    /// Starts providing `key`: answerable at once, announced at the next chance.
+    /// Starts providing `key`: answerable at once, announced when the schedule reaches it
+    /// (after what is already due: a start's whole set goes this way).
     pub(crate) fn provide(&mut self, key: RecordKey, now: Instant) -> Result<()> {
+        self.provide_as(key, now, false)
+    }
+
+    /// Starts providing `key` and announces it before anything the schedule holds (a package
+    /// just stored). Nothing changes for a key already provided.
+    pub(crate) fn provide_fresh(&mut self, key: RecordKey, now: Instant) -> Result<()> {
+        self.provide_as(key, now, true)
+    }
+
+    fn provide_as(&mut self, key: RecordKey, now: Instant, fresh: bool) -> Result<()> {
         if self.provided.contains_key(&key) {
             return Ok(());
         }
         if self.provided.len() >= self.limits.max_provided_keys {
             return Err(Error::MaxProvidedKeys);
         }
-        self.schedule(key, now);
+        self.queue(Kind::Provide, key.to_vec(), now, fresh);
+        self.provided.insert(key, now);
         Ok(())
-    }
-
-    /// Whether we provide `key`.
-    pub(crate) fn is_provided(&self, key: &RecordKey) -> bool {
-        self.provided.contains_key(key)
     }
 
     /// How many ids we provide.
@@ -99,43 +134,140 @@ impl DhtStore {
         self.provided.len()
     }
 
+    /// How many values we publish.
+    pub(crate) fn published_count(&self) -> usize {
+        self.published.len()
+    }
+
+    /// Stores `record` as a value we publish, living until `until`, and queues its first
+    /// `PUT_VALUE` (`fresh`: before the schedule). A newer value under the same key replaces
+    /// the older one and its place in the queues. Errors as [`RecordStore::put`].
+    pub(crate) fn publish(
+        &mut self,
+        mut record: Record,
+        until: Instant,
+        now: Instant,
+        fresh: bool,
+    ) -> Result<()> {
+        record.expires = Some(until);
+        record.publisher = Some(self.local);
+        let key = record.key.clone();
+        self.put(record)?;
+        self.queue(Kind::Put, key.to_vec(), now, fresh);
+        self.published.insert(key, Published { due: now, until });
+        Ok(())
+    }
+
+    /// The value we publish under `key`, to send.
+    pub(crate) fn own_value(&self, key: &RecordKey) -> Option<Record> {
+        self.published.get(key)?;
+        self.records.get(key).cloned()
+    }
+
     /// (Re)schedules the announcement of a provided `key` at `at`.
     pub(crate) fn schedule(&mut self, key: RecordKey, at: Instant) {
-        self.schedule.push(Reverse(Due(at, key.to_vec())));
+        self.queue(Kind::Provide, key.to_vec(), at, false);
         self.provided.insert(key, at);
     }
 
-    /// The earliest time an announcement may start: when one is due (stale heap entries may
-    /// make it early; popping then finds nothing, which is harmless) and the budget holds one.
+    /// After an announcement of `kind` reached no peer: tries `key` again at `at`, if it is
+    /// still ours.
+    pub(crate) fn retry(&mut self, kind: Kind, key: RecordKey, at: Instant) {
+        match kind {
+            Kind::Provide if self.provided.contains_key(&key) => self.schedule(key, at),
+            Kind::Put => {
+                if let Some(p) = self.published.get_mut(&key)
+                    && at < p.until
+                {
+                    p.due = at;
+                    self.schedule
+                        .push(Reverse(Due(at, Kind::Put, key.to_vec())));
+                }
+            }
+            Kind::Provide => {}
+        }
+    }
+
+    fn queue(&mut self, kind: Kind, key: Vec<u8>, at: Instant, fresh: bool) {
+        let due = Due(at, kind, key);
+        if fresh {
+            self.fresh.push_back(due);
+        } else {
+            self.schedule.push(Reverse(due));
+        }
+    }
+
+    /// Whether a queue entry is the key's current one.
+    fn live(&self, Due(at, kind, key): &Due) -> bool {
+        match kind {
+            Kind::Provide => self.provided.get(key.as_slice()) == Some(at),
+            Kind::Put => self.published.get(key.as_slice()).map(|p| p.due) == Some(*at),
+        }
+    }
+
+    /// The earliest time an announcement may start: when one is due (stale entries may make
+    /// it early; popping then drops them, which is harmless) and the budget holds one.
     pub(crate) fn next_due(&self, now: Instant) -> Option<Instant> {
-        let due = self.schedule.peek().map(|Reverse(Due(at, _))| *at)?;
+        let due = match self.fresh.front() {
+            Some(Due(at, ..)) => *at,
+            None => self.schedule.peek().map(|Reverse(Due(at, ..))| *at)?,
+        };
         Some(due.max(self.pacer.ready_at(now)))
     }
 
-    /// Pops one key due by `now` if the budget holds an announcement, and schedules its next
-    /// announcement one cycle later. Returns the key and the messages charged for it, to be
-    /// settled with [`DhtStore::announced`] when the query finishes.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(RecordKey, f64)> {
-        while let Some(Reverse(Due(at, _))) = self.schedule.peek() {
-            if *at > now {
-                return None;
-            }
-            let live = {
-                let Reverse(Due(at, key)) = self.schedule.peek()?;
-                self.provided.get(key.as_slice()) == Some(at)
+    /// Pops one entry due by `now` if the budget holds an announcement, fresh ones first,
+    /// and schedules its next announcement one cycle later (a value: only if it still lives
+    /// then). Returns what to announce and the messages charged for it, to be settled with
+    /// [`DhtStore::announced`] when the query finishes.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(Kind, RecordKey, f64)> {
+        loop {
+            let from_fresh = match (self.fresh.front(), self.schedule.peek()) {
+                (Some(d), _) if d.0 <= now => true,
+                (_, Some(Reverse(d))) if d.0 <= now => false,
+                _ => return None,
+            };
+            let live = if from_fresh {
+                self.fresh.front().is_some_and(|d| self.live(d))
+            } else {
+                self.schedule.peek().is_some_and(|Reverse(d)| self.live(d))
             };
             if !live {
-                self.schedule.pop();
+                if from_fresh {
+                    self.fresh.pop_front();
+                } else {
+                    self.schedule.pop();
+                }
                 continue;
             }
             let charged = self.pacer.try_take(now)?;
-            let Reverse(Due(_, key)) = self.schedule.pop()?;
+            let Due(_, kind, key) = if from_fresh {
+                self.fresh.pop_front()?
+            } else {
+                self.schedule.pop()?.0
+            };
             let key = RecordKey::from(key);
-            let next = now + self.pacer.cycle(self.provided.len());
-            self.schedule(key.clone(), next);
-            return Some((key, charged));
+            let next = now + self.pacer.cycle(self.provided.len() + self.published.len());
+            match kind {
+                Kind::Provide => self.schedule(key.clone(), next),
+                Kind::Put => self.republish_at(&key, next),
+            }
+            return Some((kind, key, charged));
         }
-        None
+    }
+
+    /// Moves a published value's next `PUT_VALUE` to `at`, or stops republishing it when it no
+    /// longer lives then (the stored copy expires by itself).
+    fn republish_at(&mut self, key: &RecordKey, at: Instant) {
+        let Some(p) = self.published.get_mut(key) else {
+            return;
+        };
+        if at >= p.until {
+            self.published.remove(key);
+            return;
+        }
+        p.due = at;
+        self.schedule
+            .push(Reverse(Due(at, Kind::Put, key.to_vec())));
     }
 
     /// Settles a finished announcement charged `charged` that sent `sent` messages.
@@ -145,7 +277,8 @@ impl DhtStore {
 
     /// The announcer's budget, cost estimate and cycle.
     pub(crate) fn pacer_status(&self) -> PacerStatus {
-        self.pacer.status(self.provided.len())
+        self.pacer
+            .status(self.provided.len() + self.published.len())
     }
 
     /// The number of stored values and of ids with stored providers (for status output).
@@ -156,6 +289,7 @@ impl DhtStore {
     /// Drops expired values and provider records (Kademlia only drops them when touched).
     pub(crate) fn sweep(&mut self, now: Instant) {
         self.records.retain(|_, r| !r.is_expired(now));
+        self.published.retain(|_, p| p.until > now);
         self.providers.retain(|_, ps| {
             ps.retain(|p| !p.is_expired(now));
             !ps.is_empty()
@@ -196,6 +330,7 @@ impl RecordStore for DhtStore {
 
     fn remove(&mut self, k: &RecordKey) {
         self.records.remove(k);
+        self.published.remove(k);
     }
 
     fn records(&self) -> Self::RecordsIter<'_> {
@@ -336,7 +471,7 @@ mod tests {
         s.provide(a.clone(), t0).unwrap();
         s.provide(a.clone(), t0).unwrap(); // idempotent
         assert_eq!(s.providers(&a)[0].provider, me);
-        assert_eq!(s.pop_due(t0).map(|(k, _)| k), Some(a.clone()));
+        assert_eq!(s.pop_due(t0).map(|(_, k, _)| k), Some(a.clone()));
         assert_eq!(s.pop_due(t0), None);
         assert_eq!(s.next_due(t0), Some(t0 + REANNOUNCE_INTERVAL));
         // Unprovide then provide again: one live entry, announced once.
@@ -345,7 +480,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         s.provide(a.clone(), t1).unwrap();
         let late = t0 + 2 * REANNOUNCE_INTERVAL;
-        assert_eq!(s.pop_due(late).map(|(k, _)| k), Some(a.clone()));
+        assert_eq!(s.pop_due(late).map(|(_, k, _)| k), Some(a.clone()));
         assert_eq!(s.pop_due(late), None);
         // Bounded.
         s.provide(RecordKey::new(b"b"), t0).unwrap();
@@ -365,8 +500,21 @@ mod tests {
         sent: u32,
         span: Duration,
     ) -> (Sends, HashMap<RecordKey, Vec<Duration>>) {
+        simulate_with(keys, 0, Duration::ZERO, rate, sent, span)
+    }
+
+    /// [`simulate`] with `values` published values besides, each living `lives`.
+    fn simulate_with(
+        keys: usize,
+        values: usize,
+        lives: Duration,
+        rate: u32,
+        sent: u32,
+        span: Duration,
+    ) -> (Sends, HashMap<RecordKey, Vec<Duration>>) {
         let limits = Limits {
             max_provided_keys: keys,
+            max_records: values,
             announce_rate: rate,
             ..Limits::default()
         };
@@ -377,15 +525,21 @@ mod tests {
             s.provide(RecordKey::new(&(i as u64).to_be_bytes()), t0)
                 .unwrap();
         }
+        for i in 0..values {
+            let r = Record::new(format!("v{i}").into_bytes(), vec![1]);
+            s.publish(r, t0 + lives, t0, false).unwrap();
+        }
         let (mut sends, mut per_key) = (Vec::new(), HashMap::<RecordKey, Vec<Duration>>::new());
         let mut now = t0;
         while now < t0 + span {
-            while let Some((key, charged)) = s.pop_due(now) {
+            while let Some((_, key, charged)) = s.pop_due(now) {
                 sends.push((now - t0, sent));
                 per_key.entry(key).or_default().push(now - t0);
                 s.announced(charged, sent, now);
             }
-            let next = s.next_due(now).expect("keys are provided");
+            let Some(next) = s.next_due(now) else {
+                break;
+            };
             assert!(next > now, "a due announcement was left behind");
             now = next;
         }
@@ -468,5 +622,144 @@ mod tests {
         let cycle = Pacer::new(rate, Instant::now()).cycle(keys);
         assert!(cycle < PROVIDER_RECORD_TTL / 2, "{cycle:?}");
         assert_eq!(cycle, Duration::from_secs(500_000));
+    }
+
+    #[test]
+    fn fresh_entries_go_before_the_backlog() {
+        let me = PeerId::random();
+        let limits = Limits {
+            max_provided_keys: 1_000,
+            ..Limits::default()
+        };
+        let mut s = DhtStore::new(me, limits);
+        let t0 = Instant::now();
+        // A start: 998 keys due at once, far more than the budget's burst.
+        for i in 0..998u64 {
+            s.provide(RecordKey::new(&i.to_be_bytes()), t0).unwrap();
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        let new = RecordKey::new(b"new-package");
+        s.provide_fresh(new.clone(), t1).unwrap();
+        let pointer = Record::new(b"pointer".to_vec(), vec![1]);
+        s.publish(pointer.clone(), t1 + RECORD_LIFE, t1, true)
+            .unwrap();
+        // Already provided: a fresh provide changes nothing.
+        s.provide_fresh(RecordKey::new(&0u64.to_be_bytes()), t1)
+            .unwrap();
+        let first: Vec<(Kind, RecordKey)> = (0..3)
+            .map(|_| s.pop_due(t1).map(|(k, key, _)| (k, key)).unwrap())
+            .collect();
+        assert_eq!(first[0], (Kind::Provide, new.clone()));
+        assert_eq!(first[1], (Kind::Put, pointer.key.clone()));
+        assert_eq!(first[2].0, Kind::Provide);
+        assert_ne!(first[2].1, new);
+        // What went out is due again a cycle later, in the schedule.
+        let cycle = s.pacer.cycle(1_000);
+        assert_eq!(s.provided.get(&new), Some(&(t1 + cycle)));
+        // The value is stored as ours, expiring when it stops living.
+        let own = s.own_value(&pointer.key).unwrap();
+        assert_eq!(own.expires, Some(t1 + RECORD_LIFE));
+        assert_eq!(own.publisher, Some(me));
+        assert_eq!(s.published_count(), 1);
+    }
+
+    /// How long the values of the tests live.
+    const RECORD_LIFE: Duration = Duration::from_secs(7 * 86_400);
+
+    #[test]
+    fn values_are_republished_while_they_live_and_share_the_budget() {
+        // 6,000 package keys and 6,000 pointers living 7 days at 8 messages/s, 40 each: one
+        // round is 60,000 s; every value goes out at most once a cycle, never after it ends,
+        // and together they never exceed the budget.
+        let (keys, values, rate, sent) = (6_000, 6_000, 8, 40);
+        let span = Duration::from_secs(10 * 86_400);
+        let (sends, per_key) = simulate_with(keys, values, RECORD_LIFE, rate, sent, span);
+        for w in [60, 3_600, 86_400] {
+            let w = Duration::from_secs(w);
+            let bound = f64::from(rate) * (super::super::pacer::BURST + w).as_secs_f64();
+            let worst = worst_window(&sends, w) as f64;
+            assert!(worst <= bound, "{worst} messages in {w:?} > {bound}");
+        }
+        let pacer = Pacer::new(rate, Instant::now());
+        let (cycle, alone) = (pacer.cycle(keys + values), pacer.cycle(keys));
+        assert_eq!(cycle, Duration::from_secs(60_000));
+        assert_eq!(alone, REANNOUNCE_INTERVAL);
+        // While every value lives, each entry waits the whole cycle; in the values' last round
+        // they drop out of it and the cycle shrinks towards the package keys' own.
+        let spaced = |p: &[Duration]| match p[0] + cycle < RECORD_LIFE {
+            true => p[1] - p[0] >= cycle,
+            false => p[1] - p[0] >= alone,
+        };
+        let mut puts = 0;
+        for (key, times) in &per_key {
+            assert!(times.windows(2).all(spaced), "{key:?}: {times:?}");
+            if key.as_ref().starts_with(b"v") {
+                puts += times.len();
+                assert!(times.iter().all(|t| *t < RECORD_LIFE), "{key:?}: {times:?}");
+                // Republished while it lives: once a cycle over 7 days, 10 or 11 times.
+                assert!(times.len() >= 10, "{key:?}: {}", times.len());
+            }
+        }
+        assert_eq!(per_key.len(), keys + values);
+        // After the values ended, the package keys alone go on (10 days > 7).
+        let late = sends.iter().filter(|(t, _)| *t > RECORD_LIFE).count();
+        assert!(late > 0);
+        assert!(puts > 0);
+    }
+
+    #[test]
+    fn a_newer_value_replaces_the_older_one_in_the_queues() {
+        let mut s = DhtStore::new(PeerId::random(), limits());
+        let t0 = Instant::now();
+        let key = b"k".to_vec();
+        s.publish(
+            Record::new(key.clone(), vec![1]),
+            t0 + RECORD_LIFE,
+            t0,
+            false,
+        )
+        .unwrap();
+        s.publish(
+            Record::new(key.clone(), vec![2]),
+            t0 + RECORD_LIFE,
+            t0,
+            true,
+        )
+        .unwrap();
+        let (kind, k, _) = s.pop_due(t0).unwrap();
+        assert_eq!((kind, k.to_vec()), (Kind::Put, key.clone()));
+        assert_eq!(s.own_value(&k).unwrap().value, vec![2]);
+        // The older entry is stale: nothing else is due now.
+        assert!(s.pop_due(t0).is_none());
+        // A value that ends before its next round is not republished, and is forgotten.
+        let mut s = DhtStore::new(PeerId::random(), limits());
+        let short = t0 + Duration::from_secs(60);
+        s.publish(Record::new(key.clone(), vec![1]), short, t0, true)
+            .unwrap();
+        assert!(s.pop_due(t0).is_some());
+        assert_eq!(s.published_count(), 0);
+        assert_eq!(s.next_due(t0), None);
+        // A put that reached no one is retried, if the value still lives then.
+        let mut s = DhtStore::new(PeerId::random(), limits());
+        s.publish(
+            Record::new(key.clone(), vec![1]),
+            t0 + RECORD_LIFE,
+            t0,
+            true,
+        )
+        .unwrap();
+        let (kind, k, charged) = s.pop_due(t0).unwrap();
+        s.announced(charged, 0, t0);
+        s.retry(kind, k.clone(), t0 + ANNOUNCE_RETRY);
+        assert_eq!(s.next_due(t0), Some(t0 + ANNOUNCE_RETRY));
+        assert_eq!(
+            s.pop_due(t0 + ANNOUNCE_RETRY)
+                .map(|(kind, k, _)| (kind, k.to_vec())),
+            Some((Kind::Put, key.clone()))
+        );
+        // Swept once it ends.
+        s.sweep(t0 + RECORD_LIFE);
+        assert_eq!(s.published_count(), 0);
+        assert!(s.own_value(&k).is_none());
     }
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use futures::future::{AbortHandle, Abortable, BoxFuture};
 use futures::stream::FuturesUnordered;
-use libp2p::kad::{QueryId, RecordKey};
+use libp2p::kad::{QueryId, Quorum, RecordKey};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify};
@@ -37,6 +37,7 @@ use super::behaviour::{
     Behaviour, BehaviourEvent, IDENTIFY_VERSION, KAD_PROTOCOL, MAX_IDENTIFY_ADDRS,
 };
 use super::client::{Command, FoundRecord, Reply};
+use super::dht_store::Kind;
 use super::{Limits, NetError, RecordValidator, is_loopback, split_peer};
 use crate::metrics::Metrics;
 
@@ -91,7 +92,7 @@ pub(crate) struct EventLoop {
     dials: HashMap<ConnectionId, Reply<PeerId>>,
     connects: HashMap<PeerId, Vec<Reply<()>>>,
     /// Announcements running: the key, and the messages charged to the budget for it.
-    announcing: HashMap<QueryId, (RecordKey, f64)>,
+    announcing: HashMap<QueryId, (Kind, RecordKey, f64)>,
     /// Deadline timers; a timer whose work finished first is aborted (yields `None`), so
     /// finished queries leave nothing behind.
     timers: FuturesUnordered<BoxFuture<'static, Option<Expired>>>,
@@ -227,20 +228,31 @@ impl EventLoop {
         let now = std::time::Instant::now();
         while self.announcing.len() < MAX_CONCURRENT_ANNOUNCES {
             let kad = &mut self.swarm.behaviour_mut().kad;
-            let Some((key, charged)) = kad.store_mut().pop_due(now) else {
+            let Some((kind, key, charged)) = kad.store_mut().pop_due(now) else {
                 return;
             };
-            match kad.start_providing(key.clone()) {
+            let started = match kind {
+                Kind::Provide => kad.start_providing(key.clone()).map_err(|e| e.to_string()),
+                // Our value as stored (its expiry is when it stops living: Kademlia sends the
+                // rest as its TTL); gone if it expired or was removed meanwhile.
+                Kind::Put => match kad.store_mut().own_value(&key) {
+                    Some(record) => kad
+                        .put_record(record, Quorum::One)
+                        .map_err(|e| e.to_string()),
+                    None => Err("the value is no longer stored".to_owned()),
+                },
+            };
+            match started {
                 Ok(qid) => {
                     if let Some(m) = &self.metrics {
                         Metrics::inc(&m.dht_announcements);
                     }
-                    self.announcing.insert(qid, (key, charged));
+                    self.announcing.insert(qid, (kind, key, charged));
                 }
                 Err(e) => {
                     // Nothing was sent: the charge goes back.
                     kad.store_mut().announced(charged, 0, now);
-                    tracing::warn!(error = %e, "cannot announce a key");
+                    tracing::warn!(error = %e, ?kind, "cannot announce a key");
                 }
             }
         }

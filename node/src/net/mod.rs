@@ -45,12 +45,9 @@ pub mod transfer;
 #[cfg(test)]
 mod tests;
 
-pub use behaviour::{
-    IDENTIFY_VERSION, KAD_PROTOCOL, QUERY_TIMEOUT, RECORD_REPLICATION_INTERVAL,
-    RECORD_REPUBLISH_INTERVAL, RECORD_TTL,
-};
+pub use behaviour::{IDENTIFY_VERSION, KAD_PROTOCOL, QUERY_TIMEOUT, RECORD_TTL};
 pub use blob::{BLOB_PROTOCOL, CHUNK, Status};
-pub use client::{COMMAND_TIMEOUT, Client, FoundRecord, PeersInfo};
+pub use client::{COMMAND_TIMEOUT, Client, FoundRecord, OwnValue, PeersInfo};
 pub use config::{Config, DEFAULT_LISTEN, DEFAULT_PORT, Limits, is_loopback, split_peer};
 pub use dht_store::{ANNOUNCE_RETRY, PROVIDER_RECORD_TTL, REANNOUNCE_INTERVAL};
 pub use error::NetError;

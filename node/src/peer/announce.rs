@@ -17,13 +17,15 @@
 //! that cache the package hear of it at once.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use open_registry_protocol::pointer::{self, Pointer, provider_key};
 use open_registry_protocol::record::{Signable as _, Signed};
 use open_registry_protocol::{BlobId, PackageName};
 
 use super::{Found, Peers};
-use crate::net;
+use crate::net::{self, OwnValue};
+use crate::records::Records;
 use crate::store::{IndexError, Store};
 
 impl Peers {
@@ -85,18 +87,28 @@ impl Peers {
         }
     }
 
-    /// Announces every package held and republishes our records' pointers (after a start).
-    /// The set is the packages with a packument or a tarball entry in the index, never a
-    /// listing of the blob directory: sled scans, on the blocking pool.
+    /// Announces every package held and republishes the pointers of our records that still
+    /// live (after a start). The set is the packages with a packument or a tarball entry in
+    /// the index, never a listing of the blob directory: sled scans, on the blocking pool,
+    /// where the pointers are signed too. Both go on the announcement schedule behind anything
+    /// fresh, at the message budget's rate; the pointers are not gossiped again (nodes that
+    /// follow the package heard them when they were new).
     pub(crate) async fn announce_all(&self) {
         let (store, records) = (self.store.clone(), self.records.clone());
+        let now_ms = self.clock.now_ms();
         let listed = tokio::task::spawn_blocking(move || {
-            let names = held_packages(&store)?;
-            let own = records.own_latest()?;
-            Ok::<_, IndexError>((names, own))
+            let mut names = held_packages(&store)?;
+            let mut pointers = Vec::new();
+            for s in records.own_latest()? {
+                if let Some((name, v)) = own_pointer(&s, &records, now_ms) {
+                    names.insert(name);
+                    pointers.push(v);
+                }
+            }
+            Ok::<_, IndexError>((names, pointers))
         })
         .await;
-        let (names, own) = match listed {
+        let (names, pointers) = match listed {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "could not list the packages to announce");
@@ -116,38 +128,32 @@ impl Peers {
                 .extend(names.iter().cloned()),
             Err(e) => tracing::warn!(error = %e, "could not announce every package"),
         }
-        for s in &own {
-            self.publish_record(s).await;
+        let records = pointers.len();
+        if let Err(e) = self.net.republish_records(pointers).await {
+            tracing::warn!(error = %e, "could not republish every record pointer");
         }
         tracing::info!(
             packages = names.len(),
-            records = own.len(),
+            records,
             "announced the store to the network"
         );
     }
 
-    /// Publishes one of our records: announces its package and points to it from the DHT.
+    /// Publishes one of our records: announces its package and points to it from the DHT
+    /// (before anything scheduled, for as long as the record lives) and on gossip.
     pub(super) async fn publish_record(&self, signed: &Signed) {
-        let Ok(v) = signed.verify() else {
+        let Some((name, v)) = own_pointer(signed, &self.records, self.clock.now_ms()) else {
+            tracing::debug!("not publishing a record that does not verify or has expired");
             return;
         };
-        let r = v.get();
-        let id = BlobId::of(&signed.to_bytes());
-        self.announce_package(&r.name).await;
-        let p = Pointer {
-            name: r.name.clone(),
-            seq: r.seq,
-            expires_at: r.expires_at,
-            record: id,
-        };
-        let key = pointer::dht_key(&r.name, &signed.signer);
-        let value = p.sign(self.records.identity().signing_key()).to_bytes();
-        if let Err(e) = self.net.put_record(key, value.clone()).await {
-            tracing::warn!(name = %r.name, error = %e, "could not publish the record pointer");
+        self.announce_package(&name).await;
+        let wire = v.value.clone();
+        if let Err(e) = self.net.put_record_for(v.key, v.value, v.lives).await {
+            tracing::warn!(%name, error = %e, "could not publish the record pointer");
         }
         // Tell the nodes that cache this package now, rather than when they next look.
-        if let Err(e) = self.net.publish(net::RECORDS_TOPIC, value).await {
-            tracing::debug!(name = %r.name, error = %e, "could not gossip the record pointer");
+        if let Err(e) = self.net.publish(net::RECORDS_TOPIC, wire).await {
+            tracing::debug!(%name, error = %e, "could not gossip the record pointer");
         }
     }
 
@@ -166,6 +172,26 @@ impl Peers {
             }
         }
     }
+}
+
+/// The DHT value pointing to `signed`, one of our records, signed with our key, living until
+/// the record expires; `None` when it does not verify or has expired by `now_ms`.
+fn own_pointer(signed: &Signed, records: &Records, now_ms: u64) -> Option<(PackageName, OwnValue)> {
+    let v = signed.verify().ok()?;
+    let r = v.get();
+    let lives = r.expires_at.checked_sub(now_ms).filter(|ms| *ms > 0)?;
+    let p = Pointer {
+        name: r.name.clone(),
+        seq: r.seq,
+        expires_at: r.expires_at,
+        record: BlobId::of(&signed.to_bytes()),
+    };
+    let value = OwnValue {
+        key: pointer::dht_key(&r.name, &signed.signer),
+        value: p.sign(records.identity().signing_key()).to_bytes(),
+        lives: Duration::from_millis(lives),
+    };
+    Some((r.name.clone(), value))
 }
 
 /// The packages of which the index holds a packument or a tarball (tarball keys are

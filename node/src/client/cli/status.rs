@@ -50,11 +50,19 @@ fn render_peers(v: &Peers) -> String {
         out.push_str(&format!("relayed via    {}\n", v.relays.join(", ")));
     }
     out.push_str(&format!(
-        "providing      {} package keys, each re-announced every {:.1} h (at most {} DHT messages/s)\n",
+        "providing      {} package keys and {} values, each re-announced every {:.1} h (at most {} DHT messages/s)\n",
         v.provided,
+        v.published,
         v.announce_cycle_secs as f64 / 3600.0,
         v.announce_rate
     ));
+    let lifetime = crate::net::PROVIDER_RECORD_TTL.as_secs();
+    if v.announce_cycle_secs > lifetime / 2 {
+        out.push_str(&format!(
+            "warning        the cycle is over half the {} days the DHT keeps an entry: one missed round lets it lapse\n",
+            lifetime / 86_400
+        ));
+    }
     out.push_str(&format!("connected      {} peers\n", v.connected.len()));
     for c in &v.connected {
         let rtt = c
@@ -319,6 +327,7 @@ mod tests {
             reachability: "public".into(),
             relay_offered: true,
             provided: 3,
+            published: 2,
             announce_rate: 8,
             announce_cycle_secs: 500_000,
             ..Default::default()
@@ -326,9 +335,20 @@ mod tests {
         let out = render_peers(&v);
         assert!(
             out.contains(
-                "providing      3 package keys, each re-announced every 138.9 h (at most 8 DHT messages/s)\n"
+                "providing      3 package keys and 2 values, each re-announced every 138.9 h (at most 8 DHT messages/s)\n"
             ),
             "{out}"
+        );
+        assert!(!out.contains("warning"), "{out}");
+        let long = render_peers(&Peers {
+            announce_cycle_secs: 1_000_000,
+            ..v.clone()
+        });
+        assert!(
+            long.contains(
+                "warning        the cycle is over half the 14 days the DHT keeps an entry"
+            ),
+            "{long}"
         );
         assert!(out.contains("server mode"), "{out}");
         assert!(

@@ -3,15 +3,15 @@
 //! A command never waits: it starts a query or dial and parks its reply in a pending map
 //! (bounded by `max_pending_queries`), or answers at once.
 
-use libp2p::kad::{Mode, Quorum, Record, RecordKey};
+use libp2p::kad::{Mode, Record, RecordKey};
 use libp2p::swarm::DialError;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId};
 use tokio::time::Instant;
 
 use super::{EventLoop, Expired, FindProviders, GetRecords, blob_key, busy_reply};
-use crate::net::client::{Command, PeersInfo, Reply};
-use crate::net::{NetError, split_peer};
+use crate::net::client::{Command, OwnValue, PeersInfo, Reply};
+use crate::net::{NetError, RECORD_TTL, split_peer};
 
 impl EventLoop {
     fn pending_queries(&self) -> usize {
@@ -24,12 +24,15 @@ impl EventLoop {
     pub(super) fn on_command(&mut self, cmd: Command) {
         let busy = self.pending_queries() >= self.limits.max_pending_queries;
         match cmd {
-            Command::Provide { ids, reply } => {
+            Command::Provide { ids, fresh, reply } => {
                 let store = self.swarm.behaviour_mut().kad.store_mut();
                 let now = std::time::Instant::now();
                 let r = ids
                     .iter()
-                    .try_for_each(|id| store.provide(blob_key(id), now))
+                    .try_for_each(|id| match fresh {
+                        true => store.provide_fresh(blob_key(id), now),
+                        false => store.provide(blob_key(id), now),
+                    })
                     .map_err(|e| NetError::Store(e.to_string()));
                 let _ = reply.send(r);
             }
@@ -63,8 +66,15 @@ impl EventLoop {
                 );
                 self.timer(deadline, Expired::Query(qid));
             }
-            Command::PutRecord { key, value, reply } => {
-                let _ = reply.send(self.put_record(key, value));
+            Command::PutRecord {
+                values,
+                fresh,
+                reply,
+            } => {
+                let r = values
+                    .into_iter()
+                    .try_for_each(|v| self.put_record(v, fresh));
+                let _ = reply.send(r);
             }
             Command::GetRecords { reply, .. } if busy => busy_reply(reply),
             Command::GetRecords {
@@ -140,24 +150,25 @@ impl EventLoop {
         }
     }
 
-    fn put_record(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetError> {
-        if value.len() > self.limits.max_record_bytes {
+    /// Stores one of our values and queues its `PUT_VALUE` on the announcement schedule.
+    fn put_record(&mut self, v: OwnValue, fresh: bool) -> Result<(), NetError> {
+        if v.value.len() > self.limits.max_record_bytes {
             return Err(NetError::Store(format!(
                 "value of {} bytes exceeds {}",
-                value.len(),
+                v.value.len(),
                 self.limits.max_record_bytes
             )));
         }
-        if !self.validator.validate(&key, &value) {
+        if !self.validator.validate(&v.key, &v.value) {
             return Err(NetError::InvalidRecord);
         }
-        let record = Record::new(key, value);
-        // Stores locally (errors if the store is full), then publishes in the background.
+        let now = std::time::Instant::now();
+        let until = now + v.lives.min(RECORD_TTL);
         self.swarm
             .behaviour_mut()
             .kad
-            .put_record(record, Quorum::One)
-            .map(|_| ())
+            .store_mut()
+            .publish(Record::new(v.key, v.value), until, now, fresh)
             .map_err(|e| NetError::Store(e.to_string()))
     }
 
@@ -231,6 +242,7 @@ impl EventLoop {
         let store = behaviour.kad.store_mut();
         let (records_stored, provider_keys_stored) = store.sizes();
         let provided = store.provided_count();
+        let published = store.published_count();
         let announcer = store.pacer_status();
         let mut connected: Vec<_> = self
             .connections
@@ -254,6 +266,7 @@ impl EventLoop {
             relay_offered,
             dcutr,
             provided,
+            published,
             announcer,
             records_stored,
             provider_keys_stored,

@@ -56,10 +56,10 @@ impl EventLoop {
                                 reply.send(r.map(|_| ()).map_err(|e| NetError::Dht(e.to_string())));
                         }
                     }
-                    QueryResult::StartProviding(r) => {
-                        if let Some((key, charged)) = self.announcing.remove(&id) {
+                    QueryResult::StartProviding(_) | QueryResult::PutRecord(_) => {
+                        if let Some((kind, key, charged)) = self.announcing.remove(&id) {
                             tracing::debug!(
-                                ok = r.is_ok(),
+                                ?kind,
                                 peers = stats.num_successes(),
                                 messages = stats.num_requests(),
                                 "announced a key"
@@ -67,17 +67,10 @@ impl EventLoop {
                             let now = std::time::Instant::now();
                             let store = self.swarm.behaviour_mut().kad.store_mut();
                             store.announced(charged, stats.num_requests(), now);
-                            if stats.num_successes() == 0 && store.is_provided(&key) {
-                                store.schedule(key, now + ANNOUNCE_RETRY);
+                            if stats.num_successes() == 0 {
+                                store.retry(kind, key, now + ANNOUNCE_RETRY);
                             }
                         }
-                    }
-                    QueryResult::PutRecord(r) => {
-                        tracing::debug!(
-                            ok = r.is_ok(),
-                            peers = stats.num_successes(),
-                            "published a record"
-                        );
                     }
                     _ => {}
                 }
@@ -128,7 +121,12 @@ impl EventLoop {
         if last || matches!(result, QueryResult::Bootstrap(_)) {
             Metrics::add(&m.dht_messages_sent, u64::from(stats.num_requests()));
         }
-        if last && matches!(result, QueryResult::StartProviding(_)) {
+        if last
+            && matches!(
+                result,
+                QueryResult::StartProviding(_) | QueryResult::PutRecord(_)
+            )
+        {
             Metrics::add(&m.dht_announce_messages, u64::from(stats.num_requests()));
         }
     }

@@ -128,6 +128,13 @@ async fn records_round_trip_and_invalid_ones_are_not_stored() {
             .put_record(key.clone(), b"ok-1".to_vec())
             .await
             .unwrap();
+        // The put goes out on the announcement schedule, after the call returns.
+        for n in [&b, &c] {
+            wait_for("the put", || async {
+                n.client.peers().await.unwrap().records_stored == 1
+            })
+            .await;
+        }
         let e = a
             .client
             .put_record(key.clone(), b"bad".to_vec())
