@@ -99,6 +99,11 @@ bootstrap = [{bootstrap}]
 # mdns = false   # finding peers on the LAN (on by default unless every address is loopback or public)
 # relay = false  # relaying for peers behind NATs while reachable (on by default unless loopback)
 peer_timeout = "{peer_timeout}"
+# DHT messages per second this node's announcements (one provider record per package held, one
+# signed pointer per package mirrored) may send, averaged. The re-announcement cycle stretches
+# to fit; `open-registry peers` shows it and warns when it passes 7 days (the DHT keeps an entry
+# 14 days): raise this then.
+announce_rate = {announce_rate}
 
 # Staying in sync: follow the upstream's changes feed (refreshing every pinned or cached
 # package that changes), or, without one, revalidate pinned packuments on an interval.
@@ -165,6 +170,12 @@ report_interval = "{report_interval}"
                 .unwrap_or_default()
         ),
         peer_timeout = format_duration(c.peer_timeout),
+        announce_rate = c
+            .p2p
+            .as_ref()
+            .map_or(crate::net::Limits::default().announce_rate, |n| n
+                .limits
+                .announce_rate),
         changes_feed = match &c.changes_feed {
             Some(f) => format!("changes_feed = \"{f}\""),
             None =>

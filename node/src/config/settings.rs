@@ -221,6 +221,10 @@ pub struct Settings {
     )]
     pub peer_stall_timeout: Option<String>,
 
+    /// DHT messages per second this node's announcements may send, averaged; the re-announcement cycle stretches to fit [default: 8]
+    #[arg(long, env = "OPEN_REGISTRY_ANNOUNCE_RATE", value_name = "N")]
+    pub announce_rate: Option<u32>,
+
     /// A CouchDB-style changes feed of the upstream to follow (e.g. the upstream URL + /_changes)
     #[arg(long, env = "OPEN_REGISTRY_CHANGES_FEED", value_name = "URL")]
     pub changes_feed: Option<String>,
@@ -310,6 +314,7 @@ impl Settings {
             no_p2p: self.no_p2p.or(other.no_p2p),
             peer_timeout: self.peer_timeout.or(other.peer_timeout),
             peer_stall_timeout: self.peer_stall_timeout.or(other.peer_stall_timeout),
+            announce_rate: self.announce_rate.or(other.announce_rate),
             changes_feed: self.changes_feed.or(other.changes_feed),
             changes_poll: self.changes_poll.or(other.changes_poll),
             pin_refresh: self.pin_refresh.or(other.pin_refresh),

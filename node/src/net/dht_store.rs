@@ -4,10 +4,11 @@
 //!
 //! Replaces libp2p's `MemoryStore`, whose defaults are far too small for a registry (1024
 //! records, 1024 provided keys) and which reserves room for 20 providers inline in every key
-//! (~3 KiB per announced blob). Everything here is bounded by [`Limits`]:
-//! values by count and size, others' providers by key count and per key (keeping the ones
+//! (~3 KiB per announced blob). Everything here is bounded by [`Limits`]: others' values by
+//! count and every value by size, others' providers by key count and per key (keeping the ones
 //! closest to the key, as Kademlia does, so a sybil must grind ids to crowd out honest
-//! providers: R15), and the keys we provide by count.
+//! providers: R15), and the keys we provide by count. Our own values are bounded by what we
+//! sign (one pointer per package mirrored), not by the count kept for others.
 //!
 //! We announce on our own schedule, not with Kademlia's republish and replication jobs (which
 //! copy every provided key and every stored value at once, at no bounded rate): each provided
@@ -151,8 +152,14 @@ impl DhtStore {
     ) -> Result<()> {
         record.expires = Some(until);
         record.publisher = Some(self.local);
+        if record.value.len() > self.limits.max_record_bytes {
+            return Err(Error::ValueTooLarge);
+        }
         let key = record.key.clone();
-        self.put(record)?;
+        // Our own values do not count against `max_records`: they are bounded by what this
+        // node signs (one pointer per package it mirrors), and a big mirror signs more than
+        // the cap it keeps for others.
+        self.records.insert(key.clone(), record);
         self.queue(Kind::Put, key.to_vec(), now, fresh);
         self.published.insert(key, Published { due: now, until });
         Ok(())
@@ -307,7 +314,10 @@ impl RecordStore for DhtStore {
         if r.value.len() > self.limits.max_record_bytes {
             return Err(Error::ValueTooLarge);
         }
-        let full = self.records.len() >= self.limits.max_records;
+        // Others' values only: ours are kept whatever their number (`publish`). One of ours
+        // in its last cycle (no longer republished, not yet expired) counts as another's.
+        let full =
+            self.records.len().saturating_sub(self.published.len()) >= self.limits.max_records;
         match self.records.entry(r.key.clone()) {
             hash_map::Entry::Occupied(mut e) => {
                 e.insert(r);

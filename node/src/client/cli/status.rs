@@ -59,8 +59,9 @@ fn render_peers(v: &Peers) -> String {
     let lifetime = crate::net::PROVIDER_RECORD_TTL.as_secs();
     if v.announce_cycle_secs > lifetime / 2 {
         out.push_str(&format!(
-            "warning        the cycle is over half the {} days the DHT keeps an entry: one missed round lets it lapse\n",
-            lifetime / 86_400
+            "warning        the cycle is over half the {} days the DHT keeps an entry: one missed round lets it lapse; raise announce_rate to at least {}\n",
+            lifetime / 86_400,
+            rate_for_cycle(v, lifetime / 2)
         ));
     }
     out.push_str(&format!("connected      {} peers\n", v.connected.len()));
@@ -81,6 +82,12 @@ fn render_peers(v: &Peers) -> String {
         ));
     }
     out
+}
+
+/// The whole-number rate at which the entries `v` announces fit a cycle of `secs`, from the
+/// rate and cycle it reports (the cycle is inversely proportional to the rate).
+fn rate_for_cycle(v: &Peers, secs: u64) -> u64 {
+    (v.announce_rate * v.announce_cycle_secs).div_ceil(secs.max(1))
 }
 
 pub(super) fn id(a: IdArgs) -> anyhow::Result<()> {
@@ -346,7 +353,7 @@ mod tests {
         });
         assert!(
             long.contains(
-                "warning        the cycle is over half the 14 days the DHT keeps an entry"
+                "warning        the cycle is over half the 14 days the DHT keeps an entry: one missed round lets it lapse; raise announce_rate to at least 14\n"
             ),
             "{long}"
         );

@@ -13,6 +13,16 @@ fn limits() -> Limits {
     }
 }
 
+/// Stores two values of others (`limits()`'s cap) and checks a third is refused.
+fn others_fill_the_cap(s: &mut DhtStore) {
+    s.put(Record::new(b"a".to_vec(), vec![1])).unwrap();
+    s.put(Record::new(b"b".to_vec(), vec![1])).unwrap();
+    assert!(matches!(
+        s.put(Record::new(b"c".to_vec(), vec![1])),
+        Err(Error::MaxRecords)
+    ));
+}
+
 #[test]
 fn values_are_bounded() {
     let mut s = DhtStore::new(PeerId::random(), limits());
@@ -20,12 +30,7 @@ fn values_are_bounded() {
         s.put(Record::new(b"a".to_vec(), vec![0; 11])),
         Err(Error::ValueTooLarge)
     ));
-    s.put(Record::new(b"a".to_vec(), vec![1])).unwrap();
-    s.put(Record::new(b"b".to_vec(), vec![1])).unwrap();
-    assert!(matches!(
-        s.put(Record::new(b"c".to_vec(), vec![1])),
-        Err(Error::MaxRecords)
-    ));
+    others_fill_the_cap(&mut s);
     // Replacing an existing key is fine when full.
     s.put(Record::new(b"a".to_vec(), vec![2])).unwrap();
     assert_eq!(s.get(&RecordKey::new(b"a")).unwrap().value, vec![2]);
@@ -311,6 +316,32 @@ fn publish(
 ) {
     s.publish(Record::new(key.to_vec(), value), until, now, fresh)
         .unwrap();
+}
+
+#[test]
+fn our_own_values_are_not_held_to_the_cap_for_others() {
+    let mut s = DhtStore::new(PeerId::random(), limits());
+    let t0 = Instant::now();
+    // limits() keeps 2 values of others; a mirror signs a pointer per package.
+    for i in 0..5u8 {
+        publish(&mut s, &[b'o', i], vec![i], t0, t0 + RECORD_LIFE, false);
+    }
+    assert_eq!(s.published_count(), 5);
+    assert!(matches!(
+        s.publish(
+            Record::new(b"big".to_vec(), vec![0; 11]),
+            t0 + RECORD_LIFE,
+            t0,
+            false
+        ),
+        Err(Error::ValueTooLarge)
+    ));
+    // Others' values still stop at the cap.
+    others_fill_the_cap(&mut s);
+    // Kademlia storing our own value again (its put path) replaces it in place.
+    let own = s.own_value(&RecordKey::new(&[b'o', 0])).unwrap();
+    s.put(own).unwrap();
+    assert_eq!(s.sizes().0, 7);
 }
 
 #[test]
