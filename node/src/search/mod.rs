@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use bm25::{Document, Language, SearchEngine, SearchEngineBuilder};
-use open_registry_gateway::{SearchHit, SearchQuery, SearchResults};
+use open_registry_gateway::{SearchHit, SearchPackage, SearchQuery, SearchResults};
 use open_registry_protocol::{BlobId, PackageName};
 
 use summary::{Summary, summarize};
@@ -53,7 +53,8 @@ struct Inner {
 struct Indexed {
     /// The packument revision indexed.
     revision: BlobId,
-    summary: Summary,
+    /// What a hit shows (the ranked text lives in the engine only).
+    package: SearchPackage,
 }
 
 impl Default for SearchIndex {
@@ -127,8 +128,9 @@ impl SearchIndex {
                 id
             }
         };
-        inner.engine.upsert(Document::new(id, summary.text.clone()));
-        inner.packages.insert(id, Indexed { revision, summary });
+        let Summary { package, text } = summary;
+        inner.engine.upsert(Document::new(id, text));
+        inner.packages.insert(id, Indexed { revision, package });
         Ok(())
     }
 
@@ -158,11 +160,11 @@ impl SearchIndex {
         // order), names breaking ties so that equal scores list the same way every time.
         let wanted = text.to_ascii_lowercase();
         found.sort_by(|(sa, a), (sb, b)| {
-            let exact = |p: &Indexed| p.summary.package.name != wanted;
+            let exact = |p: &Indexed| p.package.name != wanted;
             exact(a)
                 .cmp(&exact(b))
                 .then(sb.total_cmp(sa))
-                .then_with(|| a.summary.package.name.cmp(&b.summary.package.name))
+                .then_with(|| a.package.name.cmp(&b.package.name))
         });
         let best = found
             .iter()
@@ -173,7 +175,7 @@ impl SearchIndex {
             .skip(q.from)
             .take(q.size)
             .map(|(score, p)| SearchHit {
-                package: p.summary.package.clone(),
+                package: p.package.clone(),
                 score: f64::from((score / best).min(1.0)),
                 search_score: f64::from(*score),
             })
