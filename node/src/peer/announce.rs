@@ -26,7 +26,7 @@ use open_registry_protocol::{BlobId, PackageName};
 use super::{Found, Peers};
 use crate::net::{self, OwnValue};
 use crate::records::Records;
-use crate::store::{IndexError, Store};
+use crate::store::IndexError;
 
 impl Peers {
     /// Announces that this node holds blobs of `name`: provides the package's key.
@@ -97,7 +97,7 @@ impl Peers {
         let (store, records) = (self.store.clone(), self.records.clone());
         let now_ms = self.clock.now_ms();
         let listed = tokio::task::spawn_blocking(move || {
-            let mut names = held_packages(&store)?;
+            let mut names = store.index.held_packages()?;
             let mut pointers = Vec::new();
             for s in records.own_latest()? {
                 if let Some((name, v)) = own_pointer(&s, &records, now_ms) {
@@ -192,25 +192,4 @@ fn own_pointer(signed: &Signed, records: &Records, now_ms: u64) -> Option<(Packa
         lives: Duration::from_millis(lives),
     };
     Some((r.name.clone(), value))
-}
-
-/// The packages of which the index holds a packument or a tarball (tarball keys are
-/// `name/file`, and file names hold no `/`).
-fn held_packages(store: &Store) -> Result<BTreeSet<PackageName>, IndexError> {
-    let mut names: BTreeSet<PackageName> = store
-        .index
-        .packument_entries()?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    for (key, _) in store.index.tarball_entries()? {
-        if let Some((name, _)) = std::str::from_utf8(&key)
-            .ok()
-            .and_then(|k| k.rsplit_once('/'))
-            && let Ok(name) = PackageName::parse(name)
-        {
-            names.insert(name);
-        }
-    }
-    Ok(names)
 }

@@ -31,6 +31,8 @@ const AVERAGE_TOKENS: f32 = 24.0;
 pub(crate) struct SearchIndex {
     // std Mutex: held to update or to rank, never across an await.
     inner: Mutex<Inner>,
+    /// The most packages indexed ([`MAX_PACKAGES`]).
+    cap: usize,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -66,6 +68,11 @@ impl Default for SearchIndex {
 impl SearchIndex {
     /// An empty index.
     pub(crate) fn new() -> Self {
+        Self::with_cap(MAX_PACKAGES)
+    }
+
+    /// An empty index of at most `cap` packages.
+    fn with_cap(cap: usize) -> Self {
         let engine = SearchEngineBuilder::<u32>::with_avgdl(AVERAGE_TOKENS)
             .language_mode(Language::English)
             .build();
@@ -77,6 +84,7 @@ impl SearchIndex {
                 next: 0,
                 warned_full: false,
             }),
+            cap,
         }
     }
 
@@ -99,6 +107,13 @@ impl SearchIndex {
             .is_some_and(|p| p.revision == *revision)
     }
 
+    /// Whether the index is full and `name` is not in it: indexing it would be refused, so
+    /// its packument need not be read.
+    pub(crate) fn full_without(&self, name: &PackageName) -> bool {
+        let inner = self.lock();
+        inner.packages.len() >= self.cap && !inner.ids.contains_key(name)
+    }
+
     /// Indexes `revision` of `name` (its full packument `bytes`), replacing an older one.
     /// Parses outside the lock; `Err` says why the package cannot be indexed.
     pub(crate) fn upsert(
@@ -111,11 +126,11 @@ impl SearchIndex {
         let mut inner = self.lock();
         let id = match inner.ids.get(name) {
             Some(id) => *id,
-            None if inner.packages.len() >= MAX_PACKAGES => {
+            None if inner.packages.len() >= self.cap => {
                 if !inner.warned_full {
                     inner.warned_full = true;
                     tracing::warn!(
-                        max = MAX_PACKAGES,
+                        max = self.cap,
                         "search index full; further packages are not searchable on this node"
                     );
                 }
@@ -287,5 +302,21 @@ mod tests {
         index.remove(&name);
         assert!(!index.has(&name, &BlobId::of(&bytes)));
         assert!(!names(&index.search(&query("left"))).contains(&"left-pad"));
+    }
+
+    #[test]
+    fn a_full_index_refuses_new_packages_but_keeps_updating_its_own() {
+        let index = SearchIndex::with_cap(2);
+        add(&index, "left-pad", "String left pad", &[]);
+        add(&index, "right-pad", "String right pad", &[]);
+        let third = PackageName::parse("center-pad").unwrap();
+        let left = PackageName::parse("left-pad").unwrap();
+        assert!(index.full_without(&third), "a new package is not read");
+        assert!(!index.full_without(&left), "an indexed one still is");
+        add(&index, "center-pad", "String center pad", &[]);
+        assert_eq!(index.len(), 2);
+        assert!(names(&index.search(&query("center"))).is_empty());
+        add(&index, "left-pad", "Pads on the margin", &[]);
+        assert_eq!(names(&index.search(&query("margin"))), ["left-pad"]);
     }
 }

@@ -20,6 +20,9 @@ use super::SearchIndex;
 use crate::store::Store;
 use crate::store::index::PackumentEntry;
 
+/// Packument entries listed at a time for the first pass.
+const LIST_PAGE: usize = 1024;
+
 /// Names whose packument changed, with the revision now stored (`None`: removed).
 #[derive(Debug, Default)]
 struct Pending {
@@ -85,22 +88,41 @@ pub(crate) fn spawn(
         }
     });
     tracker.spawn(async move {
-        let listing = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || store.index.packument_entries()).await
-        };
-        match listing {
-            Ok(Ok(entries)) => {
-                for (name, entry) in entries {
-                    if cancel.is_cancelled() {
-                        return;
-                    }
-                    reindex(&index, &store, &memory, name, Some(entry.id)).await;
+        // Page by page: a store of 100,000 packuments is never listed into memory at once.
+        let mut after: Option<PackageName> = None;
+        loop {
+            let listing = {
+                let store = store.clone();
+                let after = after.clone();
+                tokio::task::spawn_blocking(move || {
+                    store
+                        .index
+                        .packument_entries_after(after.as_ref(), LIST_PAGE)
+                })
+                .await
+            };
+            let page = match listing {
+                Ok(Ok(page)) => page,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "search index: cannot list packuments");
+                    break;
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, "search index: listing failed");
+                    break;
+                }
+            };
+            let Some((last, _)) = page.last() else {
                 tracing::debug!(packages = index.len(), "search index built");
+                break;
+            };
+            after = Some(last.clone());
+            for (name, entry) in page {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                reindex(&index, &store, &memory, name, Some(entry.id)).await;
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "search index: cannot list packuments"),
-            Err(e) => tracing::warn!(error = %e, "search index: listing failed"),
         }
         loop {
             for (name, revision) in pending.take() {
@@ -126,7 +148,7 @@ async fn reindex(
         index.remove(&name);
         return;
     };
-    if index.has(&name, &revision) {
+    if index.has(&name, &revision) || index.full_without(&name) {
         return;
     }
     // Leased before it is read, and held until it is parsed (nothing else is held meanwhile).

@@ -8,7 +8,7 @@
 //! [`Index::repair`] removes entries whose blob vanished anyway (deleted by hand, or an
 //! eviction cut short).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -239,6 +239,40 @@ impl Index {
             .is_some())
     }
 
+    /// The packages of which the index holds a packument or a tarball, read off the keys
+    /// alone (tarball keys are `name/file`, and file names hold no `/`): nothing but the
+    /// names is held, however many tarballs the store has.
+    pub(crate) fn held_packages(&self) -> Result<BTreeSet<PackageName>, IndexError> {
+        let mut names = BTreeSet::new();
+        for k in self.packuments.iter().keys() {
+            if let Some(name) = std::str::from_utf8(&k?)
+                .ok()
+                .and_then(|n| PackageName::parse(n).ok())
+            {
+                names.insert(name);
+            }
+        }
+        // Keys are sorted, so a package's tarballs are consecutive: parse each name once.
+        let mut last: Option<String> = None;
+        for k in self.tarballs.iter().keys() {
+            let k = k?;
+            let Some((name, _)) = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|k| k.rsplit_once('/'))
+            else {
+                continue;
+            };
+            if last.as_deref() == Some(name) {
+                continue;
+            }
+            last = Some(name.to_owned());
+            if let Ok(name) = PackageName::parse(name) {
+                names.insert(name);
+            }
+        }
+        Ok(names)
+    }
+
     /// The entries that name `id` now.
     pub(crate) fn refs_of(&self, id: &BlobId) -> Result<Vec<Ref>, IndexError> {
         let prefix = id.to_bytes();
@@ -365,8 +399,29 @@ impl Index {
 
     /// Every packument entry.
     pub fn packument_entries(&self) -> Result<Vec<(PackageName, PackumentEntry)>, IndexError> {
+        self.packument_entries_after(None, usize::MAX)
+    }
+
+    /// At most `limit` packument entries, by name, after `after` (from the first without it):
+    /// a store's packuments page by page, without holding them all at once.
+    pub fn packument_entries_after(
+        &self,
+        after: Option<&PackageName>,
+        limit: usize,
+    ) -> Result<Vec<(PackageName, PackumentEntry)>, IndexError> {
+        use std::ops::Bound;
+        let from = match after {
+            Some(n) => Bound::Excluded(n.as_str().as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
         let mut out = Vec::new();
-        for kv in self.packuments.iter() {
+        for kv in self
+            .packuments
+            .range::<Vec<u8>, _>((from, Bound::Unbounded))
+        {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = kv?;
             let name = std::str::from_utf8(&k)
                 .ok()
@@ -499,6 +554,70 @@ mod tests {
         let _held = Index::open(&path, Clock::system()).unwrap();
         let e = Index::open(&path, Clock::system()).unwrap_err();
         assert!(e.to_string().contains("lock"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn packument_entries_come_page_by_page_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("db"), Clock::system()).unwrap();
+        let names = ["@s/b", "a", "c", "d", "e"];
+        for n in names.iter().rev() {
+            let e = PackumentEntry {
+                id: BlobId::of(n.as_bytes()),
+                etag: None,
+                last_modified: None,
+                checked_at: 0,
+            };
+            idx.set_packument(&PackageName::parse(n).unwrap(), &e)
+                .await
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = idx.packument_entries_after(after.as_ref(), 2).unwrap();
+            assert!(page.len() <= 2);
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            seen.extend(page.into_iter().map(|(n, e)| {
+                assert_eq!(e.id, BlobId::of(n.as_str().as_bytes()));
+                n.as_str().to_owned()
+            }));
+        }
+        assert_eq!(seen, names, "every entry once, by name");
+        assert_eq!(idx.packument_entries().unwrap().len(), names.len());
+    }
+
+    #[tokio::test]
+    async fn held_packages_are_read_off_the_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("db"), Clock::system()).unwrap();
+        let p = |n: &str| PackageName::parse(n).unwrap();
+        let e = PackumentEntry {
+            id: BlobId::of(b"doc"),
+            etag: None,
+            last_modified: None,
+            checked_at: 0,
+        };
+        idx.set_packument(&p("only-doc"), &e).await.unwrap();
+        idx.set_packument(&p("both"), &e).await.unwrap();
+        for (name, file) in [
+            ("both", "both-1.0.0.tgz"),
+            ("@s/tarballs", "tarballs-1.0.0.tgz"),
+            ("@s/tarballs", "tarballs-2.0.0.tgz"),
+            ("z", "z-1.0.0.tgz"),
+        ] {
+            idx.set_tarball(&p(name), file, &BlobId::of(file.as_bytes()))
+                .await
+                .unwrap();
+        }
+        let held: Vec<String> = idx
+            .held_packages()
+            .unwrap()
+            .into_iter()
+            .map(|n| n.as_str().to_owned())
+            .collect();
+        assert_eq!(held, ["@s/tarballs", "both", "only-doc", "z"]);
     }
 
     #[tokio::test]
