@@ -11,6 +11,7 @@
 //! `record_seen` (name, 0x00, signer key → highest sequence seen, for rollback checks).
 
 pub(crate) mod identity;
+mod tarballs;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -53,6 +54,8 @@ pub(crate) struct Records {
     /// reads the record it changes. tokio Mutex: held across the flush that makes the new
     /// sequence durable.
     signing: Mutex<()>,
+    /// Version → tarball id per package, as the stored records name them (decoded once).
+    tarballs: tarballs::TarballIds,
 }
 
 fn key(name: &PackageName, signer: &PeerId) -> Vec<u8> {
@@ -85,6 +88,7 @@ impl Records {
             seqs: index.tree("record_seq")?,
             seen: index.tree("record_seen")?,
             signing: Mutex::new(()),
+            tarballs: tarballs::TarballIds::default(),
         })
     }
 
@@ -259,6 +263,7 @@ impl Records {
             self.blobs.remove(BlobId::of(&old).to_bytes())?;
         }
         self.blobs.insert(id.to_bytes(), wire)?;
+        self.tarballs.changed(name);
         Ok(())
     }
 
@@ -290,14 +295,8 @@ impl Records {
         name: &PackageName,
         version: &str,
     ) -> Result<Option<BlobId>, IndexError> {
-        for s in self.list(name)? {
-            if let Ok(r) = Record::decode(&s.body)
-                && let Some(id) = r.versions.get(version).and_then(|e| e.tarball)
-            {
-                return Ok(Some(id));
-            }
-        }
-        Ok(None)
+        let ids = self.tarballs.get_or_build(name, || self.list(name))?;
+        Ok(ids.get(version).copied())
     }
 
     /// This node's identity (it signs records and DHT pointers).
@@ -366,6 +365,8 @@ mod tests {
                         .encode(hex::decode(Integrity::sha1_hex(b"old")).unwrap())
                 })
             );
+            // Read (and cached) before the tarball is stored: no id yet.
+            assert_eq!(r.tarball_id(&name, "1.0.0").unwrap(), None);
             // Storing a tarball re-signs with its CID and a higher sequence.
             let s2 = r
                 .add_tarball(&index, &name, "1.0.0", BlobId::of(b"one"))
@@ -377,6 +378,11 @@ mod tests {
             assert_eq!(
                 v2.check_tarball("1.0.0", b"one").unwrap(),
                 BlobId::of(b"one")
+            );
+            assert_eq!(
+                r.tarball_id(&name, "1.0.0").unwrap(),
+                Some(BlobId::of(b"one")),
+                "the re-signed record's tarball is not seen"
             );
             assert!(
                 r.add_tarball(&index, &name, "1.0.0", BlobId::of(b"one"))
