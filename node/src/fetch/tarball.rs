@@ -75,7 +75,9 @@ impl Fetcher {
         // starts it; followers wait for the stored tarball.
         let (tap, streamed) = match (&self.peers, stream) {
             (Some(_), true) => {
-                let (tap, rx) = peer::stream::Tap::new(SMALL_BLOB, self.store.clone());
+                // Small blobs too: the answer then ends once the bytes are verified, without
+                // waiting for the commit that makes them durable.
+                let (tap, rx) = peer::stream::Tap::new(self.store.clone());
                 (Some(tap), Some(rx))
             }
             _ => (None, None),

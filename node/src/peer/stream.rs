@@ -9,10 +9,13 @@
 //! provider's blob is received whole and verified before it is served, as before.
 //!
 //! **The body verifies what it yields.** It hashes every byte it hands the client and holds its
-//! last chunk back until the hash of everything is the blob's id and the store has verified and
-//! committed the blob, so a
-//! client never sees a complete answer whose bytes are not the blob, whichever transfers they
-//! came from. The answer carries no Content-Length: it ends when the verified blob does.
+//! last chunk back until the hash of everything is the blob's id and the store's writer has
+//! verified the transfer (against the id and the npm integrity), so a client never sees a
+//! complete answer whose bytes are not the blob, whichever transfers they came from. The commit
+//! that makes the blob durable goes on after the answer has ended: an answer promises the
+//! client bytes, not that the node keeps them, and the store still acknowledges nothing before
+//! it is durable (a request that comes meanwhile joins the flight, which ends once the blob is
+//! stored). The answer carries no Content-Length: it ends when the verified blob does.
 //!
 //! **A transfer that breaks does not break the answer.** When a provider stalls, runs out of
 //! time or goes away mid-transfer, the body stays open, and the next provider's transfer of the
@@ -107,6 +110,9 @@ struct Open {
     sent: u64,
     /// `None` once the body was detached (too far behind, or gone).
     chunks: Option<mpsc::Sender<Bytes>>,
+    /// Told once a transfer's bytes are all in and verified (or why not), before the blob is
+    /// durable: what the body's last chunk waits for when every byte came from the feeds.
+    verified: Option<oneshot::Sender<Outcome>>,
     outcome: oneshot::Sender<Outcome>,
 }
 
@@ -127,27 +133,22 @@ enum State {
 #[derive(Clone)]
 pub(crate) struct Tap {
     state: Arc<Mutex<State>>,
-    /// Blobs up to this length are not streamed (they are served from memory once stored).
-    min_len: u64,
     store: Arc<Store>,
 }
 
 impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tap")
-            .field("min_len", &self.min_len)
-            .finish_non_exhaustive()
+        f.debug_struct("Tap").finish_non_exhaustive()
     }
 }
 
 impl Tap {
-    /// A tap for blobs longer than `min_len`, and the receiver its body arrives on. The
-    /// receiver errs when the fetch ends without streaming.
-    pub(crate) fn new(min_len: u64, store: Arc<Store>) -> (Tap, oneshot::Receiver<Streamed>) {
+    /// A tap, and the receiver its body arrives on. The receiver errs when the fetch ends
+    /// without streaming.
+    pub(crate) fn new(store: Arc<Store>) -> (Tap, oneshot::Receiver<Streamed>) {
         let (tx, rx) = oneshot::channel();
         let tap = Tap {
             state: Arc::new(Mutex::new(State::Waiting(tx))),
-            min_len,
             store,
         };
         (tap, rx)
@@ -158,14 +159,15 @@ impl Tap {
     }
 
     /// A transfer of `len` bytes of `id` started answering: the feed for it, when this tap
-    /// streams it (the first transfer of a long enough blob from a provider that may open the
+    /// streams it (the first transfer of the blob from a provider that may open the
     /// body, `opens`: a trusted operator; or the next one of the same length after a transfer
     /// that broke).
     fn begin(&self, id: &BlobId, len: u64, opens: bool) -> Option<Feed> {
         let mut state = self.lock();
         match std::mem::replace(&mut *state, State::Feeding) {
-            State::Waiting(tx) if opens && len > self.min_len => {
+            State::Waiting(tx) if opens => {
                 let (chunks_tx, chunks_rx) = mpsc::channel(TAP_CHUNKS);
+                let (verified_tx, verified_rx) = oneshot::channel();
                 let (outcome_tx, outcome_rx) = oneshot::channel();
                 let body = Body {
                     id: *id,
@@ -173,6 +175,7 @@ impl Tap {
                     offset: 0,
                     hasher: Box::default(),
                     chunks: Some(chunks_rx),
+                    verified: Some(verified_rx),
                     outcome: Some(outcome_rx),
                     file: None,
                     store: self.store.clone(),
@@ -194,6 +197,7 @@ impl Tap {
                         len,
                         sent: 0,
                         chunks: Some(chunks_tx),
+                        verified: Some(verified_tx),
                         outcome: outcome_tx,
                     },
                 ))
@@ -253,6 +257,14 @@ impl Feed {
         }
     }
 
+    /// This transfer's bytes are all in and verified as the blob: the body may end before the
+    /// blob is durable.
+    fn verified(&mut self) {
+        if let Some(tx) = self.open.as_mut().and_then(|o| o.verified.take()) {
+            let _ = tx.send(Ok(()));
+        }
+    }
+
     /// Ends the feed. `Ok`: the blob is verified and stored. `Err(Some(why))`: the body must
     /// fail (it may have bytes that do not verify). `Err(None)`: the transfer broke; the next
     /// one goes on feeding the body.
@@ -271,6 +283,9 @@ impl Feed {
         };
         *state = State::Closed;
         drop(state);
+        if let Some(tx) = open.verified {
+            let _ = tx.send(outcome.clone());
+        }
         let _ = open.outcome.send(outcome);
     }
 }
@@ -294,6 +309,7 @@ struct Body {
     /// BLAKE3 of those bytes (boxed: the hasher is large).
     hasher: Box<blake3::Hasher>,
     chunks: Option<mpsc::Receiver<Bytes>>,
+    verified: Option<oneshot::Receiver<Outcome>>,
     outcome: Option<oneshot::Receiver<Outcome>>,
     file: Option<ReaderStream<tokio::fs::File>>,
     store: Arc<Store>,
@@ -325,10 +341,7 @@ impl Body {
         };
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(io::Error::other(format!(
-                "blob {} from a peer did not arrive intact: {why}",
-                self.id
-            ))),
+            Ok(Err(why)) => Err(self.spoiled(&why)),
             // Nothing completed the blob through this body, and nothing will; it may still have
             // been stored by another way (the upstream).
             Err(_) if self.store.blobs.contains(&self.id) => Ok(()),
@@ -337,6 +350,26 @@ impl Body {
                 self.id
             ))),
         }
+    }
+
+    /// Waits until a transfer that fed this body has all its bytes in and verified (or, when
+    /// no transfer will say, until the fetch ends): the blob need not be durable yet.
+    async fn verified(&mut self) -> io::Result<()> {
+        let Some(rx) = self.verified.take() else {
+            return self.settled().await;
+        };
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(self.spoiled(&why)),
+            Err(_) => self.settled().await,
+        }
+    }
+
+    fn spoiled(&self, why: &str) -> io::Error {
+        io::Error::other(format!(
+            "blob {} from a peer did not arrive intact: {why}",
+            self.id
+        ))
     }
 
     /// The next chunk of the blob, from the feeds or the store; `None` at its end.
@@ -379,10 +412,15 @@ impl Body {
         self.offset += chunk.len() as u64;
         self.hasher.update(&chunk);
         if self.offset >= self.len {
-            // The last chunk completes the answer: only if all of it is the blob.
-            // And once the store has it, verified against the npm integrity too: when the fetch
-            // has ended either way, so that the answer ends after what the node made of it.
-            let stored = self.settled().await;
+            // The last chunk completes the answer: only if all of it is the blob, and once the
+            // store's writer has verified it against the npm integrity too. Every byte from the
+            // feeds: that is enough (the commit that makes it durable goes on without the
+            // client). Some from the store: it was stored, or the body would not have them.
+            let stored = if self.file.is_none() {
+                self.verified().await
+            } else {
+                self.settled().await
+            };
             let got = BlobId::from_digest(*self.hasher.finalize().as_bytes());
             if self.offset != self.len || got != self.id {
                 return Err(io::Error::other(format!(
@@ -497,9 +535,14 @@ where
             "{got} of the {len} bytes announced"
         )));
     }
-    Ok(w.commit_as(Some(id))
+    let verified = w
+        .verify_as(Some(id))
         .await
-        .map_err(|e| metrics.refused(e))?)
+        .map_err(|e| metrics.refused(e))?;
+    if let Some(f) = feed.as_mut() {
+        f.verified();
+    }
+    Ok(verified.commit().await.map_err(|e| metrics.refused(e))?)
 }
 
 /// Peers that served bad bytes for a blob, and when (clock ms): skipped for that blob for

@@ -99,6 +99,12 @@ impl Blobs {
         self.path(id).is_file()
     }
 
+    /// Holds every commit back until the guard is dropped (tests of what waits for one).
+    #[cfg(test)]
+    pub(crate) async fn hold_commits(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.group.hold().await
+    }
+
     /// Total bytes and number of blobs stored, from the ledger (no scan).
     pub fn usage(&self) -> (u64, u64) {
         self.ledger.usage()
@@ -240,7 +246,7 @@ pub struct Writer<'a> {
     cap: u64,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
     /// Appends bytes.
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), WriteError> {
         if self.len + chunk.len() as u64 > self.cap {
@@ -298,9 +304,19 @@ impl Writer<'_> {
 
     /// Like [`Writer::commit`], and the blob must also be `expected`: bytes a peer sent for
     /// one id are never stored under another.
-    pub async fn commit_as(mut self, expected: Option<&BlobId>) -> Result<BlobId, WriteError> {
+    pub async fn commit_as(self, expected: Option<&BlobId>) -> Result<BlobId, WriteError> {
+        self.verify_as(expected).await?.commit().await
+    }
+
+    /// The first half of [`Writer::commit_as`]: every byte is written (not yet durable) and
+    /// verified, the blob is `expected` when given; nothing is published until
+    /// [`VerifiedBlob::commit`]. Dropped instead, it deletes its temp file.
+    pub async fn verify_as(
+        mut self,
+        expected: Option<&BlobId>,
+    ) -> Result<VerifiedBlob<'a>, WriteError> {
         // A spilled blob's temp file is deleted by the guard on every early return below,
-        // until the job takes it.
+        // and by the `VerifiedBlob` if it is never committed.
         let (verifier, spilled) = match self.sink.take() {
             Some(Sink { tx, thread, path }) => {
                 drop(tx);
@@ -327,21 +343,60 @@ impl Writer<'_> {
             None => verifier.finish()?,
         };
         let data = match spilled {
-            Some(guard) => Data::File(guard.take()),
-            None => Data::Bytes(std::mem::take(&mut self.buf)),
+            Some(guard) => Pending::File(guard),
+            None => Pending::Bytes(std::mem::take(&mut self.buf)),
         };
-        let job = Job {
+        Ok(VerifiedBlob {
+            blobs: self.blobs,
             id,
             len,
-            dest: self.blobs.path(&id),
+            data,
+        })
+    }
+}
+
+/// A blob whose bytes are complete and verified, not yet durable nor visible under its id.
+#[derive(Debug)]
+pub struct VerifiedBlob<'a> {
+    blobs: &'a Blobs,
+    id: BlobId,
+    len: u64,
+    data: Pending,
+}
+
+/// Where a verified blob's bytes wait for the commit.
+#[derive(Debug)]
+enum Pending {
+    Bytes(Vec<u8>),
+    File(TempGuard),
+}
+
+impl VerifiedBlob<'_> {
+    /// The blob's id.
+    pub fn id(&self) -> BlobId {
+        self.id
+    }
+
+    /// Makes the blob durable and publishes it under its id, with whatever else is waiting
+    /// (the store's group commit); returns once it is durable.
+    pub async fn commit(self) -> Result<BlobId, WriteError> {
+        let data = match self.data {
+            Pending::File(guard) => Data::File(guard.take()),
+            Pending::Bytes(b) => Data::Bytes(b),
+        };
+        let job = Job {
+            id: self.id,
+            len: self.len,
+            dest: self.blobs.path(&self.id),
             data,
         };
         self.blobs.group.commit(job).await?;
-        Ok(id)
+        Ok(self.id)
     }
 }
 
 /// Deletes a temp file on drop unless taken.
+#[derive(Debug)]
 struct TempGuard(Option<PathBuf>);
 
 impl TempGuard {

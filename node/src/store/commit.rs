@@ -90,6 +90,12 @@ impl Group {
             .unwrap_or_else(|_| Err(io::Error::other("the blob commit batch stopped")))
     }
 
+    /// Keeps any batch from starting until the guard is dropped.
+    #[cfg(test)]
+    pub(crate) async fn hold(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.running.lock().await
+    }
+
     fn run(&self, batch: Vec<Waiting>) {
         let (jobs, senders): (Vec<Job>, Vec<_>) = batch.into_iter().unzip();
         let results = self.durable(jobs);

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use blobs::{Blobs, WriteError, Writer};
+pub use blobs::{Blobs, VerifiedBlob, WriteError, Writer};
 pub use index::{Index, IndexError, PackumentEntry};
 pub use ledger::Usage;
 use open_registry_protocol::status::StoreStats;

@@ -61,6 +61,14 @@ async fn get(rig: &Rig) -> Blob {
         .unwrap()
 }
 
+/// Asks for `p@1.0.0` again, as a client's retry or next install would, and checks that it is
+/// `t` and stored then: a request that comes while an earlier answer's commit is still going
+/// joins that flight, which ends once the blob is durable.
+async fn stored(rig: &Rig, t: &Bytes) {
+    assert_eq!(body(get(rig).await.body).await, *t);
+    assert!(rig.store.blobs.contains(&BlobId::of(t)), "not stored");
+}
+
 /// Everything a body yields, to its end or its first error.
 async fn drain(b: Body) -> Vec<io::Result<Bytes>> {
     match b {
@@ -103,11 +111,38 @@ async fn the_first_bytes_of_a_large_tarball_come_before_the_peer_sent_the_rest()
         [first].into_iter().chain(rest).collect::<Vec<_>>().concat(),
         t
     );
-    assert!(rig.store.blobs.contains(&id), "stored once verified");
     // Served again (from the store, or from the flight storing it): no second fetch.
     assert_eq!(body(get(&rig).await.body).await, t);
+    assert!(rig.store.blobs.contains(&id), "stored once verified");
     assert_eq!(FakePeers::count(&peers.fetch_calls), 1);
     assert_eq!(*peers.asked.lock().unwrap(), ["slow"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_small_tarballs_answer_ends_once_verified_without_waiting_for_the_durable_commit() {
+    let t = blob(20 << 10);
+    let id = BlobId::of(&t);
+    let (rig, peers) = rigged(&t).await;
+    // The packument is stored first (its commit is not the one under test).
+    rig.fetcher.packument(&name("p"), false).await.unwrap();
+    // Nothing can be committed while this is held.
+    let commits = rig.store.blobs.hold_commits().await;
+    let b = get(&rig).await;
+    assert_eq!(b.source, Served::Peer);
+    assert!(
+        matches!(b.body, Body::Verifying(_)),
+        "streamed, small as it is"
+    );
+    let got = drain(b.body).await;
+    let got: Vec<Bytes> = got.into_iter().map(Result::unwrap).collect();
+    assert_eq!(got.concat(), t, "the whole answer, verified");
+    assert!(
+        !rig.store.blobs.contains(&id),
+        "the answer ended only after the commit"
+    );
+    drop(commits);
+    stored(&rig, &t).await;
+    assert_eq!(FakePeers::count(&peers.fetch_calls), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -150,7 +185,7 @@ async fn bytes_that_do_not_verify_cut_the_answer_short_and_the_retry_goes_to_ano
     peers.holds_tarball("p", "1.0.0", &t);
     let b = get(&rig).await;
     assert_eq!(body(b.body).await, t);
-    assert!(rig.store.blobs.contains(&id));
+    stored(&rig, &t).await;
     assert_eq!(*peers.asked.lock().unwrap(), ["liar", "correct"]);
 }
 
@@ -180,7 +215,7 @@ async fn a_transfer_that_breaks_before_or_after_sending_is_replaced_unseen_by_th
     let got = drain(get(&rig).await.body).await;
     let got: Vec<Bytes> = got.into_iter().map(Result::unwrap).collect();
     assert_eq!(got.concat(), t, "the answer is whole");
-    assert!(rig.store.blobs.contains(&id));
+    stored(&rig, &t).await;
     assert_eq!(*peers.asked.lock().unwrap(), ["midway", "correct"]);
     assert_eq!(FakePeers::count(&peers.fetch_calls), 1);
 }
@@ -214,8 +249,7 @@ async fn bytes_a_broken_transfer_sent_wrong_never_end_an_answer_even_when_the_bl
         "the last chunk was held back: {sent} bytes went out"
     );
     // The correct provider's transfer was stored, verified; the retry gets it whole.
-    assert!(rig.store.blobs.contains(&id));
-    assert_eq!(body(get(&rig).await.body).await, t);
+    stored(&rig, &t).await;
     assert_eq!(*peers.asked.lock().unwrap(), ["flipper", "correct"]);
 }
 
