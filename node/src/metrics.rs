@@ -48,7 +48,7 @@ counters! {
     integrity_failures: "Blobs refused because their bytes did not match integrity or content id.",
     store_errors: "Local store failures (disk full, I/O).",
     peer_requests: "Blob requests sent to peers.",
-    peer_ingests: "Blobs fetched from peers, verified and stored.",
+    peer_ingests: "Blobs fetched from peers and verified (each then stored).",
     peer_errors: "Peer fetches that failed (error, stall, timeout, bad bytes); the next source was tried.",
     peer_hedges: "Peer requests sent because the provider asked before had not started answering within its hedge delay.",
     peer_bytes: "Blob bytes received from peers.",

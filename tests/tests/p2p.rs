@@ -82,6 +82,26 @@ fn check_tree(
     Ok(())
 }
 
+/// `node`'s status once its store holds `tarballs` tarballs (and `packuments` packuments, when
+/// given). A peer's blob is answered once verified, and its commit and index entry finish a
+/// moment after the client has it.
+fn status_holding(
+    node: &impl Node,
+    packuments: Option<u64>,
+    tarballs: u64,
+) -> Result<open_registry_protocol::Status> {
+    probe::wait_for(
+        Duration::from_secs(10),
+        "the store to hold the blobs",
+        || {
+            node.status().ok().filter(|s| {
+                s.store.tarballs == tarballs && packuments.is_none_or(|p| s.store.packuments == p)
+            })
+        },
+    )
+    .or_else(|_| node.status())
+}
+
 fn counters(node: &impl Node, names: &[&str]) -> Result<String> {
     let s = node.status()?;
     Ok(names
@@ -179,7 +199,7 @@ fn two_nodes_npm_ci_through_a_node_without_upstream() -> Result<()> {
     );
     check_tree(&npm, &ci, &want, &files)?;
 
-    let s = b.status()?;
+    let s = status_holding(&b, Some(4), 4)?;
     let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
     say(&format!(
         "B after npm ci: {} packuments, {} tarballs stored; peer_requests={} peer_ingests={} \
@@ -294,7 +314,7 @@ fn five_nodes_in_a_line_install_across_hops() -> Result<()> {
         &[],
     )?;
 
-    let s = n1.status()?;
+    let s = status_holding(n1, None, 2)?;
     ensure!(s.store.tarballs == 2, "N1 holds {:?}", s.store);
     ensure!(
         s.counters.get("peer_ingests").copied().unwrap_or(0) >= 4,

@@ -154,7 +154,6 @@ impl Peers {
             |peer, transfer| async move {
                 match self.receive(transfer, id, verifier(), max_len).await {
                     Ok(got) => {
-                        Metrics::inc(&self.metrics.peer_ingests);
                         tracing::debug!(%peer, id = %id.short(), "fetched a blob from a peer");
                         Ok(got)
                     }

@@ -539,6 +539,8 @@ where
         .verify_as(Some(id))
         .await
         .map_err(|e| metrics.refused(e))?;
+    // Counted before the body may end, so that whoever got the answer sees the count.
+    Metrics::inc(&metrics.peer_ingests);
     if let Some(f) = feed.as_mut() {
         f.verified();
     }
