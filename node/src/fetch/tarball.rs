@@ -32,8 +32,8 @@ pub(crate) enum Fetched {
 }
 
 impl Fetcher {
-    /// A verified tarball, from memory or streamed from the store; a large one that the
-    /// request's flight gets from a peer streams as it arrives ([`peer::stream`]).
+    /// A verified tarball, from memory or streamed from the store; one that the request's
+    /// flight gets from a trusted peer streams as it arrives ([`peer::stream`]).
     pub(crate) async fn tarball(
         self: &Arc<Self>,
         name: &PackageName,
