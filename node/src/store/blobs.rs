@@ -372,11 +372,6 @@ enum Pending {
 }
 
 impl VerifiedBlob<'_> {
-    /// The blob's id.
-    pub fn id(&self) -> BlobId {
-        self.id
-    }
-
     /// Makes the blob durable and publishes it under its id, with whatever else is waiting
     /// (the store's group commit); returns once it is durable.
     pub async fn commit(self) -> Result<BlobId, WriteError> {
