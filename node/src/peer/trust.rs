@@ -35,8 +35,10 @@ impl Peers {
     /// looked up at all. The others' lookups run side by side, and each ends at the first valid
     /// pointer a peer returns (not when every closest peer has answered or timed out), so the
     /// whole costs about one lookup's round trips. Once the records in hand make a quorum, the
-    /// operators still pending get as long again as that took ([`gather`]): a far operator's
-    /// lookup and record fetch do not hold up every package a near quorum already answers.
+    /// operators still pending get as long again as that took ([`gather`]), and an operator
+    /// whose measured round trip says it cannot answer within that is not waited for at all: a
+    /// far operator's lookup and record fetch do not hold up every package a near quorum
+    /// already answers.
     ///
     /// A trusted operator this node is connected to is first asked itself which records it
     /// holds for `name` (the record-ids protocol): one round trip to it, not a DHT walk whose
@@ -60,37 +62,55 @@ impl Peers {
         name: &PackageName,
         hint: Option<&Verified<Pointer>>,
     ) -> Vec<Found> {
-        let lookups = self.policy.trusted().iter().map(|signer| async move {
-            let key = pointer::dht_key(name, signer);
+        let lookups = self.policy.trusted().iter().map(|signer| {
             let hinted = hint.filter(|h| h.signer() == signer).cloned();
             let peer = net::PeerId::from_bytes(&signer.to_bytes()).ok();
-            if hinted.is_none()
-                && let Some(peer) = peer.filter(|p| self.net.rtts().get(p).is_some())
-                && let Ok(found) = self.asked_directly(name, signer, peer).await
-            {
-                return found;
-            }
-            let found = match hinted {
-                Some(_) => Vec::new(),
-                None => self
-                    .net
-                    .get_first_records(key.clone(), FIND_DEADLINE)
-                    .await
-                    .unwrap_or_default(),
-            };
-            let now = self.clock.now_ms();
-            // The newest valid pointer that arrived (or gossip brought).
-            let best = found
-                .iter()
-                .filter_map(|f| pointer::validate(&key, &f.value, now).ok())
-                .chain(hinted)
-                .max_by_key(|p| p.get().seq)?;
-            let wire = self
-                .fetch_small(name, &best.get().record, record_cap(), peer)
-                .await?;
-            self.admit(name, &wire)
+            // Asked directly, a connected operator answers in a round trip at the soonest
+            // (which records it holds; the record itself may be held here already). Gossip's
+            // pointer may be followed to any provider: no bound.
+            let soonest = peer
+                .filter(|_| hinted.is_none())
+                .and_then(|p| self.net.rtts().get(&p));
+            (soonest, self.operator_record(name, signer, hinted, peer))
         });
         gather(&self.policy, lookups, MIN_GRACE).await
+    }
+
+    /// Operator `signer`'s newest record for `name`: asked of its node `peer` when connected,
+    /// else through its DHT pointer (or `hinted`, the pointer gossip brought).
+    async fn operator_record(
+        &self,
+        name: &PackageName,
+        signer: &open_registry_protocol::PeerId,
+        hinted: Option<Verified<Pointer>>,
+        peer: Option<net::PeerId>,
+    ) -> Option<Found> {
+        let key = pointer::dht_key(name, signer);
+        if hinted.is_none()
+            && let Some(peer) = peer.filter(|p| self.net.rtts().get(p).is_some())
+            && let Ok(found) = self.asked_directly(name, signer, peer).await
+        {
+            return found;
+        }
+        let found = match hinted {
+            Some(_) => Vec::new(),
+            None => self
+                .net
+                .get_first_records(key.clone(), FIND_DEADLINE)
+                .await
+                .unwrap_or_default(),
+        };
+        let now = self.clock.now_ms();
+        // The newest valid pointer that arrived (or gossip brought).
+        let best = found
+            .iter()
+            .filter_map(|f| pointer::validate(&key, &f.value, now).ok())
+            .chain(hinted)
+            .max_by_key(|p| p.get().seq)?;
+        let wire = self
+            .fetch_small(name, &best.get().record, record_cap(), peer)
+            .await?;
+        self.admit(name, &wire)
     }
 
     /// Operator `signer`'s newest record for `name`, asked of the operator's own node `peer`
@@ -253,34 +273,60 @@ impl Peers {
 /// The least time the operators still pending get once a quorum is in (see [`gather`]).
 const MIN_GRACE: Duration = Duration::from_millis(20);
 
-/// Awaits `lookups` (one per trusted operator, each `None` when it found no usable record): all
+/// Awaits `lookups` (one per trusted operator, each `None` when it found no usable record,
+/// beside the least time it can take when that is known, from the operator's round trip): all
 /// of them until the records in hand make a quorum ([`has_quorum`]; when they never do, until
 /// every lookup has finished), then the rest for as long again as that took, and at least
-/// `min_grace`. Lookups still pending then are dropped.
+/// `min_grace`. A pending lookup whose least time ends after that grace is not waited for, and
+/// when only such lookups are left the wait ends at once. Lookups still pending then are
+/// dropped.
 ///
 /// A newer revision known only to operators slower than that is not waited for: the quorum in
 /// hand is served, and the next lookup of the package sees the newer one if it arrives in time.
 pub(crate) async fn gather<F>(
     policy: &Policy,
-    lookups: impl IntoIterator<Item = F>,
+    lookups: impl IntoIterator<Item = (Option<Duration>, F)>,
     min_grace: Duration,
 ) -> Vec<Found>
 where
     F: Future<Output = Option<Found>>,
 {
     let started = Instant::now();
-    let mut pending: FuturesUnordered<F> = lookups.into_iter().collect();
+    let mut soonest = Vec::new();
+    let mut pending: FuturesUnordered<_> = lookups
+        .into_iter()
+        .enumerate()
+        .map(|(i, (least, f))| {
+            soonest.push(least);
+            async move { (i, f.await) }
+        })
+        .collect();
+    let mut done = vec![false; soonest.len()];
     let mut found = Vec::new();
     while !has_quorum(policy, &found) {
         match pending.next().await {
-            Some(f) => found.extend(f),
+            Some((i, f)) => {
+                done[i] = true;
+                found.extend(f);
+            }
             None => return found,
         }
     }
-    let grace = started.elapsed().max(min_grace);
+    let elapsed = started.elapsed();
+    let grace = elapsed.max(min_grace);
+    // The pending lookups that can still end within the grace (an unknown one may).
+    let can_make_it = |i: usize| soonest[i].is_none_or(|s| s <= elapsed + grace);
+    let mut hopeful = (0..done.len())
+        .filter(|&i| !done[i] && can_make_it(i))
+        .count();
     let _ = tokio::time::timeout(grace, async {
-        while let Some(f) = pending.next().await {
+        while hopeful > 0
+            && let Some((i, f)) = pending.next().await
+        {
             found.extend(f);
+            if can_make_it(i) {
+                hopeful -= 1;
+            }
         }
     })
     .await;
@@ -365,16 +411,29 @@ mod tests {
         found
     }
 
+    /// A lookup of an operator whose round trip is not known.
+    fn unknown(ms: u64, found: Option<Found>) -> (Option<Duration>, BoxFut) {
+        (None, Box::pin(after(ms, found)))
+    }
+
+    /// A lookup of an operator whose round trip says it takes at least `least` ms.
+    fn measured(least: u64, ms: u64, found: Option<Found>) -> (Option<Duration>, BoxFut) {
+        (
+            Some(Duration::from_millis(least)),
+            Box::pin(after(ms, found)),
+        )
+    }
+
     #[tokio::test(start_paused = true)]
     async fn gather_stops_waiting_for_far_operators_once_a_quorum_is_in() {
         let ops: Vec<Identity> = (1..=4).map(|i| Identity::from_seed([i; 32])).collect();
         let one = Policy::new(ops.iter().map(Identity::peer_id), 1);
         let lookups = || {
             vec![
-                Box::pin(after(30, Some(signed(&ops[0], b"r", 1)))) as BoxFut,
-                Box::pin(after(50, Some(signed(&ops[1], b"r", 2)))),
-                Box::pin(after(400, Some(signed(&ops[2], b"r", 3)))),
-                Box::pin(after(500, None)),
+                unknown(30, Some(signed(&ops[0], b"r", 1))),
+                unknown(50, Some(signed(&ops[1], b"r", 2))),
+                unknown(400, Some(signed(&ops[2], b"r", 3))),
+                unknown(500, None),
             ]
         };
         // Threshold 1: the first record is in at 30 ms; the others get 30 ms more.
@@ -390,9 +449,9 @@ mod tests {
         );
         // At least the minimum grace, when the quorum came quickly.
         let quick = vec![
-            Box::pin(after(1, Some(signed(&ops[0], b"r", 1)))) as BoxFut,
-            Box::pin(after(15, Some(signed(&ops[1], b"r", 2)))),
-            Box::pin(after(400, None)),
+            unknown(1, Some(signed(&ops[0], b"r", 1))),
+            unknown(15, Some(signed(&ops[1], b"r", 2))),
+            unknown(400, None),
         ];
         let t = Instant::now();
         let found = gather(&one, quick, Duration::from_millis(20)).await;
@@ -401,10 +460,10 @@ mod tests {
         // Threshold 2 with disagreeing revisions: the wait goes on until two agree.
         let two = Policy::new(ops.iter().map(Identity::peer_id), 2);
         let split = vec![
-            Box::pin(after(10, Some(signed(&ops[0], b"a", 1)))) as BoxFut,
-            Box::pin(after(20, Some(signed(&ops[1], b"b", 2)))),
-            Box::pin(after(300, Some(signed(&ops[2], b"b", 3)))),
-            Box::pin(after(5000, Some(signed(&ops[3], b"a", 4)))),
+            unknown(10, Some(signed(&ops[0], b"a", 1))),
+            unknown(20, Some(signed(&ops[1], b"b", 2))),
+            unknown(300, Some(signed(&ops[2], b"b", 3))),
+            unknown(5000, Some(signed(&ops[3], b"a", 4))),
         ];
         let t = Instant::now();
         let found = gather(&two, split, Duration::from_millis(20)).await;
@@ -412,10 +471,7 @@ mod tests {
         assert_eq!(found.len(), 3);
         assert_eq!(quorum(&two, found).unwrap().id, BlobId::of(b"b"));
         // No quorum ever: every lookup is awaited.
-        let none = vec![
-            Box::pin(after(10, None)) as BoxFut,
-            Box::pin(after(700, None)),
-        ];
+        let none = vec![unknown(10, None), unknown(700, None)];
         let t = Instant::now();
         assert!(
             gather(&one, none, Duration::from_millis(20))
@@ -423,6 +479,51 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(t.elapsed(), Duration::from_millis(700));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gather_does_not_wait_for_operators_too_far_to_answer_within_the_grace() {
+        let ops: Vec<Identity> = (1..=4).map(|i| Identity::from_seed([i; 32])).collect();
+        let one = Policy::new(ops.iter().map(Identity::peer_id), 1);
+        // The near operator answers at 3 ms; the others are 90–250 ms away: the grace
+        // (20 ms at least) cannot bring their answers, so the quorum in hand is served at once.
+        let far = vec![
+            measured(1, 3, Some(signed(&ops[0], b"r", 1))),
+            measured(90, 180, Some(signed(&ops[1], b"r", 2))),
+            measured(150, 300, None),
+            measured(250, 500, None),
+        ];
+        let t = Instant::now();
+        let found = gather(&one, far, Duration::from_millis(20)).await;
+        assert_eq!(t.elapsed(), Duration::from_millis(3));
+        assert_eq!(found.len(), 1);
+        // A near one and one not measured still get the grace; the far one is not waited for
+        // once they are in.
+        let mixed = vec![
+            measured(1, 3, Some(signed(&ops[0], b"r", 1))),
+            measured(4, 8, Some(signed(&ops[1], b"r", 2))),
+            unknown(12, Some(signed(&ops[2], b"r", 3))),
+            measured(90, 180, Some(signed(&ops[3], b"r", 4))),
+        ];
+        let t = Instant::now();
+        let found = gather(&one, mixed, Duration::from_millis(20)).await;
+        assert_eq!(t.elapsed(), Duration::from_millis(12));
+        assert_eq!(
+            found
+                .iter()
+                .map(|f| f.1.get().fetched_at)
+                .collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        // One that could make it but does not: the grace ends the wait as before.
+        let late = vec![
+            measured(1, 3, Some(signed(&ops[0], b"r", 1))),
+            measured(5, 400, Some(signed(&ops[1], b"r", 2))),
+        ];
+        let t = Instant::now();
+        let found = gather(&one, late, Duration::from_millis(20)).await;
+        assert_eq!(t.elapsed(), Duration::from_millis(23));
+        assert_eq!(found.len(), 1);
     }
 
     type BoxFut = std::pin::Pin<Box<dyn Future<Output = Option<Found>>>>;
