@@ -674,6 +674,25 @@ impl EvilPeer {
         Ok(self.rt()?.block_on(futures::future::join_all(fetches)))
     }
 
+    /// Asks `peer` `n` times at once (one stream each, all opened together) which records it
+    /// holds for package `name`, each within `deadline`; what each answer named.
+    pub fn record_ids_many(
+        &self,
+        peer: &str,
+        name: &str,
+        n: usize,
+        deadline: Duration,
+    ) -> Result<Vec<Result<Vec<BlobId>, String>>> {
+        let peer: PeerId = peer.parse().map_err(|e| anyhow!("peer id {peer}: {e}"))?;
+        let asks = (0..n).map(|_| async move {
+            self.client
+                .record_ids(peer, name, deadline)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        Ok(self.rt()?.block_on(futures::future::join_all(asks)))
+    }
+
     /// Peers in its routing table.
     pub fn routing_table(&self) -> Result<usize> {
         Ok(self

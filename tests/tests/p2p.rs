@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::Bytes;
 use open_registry_protocol::{
-    Integrity,
+    BlobId, Integrity,
     pointer::{self, Pointer},
     record::{Record, Signable as _, Signed, VersionEntry},
 };
@@ -263,6 +263,42 @@ fn a_node_answers_every_one_of_simultaneous_blob_requests() -> Result<()> {
         ensure!(
             got.iter().all(|r| r.as_ref().is_ok_and(|b| b == bytes)),
             "wrong bytes"
+        );
+    }
+    Ok(())
+}
+
+/// The same for the record-ids protocol, which a node asks of every trusted operator it is
+/// connected to on each packument miss, so npm's parallel misses arrive as a burst: 16 requests
+/// at once (the server's limit), eight rounds, each answered with the operator's record. A
+/// request the server's stream layer dropped on arrival is asked again; one that failed would
+/// send the asker on a DHT walk.
+#[test]
+fn a_node_answers_every_one_of_simultaneous_record_ids_requests() -> Result<()> {
+    let up = FakeUpstream::start()?;
+    let p = up.publish(&PackageSpec::new("or-p2p-ids-burst", "1.0.0"))?;
+    let a = P2pNode::start(&["--upstream", up.url()])?;
+    ensure!(a.get(&p.packument_path, &[])?.status == 200);
+    let record = BlobId::of(&operator_record(&a, &a.id, &p.name)?.to_bytes());
+    let peer = EvilPeer::start(52, &[&a.addr], Values::Pointers)?;
+    peer.wait_routing_table(1, JOIN)?;
+    for round in 0..8 {
+        let got = peer.record_ids_many(&a.id, &p.name, 16, Duration::from_secs(20))?;
+        let failed: Vec<&String> = got.iter().filter_map(|r| r.as_ref().err()).collect();
+        say(&format!(
+            "round {round}: 16 record-ids requests at once, {} failed: {failed:?}",
+            failed.len()
+        ));
+        ensure!(
+            failed.is_empty(),
+            "round {round}: {} of 16 simultaneous record-ids requests failed: {failed:?}",
+            failed.len()
+        );
+        ensure!(
+            got.iter()
+                .all(|r| r.as_ref().is_ok_and(|ids| ids.contains(&record))),
+            "an answer did not name A's record {}: {got:?}",
+            record.short()
         );
     }
     Ok(())

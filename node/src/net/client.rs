@@ -21,7 +21,7 @@ use super::{Limits, NetError, Transfer};
 /// The deadline for calls that only touch the swarm task's local state.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How often a blob request whose stream closed before any answer is sent again.
+/// How often a blob or record-ids request whose stream closed before any answer is sent again.
 pub const DROPPED_STREAM_RETRIES: u32 = 4;
 
 /// How long past a query's own deadline the caller waits for the partial answer.
@@ -398,21 +398,24 @@ impl Client {
         };
         self.call("connect", at, |reply| Command::Connect { peer, reply })
             .await?;
-        let mut stream = self
-            .open_stream(peer, RECORD_IDS_PROTOCOL, at, deadline)
-            .await?;
-        let io = |e: std::io::Error| NetError::Io {
-            peer,
-            reason: e.to_string(),
-        };
-        timeout_at(at, record_ids::write_request(&mut stream, name))
-            .await
-            .map_err(|_| timeout("sending a record-ids request"))?
-            .map_err(io)?;
-        timeout_at(at, record_ids::read_answer(&mut stream))
-            .await
-            .map_err(|_| timeout("waiting for record ids"))?
-            .map_err(io)
+        retry_dropped(at, || async {
+            let mut stream = self
+                .open_stream(peer, RECORD_IDS_PROTOCOL, at, deadline)
+                .await?;
+            let io = |e: std::io::Error| NetError::Io {
+                peer,
+                reason: e.to_string(),
+            };
+            timeout_at(at, record_ids::write_request(&mut stream, name))
+                .await
+                .map_err(|_| timeout("sending a record-ids request"))?
+                .map_err(io)?;
+            timeout_at(at, record_ids::read_answer(&mut stream))
+                .await
+                .map_err(|_| timeout("waiting for record ids"))?
+                .map_err(io)
+        })
+        .await
     }
 
     /// Fetches blob `id` from `peer`: see [`Client::fetch_at`] with offset 0.
@@ -451,26 +454,8 @@ impl Client {
             .map_err(|_| NetError::Stopped)?;
         self.call("connect", at, |reply| Command::Connect { peer, reply })
             .await?;
-        // A server under a burst of requests may drop a new stream before reading it (the
-        // stream layer queues few inbound streams). Nothing was answered then, so asking again
-        // is safe: retry a closed-before-header request a few times, with jittered backoff.
-        let mut attempt = 0u32;
-        let (stream, status, remaining) = loop {
-            match self.request(peer, id, offset, at, deadline).await {
-                Ok(r) => break r,
-                Err(NetError::Io { .. } | NetError::Open { .. })
-                    if attempt < DROPPED_STREAM_RETRIES && Instant::now() < at =>
-                {
-                    attempt += 1;
-                    let jitter =
-                        u64::from(std::process::id() ^ attempt.wrapping_mul(2_654_435_761)) % 20;
-                    let wait = Duration::from_millis(20 * (1 << attempt) + jitter);
-                    tokio::time::sleep(wait.min(at.saturating_duration_since(Instant::now())))
-                        .await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let (stream, status, remaining) =
+            retry_dropped(at, || self.request(peer, id, offset, at, deadline)).await?;
         let remaining = match (Status::from_byte(status), remaining) {
             (Some(Status::Ok), Some(r)) => r,
             (Some(Status::NotFound), _) => return Err(NetError::NotFound { peer }),
@@ -561,9 +546,16 @@ impl Client {
                 what: "opening a stream",
                 after: deadline,
             })?
-            .map_err(|e| NetError::Open {
-                peer,
-                reason: e.to_string(),
+            .map_err(|e| match e {
+                // Its answer will not change: not worth asking again.
+                libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => NetError::Refused {
+                    peer,
+                    reason: "protocol not supported",
+                },
+                e => NetError::Open {
+                    peer,
+                    reason: e.to_string(),
+                },
             })
     }
 
@@ -594,5 +586,34 @@ impl Client {
             .await
             .map_err(|_| NetError::Timeout { what, after })?
             .map_err(|_| NetError::Stopped)?
+    }
+}
+
+/// Runs `request` (one stream: open, ask, read the first of the answer) again when it failed
+/// with the stream closed or refused, up to [`DROPPED_STREAM_RETRIES`] times by `at`, with
+/// jittered backoff. A server under a burst of requests may drop a new stream before reading
+/// it (the stream layer queues few inbound streams per protocol): nothing was answered then,
+/// so asking again is safe, where giving up would send the caller to the DHT or to a farther
+/// peer.
+async fn retry_dropped<T, F, Fut>(at: Instant, mut request: F) -> Result<T, NetError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, NetError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match request().await {
+            Ok(r) => return Ok(r),
+            Err(NetError::Io { .. } | NetError::Open { .. })
+                if attempt < DROPPED_STREAM_RETRIES && Instant::now() < at =>
+            {
+                attempt += 1;
+                let jitter =
+                    u64::from(std::process::id() ^ attempt.wrapping_mul(2_654_435_761)) % 20;
+                let wait = Duration::from_millis(20 * (1 << attempt) + jitter);
+                tokio::time::sleep(wait.min(at.saturating_duration_since(Instant::now()))).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
