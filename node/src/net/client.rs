@@ -589,8 +589,8 @@ impl Client {
     }
 }
 
-/// Runs `request` (one stream: open, ask, read the first of the answer) again when it failed
-/// with the stream closed or refused, up to [`DROPPED_STREAM_RETRIES`] times by `at`, with
+/// Runs `request` (one stream: open, ask, read the first of the answer) again when the stream
+/// failed to open or closed before an answer (not when the peer answered or refused), up to [`DROPPED_STREAM_RETRIES`] times by `at`, with
 /// jittered backoff. A server under a burst of requests may drop a new stream before reading
 /// it (the stream layer queues few inbound streams per protocol): nothing was answered then,
 /// so asking again is safe, where giving up would send the caller to the DHT or to a farther

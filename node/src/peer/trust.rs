@@ -292,14 +292,11 @@ where
     F: Future<Output = Option<Found>>,
 {
     let started = Instant::now();
-    let mut soonest = Vec::new();
+    let (soonest, lookups): (Vec<Option<Duration>>, Vec<F>) = lookups.into_iter().unzip();
     let mut pending: FuturesUnordered<_> = lookups
         .into_iter()
         .enumerate()
-        .map(|(i, (least, f))| {
-            soonest.push(least);
-            async move { (i, f.await) }
-        })
+        .map(|(i, f)| async move { (i, f.await) })
         .collect();
     let mut done = vec![false; soonest.len()];
     let mut found = Vec::new();
